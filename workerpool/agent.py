@@ -1,0 +1,273 @@
+"""The worker process: registers in a pool, heartbeats, reaps, and runs the steps it leases."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from workerpool import keys
+from workerpool.connection import connect
+from workerpool.errors import WorkerConflict
+from workerpool.execution import STOP_ABORT, STOP_CANCEL, STOP_TIMEOUT, ScriptProcess
+from workerpool.leases import Leases
+from workerpool.pools import worker_type
+from workerpool.settings import Settings
+from workerpool.steplog import StepLog
+from workerpool.steps import CANCELLED, FAILED, RUNNING, SUCCESS, TIMED_OUT, WORKER_LOST
+from workerpool.store import StepStore
+from workerpool.syntaxes import SYNTAXES, available_syntaxes
+from workerpool.variables import Masker, script_environment
+from workerpool.workers import DEREGISTER, HEALTHY, REGISTER, Heartbeat, WorkerInfo
+
+log = logging.getLogger("workerpool.worker")
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str
+    pool: str  # pool slug, or "builtin"
+    pool_name: str
+    instance: str
+    concurrency: int
+
+    @property
+    def queue(self) -> str:
+        return keys.BUILTIN_QUEUE if self.pool == keys.BUILTIN_POOL else keys.pool_queue(self.pool)
+
+
+def register(client: redis.Redis, settings: Settings, pool: str, pool_name: str,
+             name: str | None, concurrency: int) -> Identity:
+    """Reserve a worker name (``<type>-worker-NN`` unless given) and write the first heartbeat."""
+    instance = uuid.uuid4().hex
+    info = WorkerInfo(name="", pool=pool, instance=instance, host=socket.gethostname(),
+                      pid=os.getpid(), concurrency=concurrency, started_at=time.time(),
+                      syntaxes=available_syntaxes())
+    beat = Heartbeat(time=time.time(), state="Starting")
+    taken = client.eval(REGISTER, 1, keys.WORKERS, name or "", f"{worker_type(pool)}-worker-",
+                        info.record_json(), keys.PREFIX + "hb:", beat.to_json(),
+                        int(settings.heartbeat_ttl * 1000), instance)
+    if not taken:
+        raise WorkerConflict(f"a worker named {name!r} is already online; pick another --name "
+                             "or stop that worker first")
+    return Identity(str(taken), pool, pool_name, instance, concurrency)
+
+
+class Watchdog:
+    """The child that kills this worker's script groups if the worker dies without doing so."""
+
+    def __init__(self) -> None:
+        self._proc = subprocess.Popen([sys.executable, "-m", "workerpool.watchdog"],
+                                      stdin=subprocess.PIPE, start_new_session=True, text=True)
+        self._lock = threading.Lock()
+
+    def tell(self, sign: str, pgid: int) -> None:
+        assert self._proc.stdin is not None
+        with self._lock:
+            self._proc.stdin.write(f"{sign} {pgid}\n")
+            self._proc.stdin.flush()
+
+    def close(self) -> None:
+        assert self._proc.stdin is not None
+        with self._lock:
+            self._proc.stdin.close()
+        self._proc.wait()
+
+
+class Runtime:
+    """Per-process worker state shared by the Celery task threads and the background threads."""
+
+    def __init__(self, settings: Settings, url: str, identity: Identity) -> None:
+        self.settings = settings
+        self.identity = identity
+        self.redis = connect(url)
+        self.store = StepStore(self.redis, settings.result_ttl)
+        self.leases = Leases(self.redis, self.store)
+        self.running: dict[str, ScriptProcess] = {}
+        self.lock = threading.Lock()
+        self.ready = False
+        self.stopping = threading.Event()
+        self.watchdog = Watchdog()
+        self.workdir_root = Path(tempfile.gettempdir()) / "workerpool" / identity.name
+        self.workdir_root.mkdir(parents=True, exist_ok=True)
+
+    # -- background threads -------------------------------------------------------------
+
+    def start_threads(self) -> None:
+        threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
+        threading.Thread(target=self._control_loop, name="control", daemon=True).start()
+
+    def beat(self) -> None:
+        with self.lock:
+            running = len(self.running)
+        state = HEALTHY if self.ready else "Starting"
+        hb = Heartbeat(time=time.time(), state=state, running=running)
+        self.redis.set(keys.heartbeat(self.identity.instance), hb.to_json(),
+                       px=int(self.settings.heartbeat_ttl * 1000))
+
+    def _heartbeat_loop(self) -> None:
+        while not self.stopping.wait(self.settings.heartbeat_interval):
+            try:
+                self.beat()
+                self.leases.reap()
+                self._check_leases()
+            except redis.RedisError as exc:
+                log.warning("heartbeat failed (will retry): %s", exc)
+            except Exception:  # a bug here must not stop the heartbeat
+                log.exception("heartbeat loop error")
+
+    def _check_leases(self) -> None:
+        """Stop local scripts whose step was cancelled or taken from this worker meanwhile."""
+        with self.lock:
+            ids = list(self.running)
+        if not ids:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for step_id in ids:
+            pipe.hmget(keys.step(step_id), "state", "instance", "cancel")
+        for step_id, (state, instance, cancel) in zip(ids, pipe.execute(), strict=True):
+            if state != RUNNING or instance != self.identity.instance:
+                self._stop_local(step_id, STOP_ABORT)
+            elif cancel:
+                self._stop_local(step_id, STOP_CANCEL)
+
+    def _control_loop(self) -> None:
+        channel = keys.control(self.identity.instance)
+        while not self.stopping.is_set():
+            try:
+                pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+                pubsub.subscribe(channel)
+                for message in pubsub.listen():
+                    self._stop_local(str(message["data"]), STOP_CANCEL)
+            except redis.RedisError as exc:
+                log.warning("cancel listener lost Redis (will resubscribe): %s", exc)
+                self.stopping.wait(1.0)
+
+    def _stop_local(self, step_id: str, reason: str) -> None:
+        with self.lock:
+            process = self.running.get(step_id)
+        if process is not None:
+            process.stop(reason)
+
+    def shutdown(self) -> None:
+        """Stop every local script (steps end WorkerLost), deregister, release the watchdog."""
+        self.stopping.set()
+        with self.lock:
+            processes = list(self.running.values())
+        for process in processes:
+            process.stop(STOP_ABORT)
+        deadline = time.monotonic() + self.settings.kill_grace + 5
+        while self.running and time.monotonic() < deadline:
+            time.sleep(0.05)
+        try:
+            self.redis.eval(DEREGISTER, 2, keys.WORKERS, keys.heartbeat(self.identity.instance),
+                            self.identity.name, self.identity.instance)
+        except redis.RedisError as exc:
+            log.warning("could not deregister: %s", exc)
+        self.watchdog.close()
+
+    # -- running a step -----------------------------------------------------------------
+
+    def execute(self, step_id: str, attempt: int) -> None:
+        """The body of the Celery task: claim, run, finish. Never raises."""
+        try:
+            claim = self.leases.claim(step_id, attempt, self.identity.name,
+                                      self.identity.instance, self.identity.pool)
+        except redis.RedisError as exc:
+            log.error("could not claim step %s (it stays queued until its lease deadline): %s",
+                      step_id, exc)
+            return
+        if claim.outcome != "ok":
+            log.warning("discarded message for step %s: %s (state %s)", step_id, claim.outcome,
+                        claim.record.get("state"))
+            return
+        try:
+            self._run_claimed(step_id, claim.record)
+        except Exception as exc:
+            log.exception("step %s failed inside the worker", step_id)
+            self._finish(step_id, FAILED, message=f"worker error: {exc}")
+
+    def _run_claimed(self, step_id: str, record: dict[str, str]) -> None:
+        if self.identity.pool == keys.BUILTIN_POOL and self.redis.exists(keys.BUILTIN_DISABLED):
+            self._finish(step_id, FAILED, message="refused: the built-in worker is disabled, so "
+                         "it runs nothing; `workerpool builtin-worker enable` or use a pool")
+            return
+        syntax = SYNTAXES.get(record.get("syntax", ""))
+        if syntax is None or not syntax.available():
+            program = syntax.program if syntax else record.get("syntax")
+            self._finish(step_id, FAILED, message=f"{program} is not installed on worker "
+                         f"{self.identity.name}; install it or run the step elsewhere")
+            return
+        secrets: dict[str, str] = json.loads(record.get("secrets") or "{}")
+        variables: dict[str, str] = json.loads(record.get("variables") or "{}")
+        masker = Masker(secrets.values())
+        steplog = StepLog(self.redis, step_id, masker, self.settings.log_max_lines,
+                          self.settings.log_max_line_bytes)
+        workdir = Path(tempfile.mkdtemp(prefix=f"{step_id}-", dir=self.workdir_root))
+        try:
+            argv, extra_env = syntax.prepare(workdir, record["script"])
+            env = script_environment({**variables, **secrets}, {
+                **extra_env, "WORKERPOOL_STEP_ID": step_id,
+                "WORKERPOOL_WORKER_NAME": self.identity.name,
+                "WORKERPOOL_POOL": self.identity.pool})
+            process = ScriptProcess(argv, workdir, env, steplog,
+                                    float(record.get("timeout") or self.settings.step_timeout),
+                                    self.settings.kill_grace)
+            with self.lock:
+                self.running[step_id] = process
+            if record.get("cancel"):
+                process.stop(STOP_CANCEL)
+            outcome = process.run(watch=self.watchdog.tell)
+        finally:
+            with self.lock:
+                self.running.pop(step_id, None)
+            steplog.close()
+            if not self.settings.keep_workdirs:
+                shutil.rmtree(workdir, ignore_errors=True)
+        self._finish_outcome(step_id, outcome.exit_code, outcome.stopped, steplog, record)
+
+    def _finish_outcome(self, step_id: str, exit_code: int | None, stopped: str | None,
+                        steplog: StepLog, record: dict[str, str]) -> None:
+        if stopped == STOP_TIMEOUT:
+            state, message = TIMED_OUT, f"timed out after {float(record['timeout']):g}s; " \
+                "the script's process group was killed"
+        elif stopped == STOP_CANCEL:
+            state, message = CANCELLED, "cancelled; the script's process group was killed"
+        elif stopped == STOP_ABORT:
+            state, message = WORKER_LOST, f"worker {self.identity.name} stopped while the " \
+                "step ran; the script's process group was killed"
+        elif exit_code == 0:
+            state, message = SUCCESS, ""
+        else:
+            state, message = FAILED, f"the script exited with code {exit_code}"
+        self._finish(step_id, state, exit_code=exit_code, outputs=steplog.outputs,
+                     message=message)
+
+    def _finish(self, step_id: str, state: str, exit_code: int | None = None,
+                outputs: dict[str, str] | None = None, message: str = "") -> None:
+        """Record the end, retrying while Redis is away so the step is not left Running."""
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                self.store.finish(step_id, state, expected=(RUNNING,),
+                                  instance=self.identity.instance, exit_code=exit_code,
+                                  outputs=outputs, message=message)
+                return
+            except redis.RedisError as exc:
+                if time.monotonic() > deadline:
+                    log.error("gave up recording the end of step %s: %s", step_id, exc)
+                    return
+                log.warning("could not record the end of step %s yet: %s", step_id, exc)
+                time.sleep(1.0)

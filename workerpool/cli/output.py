@@ -1,0 +1,41 @@
+"""Printing for people (tables) and machines (JSON)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+
+import click
+
+from workerpool.client import Client
+from workerpool.settings import Settings
+
+
+def client() -> Client:
+    return Client(settings=Settings.from_env())
+
+
+def emit_json(data: object) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for index, row in enumerate(cells):
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if index == 0:
+            click.echo("  ".join("-" * w for w in widths))
+
+
+def clock(timestamp: float | None) -> str:
+    if not timestamp:
+        return "-"
+    return datetime.fromtimestamp(timestamp).strftime("%H:%M:%S")
+
+
+def ago(timestamp: float | None, now: float) -> str:
+    if not timestamp:
+        return "never"
+    return f"{max(0.0, now - timestamp):.1f}s ago"

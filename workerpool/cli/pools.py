@@ -1,0 +1,123 @@
+"""``workerpool pool ...`` and ``workerpool builtin-worker ...``."""
+
+from __future__ import annotations
+
+import click
+
+from workerpool.cli import cli
+from workerpool.cli.output import client, emit_json, table
+from workerpool.pools import Pool
+
+
+@cli.group()
+def pool() -> None:
+    """Add, list, show, edit and remove worker pools (name or slug accepted)."""
+
+
+def _show(p: Pool) -> None:
+    table(["NAME", "SLUG", "DEFAULT", "QUEUE", "DESCRIPTION"],
+          [[p.name, p.slug, "yes" if p.is_default else "", p.queue, p.description]])
+
+
+@pool.command("add")
+@click.argument("name")
+@click.option("--description", default="", help="What this pool's machines are for.")
+@click.option("--default", "is_default", is_flag=True, help="Make it the default pool.")
+@click.option("--json", "as_json", is_flag=True)
+def pool_add(name: str, description: str, is_default: bool, as_json: bool) -> None:
+    """Create a pool."""
+    created = client().pools.add(name, description, is_default)
+    emit_json(created.to_json()) if as_json else _show(created)
+
+
+@pool.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def pool_list(as_json: bool) -> None:
+    """List pools with their workers and queue depth."""
+    snap = client().snapshot(detail=True)
+    pools = sorted(snap.pools.values(), key=lambda p: (not p.is_default, p.name.lower()))
+    if as_json:
+        emit_json([{**p.to_json(), "workers": len(snap.workers_in(p.slug)),
+                    "queued": snap.queue_depths.get(p.slug, 0)} for p in pools])
+        return
+    rows = []
+    for p in pools:
+        members = snap.workers_in(p.slug)
+        healthy = sum(w.online_healthy for w in members)
+        rows.append([p.name, p.slug, "yes" if p.is_default else "", f"{healthy}/{len(members)}",
+                     snap.queue_depths.get(p.slug, 0), p.description])
+    table(["NAME", "SLUG", "DEFAULT", "HEALTHY", "QUEUED", "DESCRIPTION"], rows)
+
+
+@pool.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+def pool_show(name: str, as_json: bool) -> None:
+    """Show one pool and its workers."""
+    c = client()
+    p = c.pools.get(name)
+    members = c.workers.list(p.slug)
+    if as_json:
+        emit_json({**p.to_json(), "workers": [w.to_json() for w in members]})
+        return
+    _show(p)
+    click.echo("")
+    table(["WORKER", "STATE", "RUNNING", "CONCURRENCY"],
+          [[w.name, w.state, w.heartbeat.running if w.heartbeat else 0, w.concurrency]
+           for w in members])
+
+
+@pool.command("edit")
+@click.argument("name")
+@click.option("--name", "new_name", default=None, help="Rename (only while it has no workers).")
+@click.option("--description", default=None)
+@click.option("--default", "make_default", is_flag=True, help="Make it the default pool.")
+@click.option("--json", "as_json", is_flag=True)
+def pool_edit(name: str, new_name: str | None, description: str | None, make_default: bool,
+              as_json: bool) -> None:
+    """Change a pool's name, description, or make it the default."""
+    edited = client().pools.edit(name, new_name, description, make_default)
+    emit_json(edited.to_json()) if as_json else _show(edited)
+
+
+@pool.command("remove")
+@click.argument("name")
+def pool_remove(name: str) -> None:
+    """Remove a pool (not the default; not while it has workers or queued steps)."""
+    removed = client().pools.remove(name)
+    click.echo(f"removed pool {removed.name!r}")
+
+
+@cli.group("builtin-worker")
+def builtin_worker() -> None:
+    """Enable, disable or inspect the built-in worker."""
+
+
+@builtin_worker.command("enable")
+def builtin_enable() -> None:
+    """Let steps run on the built-in worker again."""
+    client().builtin.enable()
+    click.echo("built-in worker enabled")
+
+
+@builtin_worker.command("disable")
+def builtin_disable() -> None:
+    """Stop routing steps to the built-in worker; it refuses any that still reach it."""
+    client().builtin.disable()
+    click.echo("built-in worker disabled: scripts run only on pool workers now")
+
+
+@builtin_worker.command("status")
+@click.option("--json", "as_json", is_flag=True)
+def builtin_status(as_json: bool) -> None:
+    """Whether the built-in worker is enabled and which built-in workers are online."""
+    snap = client().snapshot(detail=True)
+    members = snap.workers_in("builtin")
+    data = {"enabled": snap.builtin_enabled, "queued": snap.queue_depths.get("builtin", 0),
+            "workers": [w.to_json() for w in members]}
+    if as_json:
+        emit_json(data)
+        return
+    click.echo(f"built-in worker: {'enabled' if snap.builtin_enabled else 'disabled'}; "
+               f"{len(members)} registered ({', '.join(f'{w.name} {w.state}' for w in members)})"
+               f"; {data['queued']} queued")

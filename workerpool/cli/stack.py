@@ -1,0 +1,61 @@
+"""``workerpool up``, ``server`` and ``demo``: run a local stack in the foreground."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from types import FrameType
+
+import click
+
+from workerpool.cli import cli
+from workerpool.settings import Settings
+from workerpool.stack import Stack, parse_pool_counts
+
+
+def _run_until_signal(stack: Stack, banner: str) -> None:
+    stop: list[bool] = []
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.append(True)
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    with stack:
+        click.echo(banner, err=True)
+        stack.supervise(stop)
+        click.echo("workerpool: stopping workers...", err=True)
+    click.echo("workerpool: stopped", err=True)
+
+
+@cli.command()
+@click.option("--pools", "pool_spec", default="",
+              help='Pools and worker counts, e.g. "Database Worker Pool=2,Kubernetes Worker '
+                   'Pool=1". Missing pools are created.')
+@click.option("--no-builtin", is_flag=True, help="Do not start the built-in worker.")
+@click.option("--loglevel", default="WARNING", show_default=True)
+def up(pool_spec: str, no_builtin: bool, loglevel: str) -> None:
+    """Run Redis (embedded unless WORKERPOOL_REDIS_URL is set), the built-in worker and pool
+    workers until Ctrl-C."""
+    settings = Settings.from_env()
+    stack = Stack(settings, pools=parse_pool_counts(pool_spec), builtin=not no_builtin,
+                  loglevel=loglevel.upper())
+    where = (settings.redis_url and "WORKERPOOL_REDIS_URL") or f"embedded Redis ({settings.home})"
+    _run_until_signal(stack, f"workerpool: up on {where}; Ctrl-C stops everything")
+
+
+@cli.command()
+@click.option("--loglevel", default="WARNING", show_default=True)
+def server(loglevel: str) -> None:
+    """Run the server side: the built-in worker and the reaper of lost or overdue steps."""
+    settings = Settings.from_env()
+    stack = Stack(settings, pools={}, builtin=True, loglevel=loglevel.upper())
+    _run_until_signal(stack, "workerpool: server running; Ctrl-C stops it")
+
+
+@cli.command()
+def demo() -> None:
+    """Run the seed's scenario on a throwaway embedded stack and show what ran where."""
+    from workerpool.demo import run_demo
+
+    sys.exit(run_demo())

@@ -1,0 +1,91 @@
+"""``workerpool worker ...`` and ``workerpool status``."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from workerpool.cli import cli
+from workerpool.cli.output import ago, client, emit_json, table
+from workerpool.settings import Settings
+
+
+@cli.group()
+def worker() -> None:
+    """Start a pool worker or list workers."""
+
+
+@worker.command("start")
+@click.option("--pool", default=None, help="Pool to consume (name or slug).")
+@click.option("--builtin", is_flag=True, help="Run the built-in worker instead.")
+@click.option("--name", default=None, help="Worker name (default <type>-worker-NN).")
+@click.option("--concurrency", default=1, type=click.IntRange(1, 256), show_default=True,
+              help="Steps this worker runs at once.")
+@click.option("--loglevel", default="WARNING", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+def worker_start(pool: str | None, builtin: bool, name: str | None, concurrency: int,
+                 loglevel: str) -> None:
+    """Run a worker that consumes exactly one pool's queue."""
+    if builtin == (pool is not None):
+        raise click.UsageError("give exactly one of --pool NAME or --builtin")
+    from workerpool.celeryapp import serve  # worker-side code loads only here
+
+    sys.exit(serve(Settings.from_env(), None if builtin else pool, name, concurrency,
+                   loglevel.upper()))
+
+
+@worker.command("list")
+@click.option("--pool", default=None, help="Only this pool's workers ('builtin' for built-in).")
+@click.option("--json", "as_json", is_flag=True)
+def worker_list(pool: str | None, as_json: bool) -> None:
+    """Registered workers: pool, state, concurrency, running steps, last heartbeat."""
+    workers = client().workers.list(pool)
+    if as_json:
+        emit_json([w.to_json() for w in workers])
+        return
+    now = time.time()
+    table(["NAME", "POOL", "STATE", "CONCURRENCY", "RUNNING", "LAST HEARTBEAT", "HOST"],
+          [[w.name, w.pool, w.state, w.concurrency, w.heartbeat.running if w.heartbeat else 0,
+            ago(w.heartbeat.time if w.heartbeat else None, now), w.host] for w in workers])
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def status(as_json: bool) -> None:
+    """Pools with their workers, queue depth, running leases, and the built-in worker."""
+    snap = client().snapshot(detail=True)
+    pools = sorted(snap.pools.values(), key=lambda p: (not p.is_default, p.name.lower()))
+    leases_by_pool: dict[str, int] = {}
+    for lease in snap.leases:
+        leases_by_pool[lease.pool] = leases_by_pool.get(lease.pool, 0) + 1
+    if as_json:
+        emit_json({
+            "pools": [{**p.to_json(), "queued": snap.queue_depths.get(p.slug, 0),
+                       "running": leases_by_pool.get(p.slug, 0),
+                       "workers": [w.to_json() for w in snap.workers_in(p.slug)]}
+                      for p in pools],
+            "builtin_worker": {"enabled": snap.builtin_enabled,
+                               "queued": snap.queue_depths.get("builtin", 0),
+                               "running": leases_by_pool.get("builtin", 0),
+                               "workers": [w.to_json() for w in snap.workers_in("builtin")]},
+            "leases": [lease.to_json() for lease in snap.leases]})
+        return
+    rows = []
+    for p in pools:
+        members = snap.workers_in(p.slug)
+        rows.append([p.name + (" (default)" if p.is_default else ""),
+                     ", ".join(f"{w.name} {w.state}" for w in members) or "-",
+                     snap.queue_depths.get(p.slug, 0), leases_by_pool.get(p.slug, 0)])
+    builtin = snap.workers_in("builtin")
+    rows.append(["built-in worker: " + ("enabled" if snap.builtin_enabled else "disabled"),
+                 ", ".join(f"{w.name} {w.state}" for w in builtin) or "-",
+                 snap.queue_depths.get("builtin", 0), leases_by_pool.get("builtin", 0)])
+    table(["POOL", "WORKERS", "QUEUED", "RUNNING"], rows)
+    if snap.leases:
+        click.echo("")
+        now = time.time()
+        table(["LEASED STEP", "NAME", "WORKER", "POOL", "SINCE"],
+              [[lease.step_id, lease.step_name, lease.worker, lease.pool,
+                ago(lease.started_at, now)] for lease in snap.leases])

@@ -1,0 +1,168 @@
+"""The Python API: ``Client`` enqueues steps and manages pools; it never imports worker code."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Iterator
+from typing import ParamSpec, TypeVar
+
+import redis
+
+from workerpool import keys
+from workerpool.cluster import Snapshot, read_snapshot
+from workerpool.connection import connect, guarded, resolve_url
+from workerpool.errors import StepWaitTimeout, UnknownStep
+from workerpool.leases import Leases
+from workerpool.pools import PoolRegistry
+from workerpool.routing import route
+from workerpool.settings import Settings
+from workerpool.steps import TERMINAL, LogEntry, ScriptStep, StepResult
+from workerpool.store import StepStore
+from workerpool.workers import WorkerInfo
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Client:
+    """Entry point for Python callers: ``Client.from_env()`` or ``Client(redis_url=...)``."""
+
+    def __init__(self, redis_url: str | None = None, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        if redis_url is not None:
+            self.settings = self.settings.with_redis_url(redis_url)
+        self.url = resolve_url(self.settings)
+        self.redis: redis.Redis = connect(self.url)
+        self.store = StepStore(self.redis, self.settings.result_ttl)
+        self.leases = Leases(self.redis, self.store)
+        self.pools = PoolRegistry(self.redis)
+        self.workers = WorkerDirectory(self)
+        self.builtin = BuiltinWorker(self)
+
+    @classmethod
+    def from_env(cls) -> Client:
+        return cls()
+
+    def guard(self, action: Callable[[], T]) -> T:
+        """Run *action*, reporting Redis outages as RedisUnavailable."""
+        return guarded(action, self.url)
+
+    def snapshot(self, detail: bool = False) -> Snapshot:
+        return self.guard(lambda: read_snapshot(self.redis, detail))
+
+    def run(self, step: ScriptStep) -> StepHandle:
+        """Validate, route and enqueue *step*: two Redis round trips."""
+        step.validate()
+        chosen = route(step, self.snapshot())
+        lease_timeout = step.lease_timeout or self.settings.lease_timeout
+        step_id = self.guard(lambda: self.store.enqueue(
+            step, chosen, lease_timeout, self.settings.step_timeout))
+        return StepHandle(self, step_id)
+
+    def step(self, step_id: str) -> StepHandle:
+        """A handle on an existing step; UnknownStep if no record is stored."""
+        if not self.guard(lambda: self.redis.exists(keys.step(step_id))):
+            raise UnknownStep(f"no step with id {step_id!r} (it never existed or its record "
+                              "expired)")
+        return StepHandle(self, step_id)
+
+    def reap(self) -> int:
+        return self.guard(self.leases.reap)
+
+    def close(self) -> None:
+        self.redis.close()
+
+
+def _guarded(method: Callable[P, T]) -> Callable[P, T]:
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        handle = args[0]
+        assert isinstance(handle, StepHandle)
+        return handle.client.guard(lambda: method(*args, **kwargs))
+    return wrapper
+
+
+class StepHandle:
+    """A step that has been enqueued: wait for it, read or follow its log, cancel it."""
+
+    def __init__(self, client: Client, step_id: str) -> None:
+        self.client = client
+        self.id = step_id
+
+    def __repr__(self) -> str:
+        return f"StepHandle({self.id!r})"
+
+    @_guarded
+    def result(self) -> StepResult:
+        """The step as it is now (not waiting)."""
+        return self.client.store.result(self.id)
+
+    @_guarded
+    def logs(self) -> list[LogEntry]:
+        return self.client.store.log(self.id)
+
+    @_guarded
+    def cancel(self) -> str:
+        return self.client.leases.cancel(self.id)
+
+    def follow(self, timeout: float | None = None) -> Iterator[LogEntry]:
+        """Yield log entries as the step writes them, until it ends (or *timeout* passes)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        tick_ms = max(50, int(self.client.settings.heartbeat_interval * 500))
+        entries = self.client.store.follow(self.id, tick_ms)
+        while True:
+            entry_id, entry = self.client.guard(lambda: next(entries))
+            if entry is not None:
+                yield entry
+            elif entry_id:
+                return  # the end marker
+            elif self._ended_without_marker():
+                return
+            if deadline is not None and time.monotonic() > deadline:
+                raise StepWaitTimeout(f"step {self.id} is still running after {timeout:g}s")
+
+    def _ended_without_marker(self) -> bool:
+        """On an idle tick: reap lost or overdue steps, then report whether this one ended."""
+        self.client.reap()
+        state = self.client.guard(lambda: self.client.redis.hget(keys.step(self.id), "state"))
+        return state is None or state in TERMINAL
+
+    def wait(self, timeout: float | None = None,
+             on_log: Callable[[LogEntry], None] | None = None) -> StepResult:
+        """Block until the step ends; *on_log* sees each log line as it arrives."""
+        for entry in self.follow(timeout):
+            if on_log is not None:
+                on_log(entry)
+        return self.result()
+
+
+class WorkerDirectory:
+    """Read access to registered workers (``client.workers``)."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def list(self, pool: str | None = None) -> list[WorkerInfo]:
+        snap = self.client.snapshot()
+        if pool is None:
+            return list(snap.workers)
+        slug = keys.BUILTIN_POOL if pool == keys.BUILTIN_POOL else \
+            self.client.pools.get(pool).slug
+        return snap.workers_in(slug)
+
+
+class BuiltinWorker:
+    """Enable, disable and inspect the built-in worker (``client.builtin``)."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def enable(self) -> None:
+        self.client.guard(lambda: self.client.redis.delete(keys.BUILTIN_DISABLED))
+
+    def disable(self) -> None:
+        self.client.guard(lambda: self.client.redis.set(keys.BUILTIN_DISABLED, "1"))
+
+    def enabled(self) -> bool:
+        return not self.client.guard(lambda: self.client.redis.exists(keys.BUILTIN_DISABLED))

@@ -1,0 +1,53 @@
+"""One exception tree, grouped by who handles it; the CLI maps each group to an exit code."""
+
+from __future__ import annotations
+
+
+class WorkerPoolError(Exception):
+    """Base of every error workerpool raises on purpose; its message is meant for a user."""
+
+    exit_code = 1
+
+
+class Refused(WorkerPoolError):
+    """The request was refused before anything ran (exit code 2)."""
+
+    exit_code = 2
+
+
+class BadInput(Refused):
+    """An argument, option or file is malformed."""
+
+
+class UnknownPool(Refused):
+    """A step or command names a pool that does not exist."""
+
+
+class PoolConflict(Refused):
+    """The pool change would break a pool rule (duplicate name, removing the default)."""
+
+
+class NoWorker(Refused):
+    """No worker can take the step (built-in worker disabled, no worker for the syntax)."""
+
+
+class WorkerConflict(Refused):
+    """A live worker already uses the requested name."""
+
+
+class UnknownStep(Refused):
+    """No step with that id is stored (never existed, or its record expired)."""
+
+
+class Infrastructure(WorkerPoolError):
+    """Something workerpool depends on is unavailable (exit code 3)."""
+
+    exit_code = 3
+
+
+class RedisUnavailable(Infrastructure):
+    """Redis could not be reached or refused the connection."""
+
+
+class StepWaitTimeout(WorkerPoolError):
+    """A wait on a step ended before the step did; the step keeps going."""

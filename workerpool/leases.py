@@ -1,0 +1,172 @@
+"""Leases: the atomic claim that starts a step, and the reaper that ends lost or overdue ones.
+
+A worker leases a step by consuming its message and then claiming the step record; the claim
+only succeeds while the step is Queued at the message's attempt, so a step never runs twice at
+once, whatever Redis redelivers. Any process may run the reaper; its transitions are atomic.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import cast
+
+import redis
+
+from workerpool import keys, messages
+from workerpool.steps import (
+    CANCELLED,
+    LEASE_TIMEOUT,
+    QUEUED,
+    RUNNING,
+    WORKER_LOST,
+)
+from workerpool.store import StepStore
+
+log = logging.getLogger(__name__)
+
+# KEYS: step, running, pending. ARGV: attempt, worker name, instance, now, worker's pool.
+CLAIM = """
+local st = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'pool')
+if not st[1] then return {'gone', ''} end
+if st[1] ~= 'Queued' or st[2] ~= ARGV[1] then return {'stale', st[1]} end
+if st[3] ~= ARGV[5] then return {'wrong-pool', st[3]} end
+redis.call('HSET', KEYS[1], 'state', 'Running', 'worker', ARGV[2], 'instance', ARGV[3],
+           'started_at', ARGV[4])
+redis.call('ZREM', KEYS[3], ARGV[6])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[6])
+return {'ok', redis.call('HGETALL', KEYS[1])}
+"""
+
+# KEYS: running. ARGV: heartbeat key prefix, step key prefix.
+# Running steps whose worker instance no longer heartbeats.
+LOST = """
+local lost = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local f = redis.call('HMGET', ARGV[2] .. id, 'instance', 'worker', 'retry', 'attempt', 'queue',
+                       'name', 'pool_name', 'lease_timeout')
+  if f[1] and redis.call('EXISTS', ARGV[1] .. f[1]) == 0 then
+    lost[#lost + 1] = {id, f[1], f[2] or '', f[3] or '0', f[4] or '0', f[5] or '', f[6] or '',
+                       f[7] or '', f[8] or '0'}
+  elseif not f[1] then
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return lost
+"""
+
+# KEYS: step, running, pending, queue, log. ARGV: dead instance, now, deadline, message,
+# note, step id. Puts a lost step back in its queue once, if it opted in.
+REQUEUE = """
+local st = redis.call('HMGET', KEYS[1], 'state', 'instance', 'retry', 'attempt')
+if st[1] ~= 'Running' or st[2] ~= ARGV[1] or st[3] ~= '1' or st[4] ~= '0' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'Queued', 'attempt', '1', 'deadline', ARGV[3])
+redis.call('HDEL', KEYS[1], 'worker', 'instance', 'started_at')
+redis.call('ZREM', KEYS[2], ARGV[6])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[6])
+redis.call('LPUSH', KEYS[4], ARGV[4])
+redis.call('XADD', KEYS[5], '*', 't', ARGV[2], 's', 'system', 'x', ARGV[5])
+return 1
+"""
+
+# KEYS: step. Marks a running step for cancellation; reports where it is.
+CANCEL = """
+local st = redis.call('HMGET', KEYS[1], 'state', 'instance')
+if not st[1] then return {'gone', ''} end
+if st[1] == 'Running' then redis.call('HSET', KEYS[1], 'cancel', '1') end
+return {st[1], st[2] or ''}
+"""
+
+
+@dataclass(frozen=True)
+class Claim:
+    outcome: str  # ok | stale | gone | wrong-pool
+    record: dict[str, str]
+
+
+class Leases:
+    """Claiming, cancelling and reaping steps."""
+
+    def __init__(self, client: redis.Redis, store: StepStore) -> None:
+        self.redis = client
+        self.store = store
+        self._claim = client.register_script(CLAIM)
+        self._lost = client.register_script(LOST)
+        self._requeue = client.register_script(REQUEUE)
+        self._cancel = client.register_script(CANCEL)
+
+    def claim(self, step_id: str, attempt: int, worker: str, instance: str, pool: str) -> Claim:
+        reply = self._claim(keys=[keys.step(step_id), keys.RUNNING, keys.PENDING],
+                            args=[attempt, worker, instance, time.time(), pool, step_id])
+        outcome, payload = reply[0], reply[1]
+        if outcome != "ok":
+            return Claim(outcome, {"state": str(payload)})
+        flat = list(payload)
+        return Claim("ok", {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)})
+
+    def cancel(self, step_id: str) -> str:
+        """Ask for *step_id* to stop; returns the state it was in when asked."""
+        state, instance = self._cancel(keys=[keys.step(step_id)])
+        if state == QUEUED:
+            record = self.store.record(step_id)
+            if self.store.finish(step_id, CANCELLED, expected=(QUEUED,),
+                                 message="cancelled before a worker took it"):
+                self._drop_message(step_id, record)
+        elif state == RUNNING and instance:
+            self.redis.publish(keys.control(instance), step_id)
+        return str(state)
+
+    def reap(self) -> int:
+        """End steps whose worker stopped heartbeating and steps past their lease deadline."""
+        return self._reap_lost() + self._reap_overdue()
+
+    def _reap_lost(self) -> int:
+        ended = 0
+        rows = self._lost(keys=[keys.RUNNING], args=[keys.PREFIX + "hb:", keys.PREFIX + "step:"])
+        for row in rows:
+            step_id, instance, worker, retry, attempt, queue, name, pool_name, lease = row
+            if retry == "1" and attempt == "0" and self._retry(
+                    step_id, instance, worker, queue, name, pool_name, float(lease)):
+                ended += 1
+                continue
+            ended += self.store.finish(
+                step_id, WORKER_LOST, expected=(RUNNING,), instance=instance,
+                message=f"worker {worker} stopped heartbeating while running the step; "
+                        "the step was not run again (opt in with retry on worker loss)")
+        return ended
+
+    def _retry(self, step_id: str, instance: str, worker: str, queue: str, name: str,
+               pool_name: str, lease_timeout: float) -> bool:
+        now = time.time()
+        message = messages.build(step_id, 1, queue, messages.label(name, pool_name, step_id))
+        note = f"worker {worker} was lost while running the step; queued once more"
+        return bool(self._requeue(
+            keys=[keys.step(step_id), keys.RUNNING, keys.PENDING, queue, keys.step_log(step_id)],
+            args=[instance, now, now + lease_timeout, message, note, step_id]))
+
+    def _reap_overdue(self) -> int:
+        ended = 0
+        overdue = cast(list[str], self.redis.zrangebyscore(keys.PENDING, "-inf", time.time()))
+        for step_id in overdue:
+            record = self.store.record(step_id)
+            if not record:
+                self.redis.zrem(keys.PENDING, step_id)
+                continue
+            pool = record.get("pool_name", "")
+            waited = float(record.get("lease_timeout", 0))
+            if self.store.finish(
+                    step_id, LEASE_TIMEOUT, expected=(QUEUED,),
+                    message=f"no worker of pool {pool!r} leased the step within {waited:g}s; "
+                            f"check its workers with `workerpool worker list --pool "
+                            f"{record.get('pool', '')!r}`"):
+                ended += 1
+                self._drop_message(step_id, record)
+        return ended
+
+    def _drop_message(self, step_id: str, record: dict[str, str]) -> None:
+        """Remove a step that will never run from its queue, so queue depth stays honest."""
+        attempt = int(record.get("attempt", 0))
+        queue = record.get("queue", "")
+        label = messages.label(record.get("name", ""), record.get("pool_name", ""), step_id)
+        self.redis.lrem(queue, 1, messages.build(step_id, attempt, queue, label))

@@ -1,0 +1,206 @@
+"""Worker pools: names, slugs, the default-pool rule, and their registry in Redis."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+import redis
+
+from workerpool import keys
+from workerpool.errors import BadInput, PoolConflict, UnknownPool
+
+DEFAULT_POOL_NAME = "Default Worker Pool"
+MAX_NAME_LENGTH = 100
+_SLUG_RUN = re.compile(r"[^a-z0-9]+")
+
+
+@dataclass(frozen=True)
+class Pool:
+    name: str
+    slug: str
+    description: str = ""
+    is_default: bool = False
+
+    @property
+    def queue(self) -> str:
+        return keys.pool_queue(self.slug)
+
+    def to_json(self) -> dict[str, object]:
+        return {"name": self.name, "slug": self.slug, "description": self.description,
+                "is_default": self.is_default, "queue": self.queue}
+
+
+def slugify(name: str) -> str:
+    """``Database Worker Pool`` -> ``database-worker-pool``."""
+    return _SLUG_RUN.sub("-", name.lower()).strip("-")
+
+
+def validate_name(name: str) -> str:
+    """The trimmed name, or BadInput explaining what a pool name must be."""
+    name = name.strip()
+    if not name:
+        raise BadInput("pool name is empty; give a name such as 'Database Worker Pool'")
+    if len(name) > MAX_NAME_LENGTH:
+        raise BadInput(f"pool name is {len(name)} characters; the limit is {MAX_NAME_LENGTH}")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise BadInput("pool name contains control characters; use letters, digits and spaces")
+    if not slugify(name):
+        raise BadInput(f"pool name {name!r} has no letters or digits to make a slug from")
+    return name
+
+
+def worker_type(slug: str) -> str:
+    """The seed's ``[workertype]`` in worker names: ``database-worker-pool`` -> ``database``."""
+    for suffix in ("-worker-pool", "-workers", "-pool"):
+        if slug.endswith(suffix) and len(slug) > len(suffix):
+            return slug[: -len(suffix)]
+    return slug
+
+
+def _decode(slug: str, raw: str, default_slug: str | None) -> Pool:
+    data = json.loads(raw)
+    return Pool(name=data["name"], slug=slug, description=data.get("description", ""),
+                is_default=slug == default_slug)
+
+
+def pools_from_hash(raw: dict[str, str], default_slug: str | None) -> dict[str, Pool]:
+    return {slug: _decode(slug, value, default_slug) for slug, value in raw.items()}
+
+
+def find(pools: dict[str, Pool], ident: str) -> Pool:
+    """The pool named or slugged *ident* (case-insensitive), else UnknownPool."""
+    ident = ident.strip()
+    pool = pools.get(slugify(ident))
+    if pool is not None and (pool.slug == ident.lower() or pool.name.lower() == ident.lower()):
+        return pool
+    known = ", ".join(sorted(p.name for p in pools.values())) or "none"
+    raise UnknownPool(f"no pool named {ident!r} (pools: {known}); "
+                      f"create it with `workerpool pool add {ident!r}`")
+
+
+# KEYS: pools, default-pool. ARGV: default slug, default pool JSON. Creates the default once.
+ENSURE_DEFAULT = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SET', KEYS[2], ARGV[1])
+return 1
+"""
+
+# KEYS: pools, default-pool. ARGV: slug, JSON, make_default ('1'/'0').
+ADD = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 'exists' end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[3] == '1' then redis.call('SET', KEYS[2], ARGV[1]) end
+return 'ok'
+"""
+
+# KEYS: pools, default-pool, workers, old queue. ARGV: old slug, new slug, JSON, make_default.
+EDIT = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 'missing' end
+if ARGV[1] ~= ARGV[2] then
+  if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then return 'exists' end
+  for _, w in ipairs(redis.call('HVALS', KEYS[3])) do
+    if cjson.decode(w)['pool'] == ARGV[1] then return 'has-workers' end
+  end
+  if redis.call('LLEN', KEYS[4]) > 0 then return 'has-steps' end
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('SET', KEYS[2], ARGV[2]) end
+end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+if ARGV[4] == '1' then redis.call('SET', KEYS[2], ARGV[2]) end
+return 'ok'
+"""
+
+# KEYS: pools, default-pool, workers, queue. ARGV: slug.
+REMOVE = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 'missing' end
+if redis.call('GET', KEYS[2]) == ARGV[1] then return 'default' end
+for _, w in ipairs(redis.call('HVALS', KEYS[3])) do
+  if cjson.decode(w)['pool'] == ARGV[1] then return 'has-workers' end
+end
+if redis.call('LLEN', KEYS[4]) > 0 then return 'has-steps' end
+redis.call('HDEL', KEYS[1], ARGV[1])
+return 'ok'
+"""
+
+
+def _record(name: str, description: str) -> str:
+    return json.dumps({"name": name, "description": description})
+
+
+class PoolRegistry:
+    """Pool CRUD with the rules from the spec; each change is one atomic script."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+        self._ensure = client.register_script(ENSURE_DEFAULT)
+        self._add = client.register_script(ADD)
+        self._edit = client.register_script(EDIT)
+        self._remove = client.register_script(REMOVE)
+
+    def ensure_default(self) -> None:
+        self._ensure(keys=[keys.POOLS, keys.DEFAULT_POOL],
+                     args=[slugify(DEFAULT_POOL_NAME), _record(DEFAULT_POOL_NAME, "")])
+
+    def all(self) -> dict[str, Pool]:
+        self.ensure_default()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(keys.POOLS)
+        pipe.get(keys.DEFAULT_POOL)
+        raw, default_slug = pipe.execute()
+        return pools_from_hash(raw, default_slug)
+
+    def list(self) -> list[Pool]:
+        return sorted(self.all().values(), key=lambda p: (not p.is_default, p.name.lower()))
+
+    def get(self, ident: str) -> Pool:
+        return find(self.all(), ident)
+
+    def add(self, name: str, description: str = "", is_default: bool = False) -> Pool:
+        name = validate_name(name)
+        slug = slugify(name)
+        self.ensure_default()
+        outcome = self._add(keys=[keys.POOLS, keys.DEFAULT_POOL],
+                            args=[slug, _record(name, description), "1" if is_default else "0"])
+        if outcome == "exists":
+            existing = self.all()[slug]
+            raise PoolConflict(f"a pool named {existing.name!r} already exists (slug {slug}); "
+                               "pool names are unique ignoring case and punctuation")
+        return self.get(slug)
+
+    def edit(self, ident: str, name: str | None = None, description: str | None = None,
+             make_default: bool = False) -> Pool:
+        pool = self.get(ident)
+        new_name = validate_name(name) if name is not None else pool.name
+        new_slug = slugify(new_name)
+        new_description = pool.description if description is None else description
+        outcome = self._edit(
+            keys=[keys.POOLS, keys.DEFAULT_POOL, keys.WORKERS, pool.queue],
+            args=[pool.slug, new_slug, _record(new_name, new_description),
+                  "1" if make_default else "0"])
+        self._raise_for(outcome, pool, action="rename")
+        return self.get(new_slug)
+
+    def remove(self, ident: str) -> Pool:
+        pool = self.get(ident)
+        outcome = self._remove(keys=[keys.POOLS, keys.DEFAULT_POOL, keys.WORKERS, pool.queue],
+                               args=[pool.slug])
+        self._raise_for(outcome, pool, action="remove")
+        return pool
+
+    @staticmethod
+    def _raise_for(outcome: str, pool: Pool, action: str) -> None:
+        if outcome == "ok":
+            return
+        messages = {
+            "missing": f"pool {pool.name!r} was removed meanwhile",
+            "exists": "another pool already has that name",
+            "default": f"{pool.name!r} is the default pool and cannot be removed; make another "
+                       "pool the default first (`workerpool pool edit OTHER --default`)",
+            "has-workers": f"cannot {action} {pool.name!r}: workers are registered in it; "
+                           "stop them first",
+            "has-steps": f"cannot {action} {pool.name!r}: steps are waiting in its queue",
+        }
+        raise PoolConflict(messages[outcome])

@@ -1,0 +1,122 @@
+"""Script syntaxes: each knows its interpreter, file extension and helper functions."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+BASH_HELPERS = r"""
+__workerpool_escape() {
+  local s=$1
+  s=${s//|/||}; s=${s//\'/|\'}; s=${s//]/|]}; s=${s//$'\n'/|n}; s=${s//$'\r'/|r}
+  printf '%s' "$s"
+}
+set_workerpool_variable() {
+  printf "##workerpool[setVariable name='%s' value='%s']\n" \
+    "$(__workerpool_escape "$1")" "$(__workerpool_escape "$2")"
+}
+"""
+
+SH_HELPERS = r"""
+__workerpool_escape() {
+  printf '%s' "$1" | awk 'BEGIN { ORS = "" } {
+    gsub(/\|/, "||"); gsub(/'"'"'/, "|'"'"'"); gsub(/\]/, "|]"); gsub(/\r/, "|r")
+    if (NR > 1) printf "|n"; print }'
+}
+set_workerpool_variable() {
+  printf "##workerpool[setVariable name='%s' value='%s']\n" \
+    "$(__workerpool_escape "$1")" "$(__workerpool_escape "$2")"
+}
+"""
+
+PYTHON_BOOTSTRAP = r"""
+import runpy, sys
+
+def _escape(text):
+    text = str(text)
+    for raw, escaped in (("|", "||"), ("'", "|'"), ("]", "|]"), ("\n", "|n"), ("\r", "|r")):
+        text = text.replace(raw, escaped)
+    return text
+
+def set_workerpool_variable(name, value):
+    print(f"##workerpool[setVariable name='{_escape(name)}' value='{_escape(value)}']", flush=True)
+
+script = sys.argv[1]
+sys.argv = sys.argv[1:]
+runpy.run_path(script, init_globals={"set_workerpool_variable": set_workerpool_variable},
+               run_name="__main__")
+"""
+
+POWERSHELL_HELPERS = r"""
+function Set-WorkerPoolVariable([string]$Name, [string]$Value) {
+  $e = { param($s) $s.Replace('|','||').Replace("'","|'").Replace(']','|]').
+                          Replace("`n",'|n').Replace("`r",'|r') }
+  Write-Output ("##workerpool[setVariable name='{0}' value='{1}']" -f (& $e $Name), (& $e $Value))
+}
+"""
+
+
+class Syntax:
+    """One script language; subclasses override the interpreter, extension and helpers."""
+
+    name = ""
+    program = ""
+    extension = ""
+
+    def available(self) -> bool:
+        return shutil.which(self.program) is not None
+
+    def prepare(self, workdir: Path, script: str) -> tuple[list[str], dict[str, str]]:
+        """Write the script (and helpers) into *workdir*; return argv and extra environment."""
+        raise NotImplementedError
+
+
+class Bash(Syntax):
+    name, program, extension = "bash", "bash", ".sh"
+
+    def prepare(self, workdir: Path, script: str) -> tuple[list[str], dict[str, str]]:
+        (workdir / "workerpool-helpers.sh").write_text(BASH_HELPERS)
+        (workdir / ("script" + self.extension)).write_text(script)
+        # BASH_ENV loads the helpers before the script without shifting its line numbers.
+        return (["bash", "script.sh"], {"BASH_ENV": str(workdir / "workerpool-helpers.sh")})
+
+
+class Sh(Syntax):
+    name, program, extension = "sh", "sh", ".sh"
+
+    def prepare(self, workdir: Path, script: str) -> tuple[list[str], dict[str, str]]:
+        (workdir / "workerpool-helpers.sh").write_text(SH_HELPERS)
+        (workdir / "script.sh").write_text(script)
+        return (["sh", "-c", '. ./workerpool-helpers.sh && . ./script.sh'], {})
+
+
+class Python(Syntax):
+    name, program, extension = "python", "python", ".py"
+
+    def available(self) -> bool:
+        return True  # the worker's own interpreter runs Python steps
+
+    def prepare(self, workdir: Path, script: str) -> tuple[list[str], dict[str, str]]:
+        (workdir / "workerpool_bootstrap.py").write_text(PYTHON_BOOTSTRAP)
+        (workdir / "script.py").write_text(script)
+        return ([sys.executable, "-u", "workerpool_bootstrap.py", "script.py"],
+                {"PYTHONUNBUFFERED": "1"})
+
+
+class PowerShell(Syntax):
+    name, program, extension = "powershell", "pwsh", ".ps1"
+
+    def prepare(self, workdir: Path, script: str) -> tuple[list[str], dict[str, str]]:
+        (workdir / "workerpool-helpers.ps1").write_text(POWERSHELL_HELPERS)
+        (workdir / "script.ps1").write_text(script)
+        return (["pwsh", "-NoLogo", "-NoProfile", "-NonInteractive", "-Command",
+                 ". ./workerpool-helpers.ps1; & ./script.ps1; exit $LASTEXITCODE"], {})
+
+
+SYNTAXES: dict[str, Syntax] = {s.name: s for s in (Bash(), Sh(), Python(), PowerShell())}
+
+
+def available_syntaxes() -> tuple[str, ...]:
+    """The syntaxes this machine can run: what a worker advertises when it registers."""
+    return tuple(name for name, syntax in SYNTAXES.items() if syntax.available())

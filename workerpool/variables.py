@@ -1,0 +1,39 @@
+"""Step variables: masking of sensitive values, and the environment a script sees."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+
+MASK = "********"
+_ENV_INVALID = re.compile(r"[^A-Za-z0-9_]")
+
+
+class Masker:
+    """Replaces every sensitive value in text with a fixed mask, longest values first."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        values = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self._pattern = re.compile("|".join(map(re.escape, values))) if values else None
+
+    def __call__(self, text: str) -> str:
+        if self._pattern is None:
+            return text
+        return self._pattern.sub(MASK, text)
+
+
+def env_name(name: str) -> str:
+    """A variable's environment name: characters outside ``[A-Za-z0-9_]`` become ``_``."""
+    mapped = _ENV_INVALID.sub("_", name)
+    return "_" + mapped if mapped[:1].isdigit() else mapped
+
+
+def script_environment(variables: Mapping[str, str], system: Mapping[str, str],
+                       base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The worker's environment without workerpool's own settings, plus the step's variables."""
+    base = os.environ if base is None else base
+    env = {k: v for k, v in base.items() if not k.startswith("WORKERPOOL_")}
+    env.update(system)
+    env.update({env_name(k): v for k, v in variables.items()})
+    return env

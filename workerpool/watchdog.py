@@ -1,0 +1,30 @@
+"""Kills a dead worker's script process groups.
+
+A worker starts one watchdog and tells it, over a pipe, each script process group it starts
+(``+PGID``) and reaps (``-PGID``). When the pipe closes (the worker exited or was SIGKILLed),
+the watchdog kills every group still listed, so no script outlives its worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    groups: set[int] = set()
+    for line in sys.stdin:
+        sign, _, number = line.strip().partition(" ")
+        if number.isdigit():
+            (groups.add if sign == "+" else groups.discard)(int(number))
+    for pgid in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    main()
