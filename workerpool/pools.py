@@ -47,7 +47,11 @@ def validate_name(name: str) -> str:
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
         raise BadInput("pool name contains control characters; use letters, digits and spaces")
     if not slugify(name):
-        raise BadInput(f"pool name {name!r} has no letters or digits to make a slug from")
+        raise BadInput(f"pool name {name!r} has no ASCII letters or digits to make a slug from")
+    if slugify(name) == keys.BUILTIN_POOL:
+        # Its queue, workers and status would be confused with the built-in worker's.
+        raise BadInput(f"pool name {name!r} is reserved for the built-in worker; "
+                       "choose another name")
     return name
 
 

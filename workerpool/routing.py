@@ -29,7 +29,8 @@ BUILTIN_ROUTE = Route(keys.BUILTIN_QUEUE, keys.BUILTIN_POOL, "built-in worker")
 def route(step: ScriptStep, snapshot: Snapshot) -> Route:
     """Apply the routing rules; raise a Refused error when no queue may take the step."""
     if step.location == LOCATION_SERVER:
-        return _builtin(snapshot, "the step runs on the server (--server)")
+        return _check_syntax(step, _builtin(snapshot, "the step runs on the server (--server)"),
+                             snapshot)
     if step.pool is not None:
         pool = find(snapshot.pools, step.pool)
     else:

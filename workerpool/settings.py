@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -20,8 +21,8 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise BadInput(f"{ENV_PREFIX}{name}={raw!r} is not a number of seconds") from None
-    if value <= 0:
-        raise BadInput(f"{ENV_PREFIX}{name} must be greater than 0 (got {raw})")
+    if not math.isfinite(value) or value <= 0:
+        raise BadInput(f"{ENV_PREFIX}{name} must be a finite number greater than 0 (got {raw})")
     return value
 
 
@@ -69,9 +70,10 @@ class Settings:
             lease_timeout=_float(env, "LEASE_TIMEOUT", cls.lease_timeout),
             step_timeout=_float(env, "STEP_TIMEOUT", cls.step_timeout),
             log_max_lines=_int(env, "LOG_MAX_LINES", cls.log_max_lines),
+            log_max_line_bytes=_int(env, "LOG_MAX_LINE_BYTES", cls.log_max_line_bytes),
             result_ttl=_int(env, "RESULT_TTL", cls.result_ttl),
             kill_grace=_float(env, "KILL_GRACE", cls.kill_grace),
-            keep_workdirs=env.get(ENV_PREFIX + "KEEP_WORKDIRS", "") in ("1", "true", "yes"),
+            keep_workdirs=env.get(ENV_PREFIX + "KEEP_WORKDIRS", "").lower() in ("1", "true", "yes"),
         )
 
     def with_redis_url(self, url: str) -> Settings:

@@ -34,10 +34,11 @@ def parse_pool_counts(spec: str) -> dict[str, int]:
     """``"Database Worker Pool=2,Kubernetes Worker Pool=1"`` -> {name: workers}."""
     counts: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
-        name, _, number = part.rpartition("=")
-        if not name:
-            name, number = number, "1"
-        if not number.strip().isdigit() or int(number) < 1:
+        name, sep, number = part.rpartition("=")
+        if not sep:
+            name, number = part, "1"
+        number = number.strip()
+        if not name.strip() or not (number.isascii() and number.isdigit()) or int(number) < 1:
             raise BadInput(f"--pools entry {part!r} must be NAME or NAME=COUNT with COUNT >= 1")
         counts[name.strip()] = int(number)
     return counts

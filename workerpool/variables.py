@@ -11,16 +11,35 @@ _ENV_INVALID = re.compile(r"[^A-Za-z0-9_]")
 
 
 class Masker:
-    """Replaces every sensitive value in text with a fixed mask, longest values first."""
+    """Replaces every sensitive value in text with a fixed mask, longest values first.
+
+    Occurrences that overlap in the text (``abcd`` and ``cdef`` in ``abcdef``) become one mask,
+    so no part of any secret is left showing.
+    """
 
     def __init__(self, secrets: Iterable[str]) -> None:
         values = sorted({s for s in secrets if s}, key=len, reverse=True)
-        self._pattern = re.compile("|".join(map(re.escape, values))) if values else None
+        # A lookahead finds the longest secret starting at every position, overlaps included.
+        self._pattern = (re.compile("(?=(" + "|".join(map(re.escape, values)) + "))")
+                         if values else None)
 
     def __call__(self, text: str) -> str:
         if self._pattern is None:
             return text
-        return self._pattern.sub(MASK, text)
+        spans: list[list[int]] = []
+        for match in self._pattern.finditer(text):
+            start, end = match.span(1)
+            if spans and start < spans[-1][1]:
+                spans[-1][1] = max(spans[-1][1], end)
+            else:
+                spans.append([start, end])
+        if not spans:
+            return text
+        pieces, done = [], 0
+        for start, end in spans:
+            pieces += [text[done:start], MASK]
+            done = end
+        return "".join(pieces) + text[done:]
 
 
 def env_name(name: str) -> str:

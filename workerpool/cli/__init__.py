@@ -10,6 +10,7 @@ import redis
 
 from workerpool.errors import WorkerPoolError
 
+EXIT_USAGE = 2
 EXIT_REDIS = 3
 
 
@@ -43,6 +44,14 @@ def main() -> None:
     from workerpool.cli import pools, stack, steps, workers  # noqa: F401  (register commands)
 
     try:
-        cli.main(prog_name="workerpool")
-    except KeyboardInterrupt:
+        code = cli.main(prog_name="workerpool", standalone_mode=False)
+    except click.UsageError as exc:
+        where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+        click.echo(f"workerpool: error: {exc.format_message()}{where}", err=True)
+        sys.exit(EXIT_USAGE)
+    except click.ClickException as exc:
+        click.echo(f"workerpool: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, click.Abort):
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -78,7 +78,7 @@ def run(pool: str | None, server: bool, script: str | None, script_file: str | N
         location=LOCATION_SERVER if server else LOCATION_WORKER,
         variables=dict(map(assignment, variables)),
         sensitive_variables=dict(map(assignment, secrets)), timeout=timeout,
-        lease_timeout=lease_timeout, retry_on_worker_lost=retry_on_worker_lost)
+        lease_timeout=lease_timeout, retry_on_worker_lost=retry_on_worker_lost).validate()
     c = client()
     handle = c.run(step)
     if no_wait:

@@ -1,0 +1,158 @@
+"""Fixtures: one real redis-server per session, a fresh database per test, real worker processes.
+
+Nothing here fakes Redis, Celery or subprocess. Each test gets its own Redis database (so pools,
+workers and queues never leak between tests) and starts the workers it needs as subprocesses
+running ``workerpool worker start``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from workerpool import Client
+from workerpool.embedded import EmbeddedRedis
+from workerpool.settings import Settings
+
+HEARTBEAT = 0.5
+DATABASES = 512
+_db_numbers = itertools.count(1)
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 20.0, what: str = "condition",
+             interval: float = 0.02) -> object:
+    """Poll *condition* until it returns something truthy; fail the test after *timeout*."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"),
+                           extra_args=("--databases", str(DATABASES), "--appendonly", "no"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: EmbeddedRedis) -> str:
+    number = next(_db_numbers)
+    assert number < DATABASES, "more tests than Redis databases; raise DATABASES"
+    url = f"redis://127.0.0.1:{redis_server.port}/{number}"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+@pytest.fixture
+def env(redis_url: str, tmp_path: Path) -> dict[str, str]:
+    """Environment for workerpool subprocesses: this test's database, fast heartbeats."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("WORKERPOOL_")}
+    return {**base, "WORKERPOOL_REDIS_URL": redis_url, "WORKERPOOL_HOME": str(tmp_path / "home"),
+            "WORKERPOOL_HEARTBEAT_INTERVAL": str(HEARTBEAT), "WORKERPOOL_KILL_GRACE": "1"}
+
+
+@pytest.fixture
+def settings(env: dict[str, str]) -> Settings:
+    return Settings.from_env(env)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[Client]:
+    c = Client(settings=settings)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def raw(redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_url, decode_responses=True)
+
+
+@dataclass
+class Worker:
+    proc: subprocess.Popen[bytes]
+    name: str
+    pool: str
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+@pytest.fixture
+def start_worker(env: dict[str, str], client: Client,
+                 tmp_path: Path) -> Iterator[Callable[..., Worker]]:
+    """Factory: start a real worker process and wait until it consumes its queue."""
+    started: list[Worker] = []
+
+    def start(pool: str | None = None, name: str | None = None, concurrency: int = 1,
+              extra_env: dict[str, str] | None = None) -> Worker:
+        args = ["--builtin"] if pool is None else ["--pool", pool]
+        if name:
+            args += ["--name", name]
+        log = open(tmp_path / f"worker-{len(started)}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "workerpool", "worker", "start", *args,
+             "--concurrency", str(concurrency), "--loglevel", "INFO"],
+            env={**env, **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT)
+
+        def ready() -> str | None:
+            if proc.poll() is not None:
+                raise AssertionError(f"worker exited with {proc.returncode}: "
+                                     f"{(tmp_path / log.name).read_text()[-2000:]}")
+            found = [w for w in client.workers.list() if w.pid == proc.pid]
+            return found[0].name if found and found[0].state == "Healthy" else None
+
+        worker_name = str(wait_for(ready, 60, "worker to be ready"))
+        worker = Worker(proc, worker_name, pool or "builtin")
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        if worker.proc.poll() is None:
+            worker.proc.send_signal(signal.SIGTERM)
+    for worker in started:
+        try:
+            worker.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            worker.proc.kill()
+            worker.proc.wait()
+
+
+@pytest.fixture
+def cli(env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run the real ``workerpool`` command line in a subprocess."""
+
+    def run(*args: str, timeout: float = 60,
+            extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "workerpool", *args],
+                              env={**env, **(extra_env or {})}, capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+
+    return run

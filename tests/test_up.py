@@ -1,0 +1,92 @@
+"""``workerpool up``: the embedded stack, found by other commands, stopped cleanly by Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import pid_alive, wait_for
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _session_members(sid_leaders: set[int]) -> set[int]:
+    """Processes in the sessions of *sid_leaders* (workers run in sessions of their own)."""
+    members = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[4]) in sid_leaders and fields[0] != "Z":
+                members.add(int(entry))
+    return members
+
+
+def test_up_runs_the_stack_until_ctrl_c(tmp_path):
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKERPOOL_")}
+    env.update(WORKERPOOL_HOME=str(home), WORKERPOOL_HEARTBEAT_INTERVAL="0.5")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "workerpool", "up", "--pools",
+         "Database Worker Pool=2,Kubernetes Worker Pool=1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert up.stderr is not None
+    try:
+        for line in up.stderr:
+            if "Ctrl-C stops everything" in line:
+                break
+        else:
+            raise AssertionError(f"up exited early with {up.wait()}")
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "workerpool", *args], env=env,
+                                  capture_output=True, text=True, timeout=60)
+
+        status = json.loads(cli("status", "--json").stdout)
+        pools = {p["name"]: p for p in status["pools"]}
+        assert [w["name"] for w in pools["Database Worker Pool"]["workers"]] == [
+            "database-worker-01", "database-worker-02"]
+        assert [w["name"] for w in pools["Kubernetes Worker Pool"]["workers"]] == [
+            "kubernetes-worker-01"]
+        assert status["builtin_worker"]["enabled"] is True
+        assert [w["state"] for w in status["builtin_worker"]["workers"]] == ["Healthy"]
+        done = cli("run", "--pool", "Database Worker Pool", "--script", "echo hi", "--json")
+        assert json.loads(done.stdout)["worker"].startswith("database-worker-0")
+        assert (home / "redis" / "appendonly.aof").exists() or \
+            (home / "redis" / "appendonlydir").exists()
+
+        family = _descendants(up.pid)
+        assert len(family) >= 5  # redis, built-in worker, three pool workers (+ watchdogs)
+        up.send_signal(signal.SIGINT)
+        assert up.wait(60) == 0
+        for pid in family:
+            wait_for(lambda pid=pid: not pid_alive(pid), 10, f"child {pid} to exit")
+        assert not _session_members(family)
+        assert not (home / "embedded.json").exists()
+        gone = cli("status")
+        assert gone.returncode == 3 and "workerpool up" in gone.stderr
+    finally:
+        if up.poll() is None:
+            up.kill()
