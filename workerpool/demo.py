@@ -4,6 +4,7 @@ worker, and the built-in worker switched off at the end."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -44,7 +45,8 @@ def run_demo() -> int:
     echo(f"Starting an embedded stack in {home}: Redis, the built-in worker, and "
          + ", ".join(f"{n} x {name}" for name, (n, _) in POOLS.items()) + " ...")
     stack = Stack(settings, pools={name: n for name, (n, _) in POOLS.items()},
-                  descriptions={name: d for name, (_, d) in POOLS.items()})
+                  descriptions={name: d for name, (_, d) in POOLS.items()},
+                  log_dir=home / "logs")
     with stack:
         client = stack.client()
         handles = [client.run(step) for step in STEPS]
@@ -63,5 +65,6 @@ def run_demo() -> int:
             refused = str(exc)
         echo(f"With the built-in worker disabled, the same step is refused:\n  {refused}")
         ok = all(r.succeeded for r in results)
-    echo("\nStopped everything the demo started.")
+    shutil.rmtree(home, ignore_errors=True)
+    echo("\nStopped everything the demo started and removed its data.")
     return 0 if ok else 1

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 
 from workerpool.client import Client
@@ -53,6 +54,7 @@ class Stack:
     builtin: bool = True
     loglevel: str = "WARNING"
     descriptions: dict[str, str] = field(default_factory=dict)
+    log_dir: Path | None = None  # worker output goes here instead of the terminal
     redis_server: EmbeddedRedis | None = None
     children: list[subprocess.Popen[bytes]] = field(default_factory=list)
     url: str = ""
@@ -96,11 +98,17 @@ class Stack:
         env = {**os.environ, "WORKERPOOL_REDIS_URL": self.url,
                "WORKERPOOL_HOME": str(self.settings.home),
                "WORKERPOOL_HEARTBEAT_INTERVAL": str(self.settings.heartbeat_interval)}
+        output = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            output = open(self.log_dir / f"worker-{len(self.children)}.log", "ab")  # noqa: SIM115
         proc = subprocess.Popen(
             [sys.executable, "-m", "workerpool", "worker", "start", *args,
              "--loglevel", self.loglevel],
-            env=env, stdin=subprocess.DEVNULL, start_new_session=True,
-            preexec_fn=_die_with_parent)
+            env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=output,
+            start_new_session=True, preexec_fn=_die_with_parent)
+        if output is not None:
+            output.close()  # the child holds its own copy
         self.children.append(proc)
         return proc
 
@@ -114,8 +122,9 @@ class Stack:
                 return
             dead = [p for p in self.children if p.poll() is not None]
             if dead:
+                where = self.log_dir or "its output above"
                 raise Infrastructure(f"a worker exited during start-up with code "
-                                     f"{dead[0].returncode}; see its output above")
+                                     f"{dead[0].returncode}; see {where}")
             if time.monotonic() > deadline:
                 raise Infrastructure(f"{len(pids - ready)} worker(s) did not become ready "
                                      f"within {timeout:.0f}s")
