@@ -99,3 +99,27 @@ def test_twenty_kills_in_a_row_lose_nothing_and_never_overlap(client, start_work
         assert "overlap" not in log.read_text()
         assert log.read_text().count("start") == (2 if retry else 1)
     assert outcomes.count("Success") == 10 and outcomes.count("WorkerLost") == 10
+
+
+def test_stopping_a_worker_lets_short_steps_finish_and_ends_long_ones(client, start_worker,
+                                                                      tmp_path):
+    client.pools.add("Graceful")
+    worker = start_worker("Graceful", concurrency=2, extra_env={"WORKERPOOL_SHUTDOWN_GRACE": "1"})
+    log = tmp_path / "runs"
+    long = client.run(ScriptStep(script=RECORDING_SCRIPT.format(log=log, body="sleep 300"),
+                                 pool="Graceful"))
+    gate = tmp_path / "short-started"
+    short = client.run(ScriptStep(script=f"touch {gate}; sleep 0.5; echo finished",
+                                  pool="Graceful"))
+    [script_pid] = _wait_started(log)
+    wait_for(gate.exists, 20, "short step to start")
+    worker.proc.terminate()
+    assert worker.proc.wait(20) == 0
+    assert short.wait(timeout=10).state == "Success"
+    result = long.wait(timeout=10)
+    assert result.state == "WorkerLost"
+    assert any("stopped while the step ran" in e.text for e in result.log)
+    wait_for(lambda: not pid_alive(script_pid), 5, "script to be killed")
+    output = (tmp_path / "worker-0.log").read_text()
+    assert "Traceback" not in output
+    assert client.workers.list("Graceful") == []  # deregistered on a clean stop

@@ -161,13 +161,26 @@ class Runtime:
         if process is not None:
             process.stop(reason)
 
-    def shutdown(self) -> None:
-        """Stop every local script (steps end WorkerLost), deregister, release the watchdog."""
-        self.stopping.set()
+    def abort_running(self) -> None:
+        """Stop every local script now; their steps end WorkerLost (or run once more)."""
         with self.lock:
             processes = list(self.running.values())
         for process in processes:
             process.stop(STOP_ABORT)
+
+    def begin_shutdown(self) -> None:
+        """A warm stop began: running steps get the shutdown grace, then are stopped."""
+        if self.running:
+            log.warning("stopping: %d running step(s) get %gs to finish", len(self.running),
+                        self.settings.shutdown_grace)
+        timer = threading.Timer(self.settings.shutdown_grace, self.abort_running)
+        timer.daemon = True
+        timer.start()
+
+    def shutdown(self) -> None:
+        """Stop every local script (steps end WorkerLost), deregister, release the watchdog."""
+        self.stopping.set()
+        self.abort_running()
         deadline = time.monotonic() + self.settings.kill_grace + 5
         while self.running and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -246,6 +259,8 @@ class Runtime:
         elif stopped == STOP_CANCEL:
             state, message = CANCELLED, "cancelled; the script's process group was killed"
         elif stopped == STOP_ABORT:
+            if self._retry_after_abort(step_id, record):
+                return
             state, message = WORKER_LOST, f"worker {self.identity.name} stopped while the " \
                 "step ran; the script's process group was killed"
         elif exit_code == 0:
@@ -254,6 +269,15 @@ class Runtime:
             state, message = FAILED, f"the script exited with code {exit_code}"
         self._finish(step_id, state, exit_code=exit_code, outputs=steplog.outputs,
                      message=message)
+
+    def _retry_after_abort(self, step_id: str, record: dict[str, str]) -> bool:
+        """A step this worker had to stop runs once more elsewhere, if it opted in."""
+        try:
+            return self.leases.retry(step_id, self.identity.instance, self.identity.name,
+                                     record)
+        except redis.RedisError as exc:
+            log.warning("could not queue step %s once more: %s", step_id, exc)
+            return False
 
     def _finish(self, step_id: str, state: str, exit_code: int | None = None,
                 outputs: dict[str, str] | None = None, message: str = "") -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from celery import Celery
 from celery.exceptions import SecurityWarning
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutting_down
 
 from workerpool import keys
 from workerpool.agent import Runtime, register
@@ -77,7 +77,11 @@ def serve(settings: Settings, pool: str | None, name: str | None, concurrency: i
         runtime.beat()
         print(f"{identity.name} is consuming {identity.queue} ({pool_name})", flush=True)
 
+    def on_shutting_down(**_: Any) -> None:
+        runtime.begin_shutdown()
+
     worker_ready.connect(on_ready, weak=False)
+    worker_shutting_down.connect(on_shutting_down, weak=False)
     # Containers commonly run workers as root; the script runs in its own process group.
     warnings.filterwarnings("ignore", category=SecurityWarning)
     runtime.start_threads()

@@ -126,8 +126,9 @@ class Leases:
         rows = self._lost(keys=[keys.RUNNING], args=[keys.PREFIX + "hb:", keys.PREFIX + "step:"])
         for row in rows:
             step_id, instance, worker, retry, attempt, queue, name, pool_name, lease = row
-            if retry == "1" and attempt == "0" and self._retry(
-                    step_id, instance, worker, queue, name, pool_name, float(lease)):
+            record = {"retry": retry, "attempt": attempt, "queue": queue, "name": name,
+                      "pool_name": pool_name, "lease_timeout": lease}
+            if self.retry(step_id, instance, worker, record):
                 ended += 1
                 continue
             ended += self.store.finish(
@@ -136,14 +137,19 @@ class Leases:
                         "the step was not run again (opt in with retry on worker loss)")
         return ended
 
-    def _retry(self, step_id: str, instance: str, worker: str, queue: str, name: str,
-               pool_name: str, lease_timeout: float) -> bool:
+    def retry(self, step_id: str, instance: str, worker: str, record: dict[str, str]) -> bool:
+        """Queue a step whose worker was lost once more, if it opted in and has not yet."""
+        if record.get("retry") != "1" or record.get("attempt") != "0":
+            return False
         now = time.time()
-        message = messages.build(step_id, 1, queue, messages.label(name, pool_name, step_id))
+        queue = record.get("queue", "")
+        label = messages.label(record.get("name", ""), record.get("pool_name", ""), step_id)
         note = f"worker {worker} was lost while running the step; queued once more"
+        deadline = now + float(record.get("lease_timeout") or 0)
         return bool(self._requeue(
             keys=[keys.step(step_id), keys.RUNNING, keys.PENDING, queue, keys.step_log(step_id)],
-            args=[instance, now, now + lease_timeout, message, note, step_id]))
+            args=[instance, now, deadline, messages.build(step_id, 1, queue, label), note,
+                  step_id]))
 
     def _reap_overdue(self) -> int:
         ended = 0

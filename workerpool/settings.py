@@ -52,6 +52,7 @@ class Settings:
     log_max_line_bytes: int = 16_384
     result_ttl: int = 7 * 24 * 3600
     kill_grace: float = 3.0
+    shutdown_grace: float = 10.0
     keep_workdirs: bool = False
 
     @property
@@ -73,6 +74,7 @@ class Settings:
             log_max_line_bytes=_int(env, "LOG_MAX_LINE_BYTES", cls.log_max_line_bytes),
             result_ttl=_int(env, "RESULT_TTL", cls.result_ttl),
             kill_grace=_float(env, "KILL_GRACE", cls.kill_grace),
+            shutdown_grace=_float(env, "SHUTDOWN_GRACE", cls.shutdown_grace),
             keep_workdirs=env.get(ENV_PREFIX + "KEEP_WORKDIRS", "").lower() in ("1", "true", "yes"),
         )
 

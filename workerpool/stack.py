@@ -97,7 +97,8 @@ class Stack:
     def spawn(self, args: list[str]) -> subprocess.Popen[bytes]:
         env = {**os.environ, "WORKERPOOL_REDIS_URL": self.url,
                "WORKERPOOL_HOME": str(self.settings.home),
-               "WORKERPOOL_HEARTBEAT_INTERVAL": str(self.settings.heartbeat_interval)}
+               "WORKERPOOL_HEARTBEAT_INTERVAL": str(self.settings.heartbeat_interval),
+               "WORKERPOOL_SHUTDOWN_GRACE": str(self.settings.shutdown_grace)}
         output = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -145,14 +146,14 @@ class Stack:
                     proc.returncode = 0  # report once
             time.sleep(self.settings.heartbeat_interval / 2)
 
-    def stop(self, grace: float = 10.0) -> None:
-        """Warm-stop workers (running steps may finish), then force; then stop Redis."""
+    def stop(self) -> None:
+        """Warm-stop workers (each gives running steps the shutdown grace, then stops them),
+        SIGKILL any that hang (their watchdogs kill the scripts); then stop Redis."""
         self._signal_all(signal.SIGTERM)
-        if not self._wait_all(grace):
-            self._signal_all(signal.SIGQUIT)
-            if not self._wait_all(5.0):
-                self._signal_all(signal.SIGKILL)
-                self._wait_all(5.0)
+        patience = self.settings.shutdown_grace + self.settings.kill_grace + 15
+        if not self._wait_all(patience):
+            self._signal_all(signal.SIGKILL)
+            self._wait_all(5.0)
         self.children.clear()
         if self.redis_server is not None:
             self.redis_server.stop()
