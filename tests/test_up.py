@@ -11,6 +11,8 @@ from pathlib import Path
 
 from conftest import pid_alive, wait_for
 
+from workerpool import ScriptStep
+
 
 def _descendants(pid: int) -> set[int]:
     children: dict[int, list[int]] = {}
@@ -90,3 +92,51 @@ def test_up_runs_the_stack_until_ctrl_c(tmp_path):
     finally:
         if up.poll() is None:
             up.kill()
+
+
+def test_up_with_a_redis_url_starts_no_embedded_server(env, tmp_path, client):
+    up = subprocess.Popen([sys.executable, "-m", "workerpool", "up", "--pools", "Ops=1"],
+                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert up.stderr is not None
+    try:
+        for line in up.stderr:
+            if "Ctrl-C stops everything" in line:
+                assert "WORKERPOOL_REDIS_URL" in line
+                break
+        else:
+            raise AssertionError(f"up exited early with {up.wait()}")
+        names = sorted(w.name for w in client.workers.list())
+        assert names == ["builtin-worker-01", "ops-worker-01"]
+        assert not any("redis-server" in Path(f"/proc/{pid}/cmdline").read_text()
+                       for pid in _descendants(up.pid) if Path(f"/proc/{pid}").exists())
+        assert not (Path(env["WORKERPOOL_HOME"]) / "embedded.json").exists()
+        up.send_signal(signal.SIGINT)
+        assert up.wait(60) == 0
+        assert client.workers.list() == []
+    finally:
+        if up.poll() is None:
+            up.kill()
+
+
+def test_worker_list_shows_state_pool_and_running_steps(client, start_worker, cli):
+    client.pools.add("Database Worker Pool")
+    busy = start_worker("Database Worker Pool", concurrency=2)
+    step = client.run(ScriptStep(script="sleep 300", pool="Database Worker Pool"))
+    wait_for(lambda: step.result().state == "Running", 20, "step to run")
+    wait_for(lambda: json.loads(cli("worker", "list", "--json").stdout)[0]["running"] == 1,
+             10, "heartbeat to report the running step")
+    [row] = json.loads(cli("worker", "list", "--pool", "database-worker-pool", "--json").stdout)
+    assert row["name"] == busy.name == "database-worker-01"
+    assert row["pool"] == "database-worker-pool" and row["state"] == "Healthy"
+    assert row["concurrency"] == 2 and row["last_heartbeat"] is not None
+    table = cli("worker", "list").stdout
+    assert "database-worker-01" in table and "Healthy" in table
+    status = json.loads(cli("status", "--json").stdout)
+    [lease] = status["leases"]
+    assert lease["step_id"] == step.id and lease["worker"] == busy.name
+    step.cancel()
+    assert step.wait(timeout=20).state == "Cancelled"
+    busy.proc.kill()
+    busy.proc.wait()
+    wait_for(lambda: client.workers.list()[0].state == "Offline", 10, "Offline")
+    assert json.loads(cli("worker", "list", "--json").stdout)[0]["state"] == "Offline"
