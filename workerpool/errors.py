@@ -51,3 +51,27 @@ class RedisUnavailable(Infrastructure):
 
 class StepWaitTimeout(WorkerPoolError):
     """A wait on a step ended before the step did; the step keeps going."""
+
+
+class UnknownFeed(Refused):
+    """A step or command names a package feed that does not exist."""
+
+
+class StepSetupError(WorkerPoolError):
+    """A step could not be prepared on its worker (its packages); the step fails (exit code 1)."""
+
+
+class ArchiveError(StepSetupError):
+    """An archive is corrupt, unsafe (an entry would escape its directory) or over its limits."""
+
+
+class PackageError(StepSetupError):
+    """A referenced package could not be found, downloaded, verified or extracted."""
+
+    def __init__(self, package_id: str, version: str, feed: str, reason: str) -> None:
+        reason = " ".join(reason.split())  # one line, whatever the cause's text held
+        super().__init__(f"package {package_id} {version} from feed '{feed}': {reason}")
+        self.package_id = package_id
+        self.version = version
+        self.feed = feed
+        self.reason = reason

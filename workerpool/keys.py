@@ -9,11 +9,30 @@ Layout (``P`` is ``workerpool:``)::
     P hb:<instance>           string heartbeat JSON {time, state, running, reason}, expiring
     P step:<id>               hash   step record: spec, state, pool, queue, worker, times
     P step:<id>:log           stream log entries {t, s, x} (time, stream, text) and one final {end}
+    P step:<id>:artifacts     hash   artifact name -> JSON {name, path, size, sha256}
+    P step:<id>:artifact:<n>  string the artifact's bytes
     P pending                 zset   step id -> lease deadline (steps in state Queued)
     P running                 zset   step id -> start time (steps in state Running; their leases)
+    P reaper                  string held by the process reaping now (expires: one reap per period)
     P control:<instance>      pubsub cancel requests for the steps a worker instance runs
+    P feeds                   hash   feed name -> feed JSON {type, uri} (``builtin`` is implicit)
+    P builtin-packages        hash   "<id>/<version>" -> built-in package JSON {id, version, ext,
+                                     size, sha256, chunks, pushed_at}
+    P builtin-package:<id>/<version>
+                              list   the built-in package's bytes in 1 MiB chunks, in order
+    P package-sha:<feed>/<id>/<version>
+                              string sha256 recorded at the package's first download anywhere
+    (package ids and versions are case-insensitive, as in NuGet: they are lower-cased in keys)
     workerpool.pool.<slug>    list   the pool's Celery queue (kombu's Redis layout)
     workerpool.builtin        list   the built-in worker's Celery queue
+    P targets                 hash   target slug -> JSON {name, environment, roles}
+    workerpool.target.<slug>  list   a deployment target's own agent queue
+    P deployments:queue       list   deployment ids submitted and not yet taken by a server
+    P deployments:active      set    deployment ids a server is running (resumed after a restart)
+    P deployments:all         zset   deployment id -> submit time
+    P deployment:<id>         hash   deployment record: process JSON, environment, state, steps
+    P deployment:<id>:done    list   ids of its runs as they finish (finish pushes them)
+    P server:hb               string the orchestrator's heartbeat, expiring
 """
 
 from __future__ import annotations
@@ -25,6 +44,15 @@ BUILTIN_DISABLED = PREFIX + "builtin:disabled"
 WORKERS = PREFIX + "workers"
 PENDING = PREFIX + "pending"
 RUNNING = PREFIX + "running"
+REAPER_LOCK = PREFIX + "reaper"
+
+TARGETS = PREFIX + "targets"
+DEPLOYMENTS_QUEUE = PREFIX + "deployments:queue"
+DEPLOYMENTS_ACTIVE = PREFIX + "deployments:active"
+DEPLOYMENTS_ALL = PREFIX + "deployments:all"
+SERVER_HEARTBEAT = PREFIX + "server:hb"
+TARGET_POOL_PREFIX = "target:"
+TARGET_QUEUE_PREFIX = "workerpool.target."
 
 BUILTIN_QUEUE = "workerpool.builtin"
 BUILTIN_POOL = "builtin"
@@ -33,6 +61,18 @@ POOL_QUEUE_PREFIX = "workerpool.pool."
 
 def pool_queue(slug: str) -> str:
     return POOL_QUEUE_PREFIX + slug
+
+
+def target_queue(slug: str) -> str:
+    return TARGET_QUEUE_PREFIX + slug
+
+
+def deployment(deployment_id: str) -> str:
+    return f"{PREFIX}deployment:{deployment_id}"
+
+
+def deployment_done(deployment_id: str) -> str:
+    return f"{PREFIX}deployment:{deployment_id}:done"
 
 
 def heartbeat(instance: str) -> str:
@@ -47,5 +87,30 @@ def step_log(step_id: str) -> str:
     return f"{PREFIX}step:{step_id}:log"
 
 
+def step_artifacts(step_id: str) -> str:
+    return f"{PREFIX}step:{step_id}:artifacts"
+
+
+def step_artifact(step_id: str, name: str) -> str:
+    return f"{PREFIX}step:{step_id}:artifact:{name}"
+
+
 def control(instance: str) -> str:
     return f"{PREFIX}control:{instance}"
+
+
+FEEDS = PREFIX + "feeds"
+BUILTIN_PACKAGES = PREFIX + "builtin-packages"
+
+
+def package_field(package_id: str, version: str) -> str:
+    """The field of a built-in package in BUILTIN_PACKAGES."""
+    return f"{package_id}/{version}".lower()
+
+
+def builtin_package_data(package_id: str, version: str) -> str:
+    return f"{PREFIX}builtin-package:{package_field(package_id, version)}"
+
+
+def package_sha(feed: str, package_id: str, version: str) -> str:
+    return f"{PREFIX}package-sha:{feed}/{package_field(package_id, version)}"
