@@ -180,4 +180,5 @@ def test_python_step_and_workdir_removed(client, pool):
     assert result.state == "Failed" and result.exit_code == 3
     workdir = Path(result.log[0].text)
     assert workdir.name.startswith(result.id)
-    assert not workdir.exists()
+    # The end is recorded first, so the caller never waits on the removal.
+    wait_for(lambda: not workdir.exists(), 10, "working directory to be removed")

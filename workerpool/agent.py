@@ -19,20 +19,30 @@ from pathlib import Path
 import redis
 
 from workerpool import keys
+from workerpool.artifacts import collect
 from workerpool.connection import connect
-from workerpool.errors import WorkerConflict
+from workerpool.errors import WorkerConflict, WorkerPoolError
 from workerpool.execution import STOP_ABORT, STOP_CANCEL, STOP_TIMEOUT, ScriptProcess
 from workerpool.leases import Leases
+from workerpool.packages import FeedRegistry, PackageCache
 from workerpool.pools import worker_type
 from workerpool.settings import Settings
 from workerpool.steplog import StepLog
 from workerpool.steps import CANCELLED, FAILED, RUNNING, SUCCESS, TIMED_OUT, WORKER_LOST
+from workerpool.stepsetup import Prepared, StepSetup, system_variables
 from workerpool.store import StepStore
-from workerpool.syntaxes import SYNTAXES, available_syntaxes
+from workerpool.syntaxes import available_syntaxes, install_helpers
 from workerpool.variables import Masker, script_environment
 from workerpool.workers import DEREGISTER, HEALTHY, REGISTER, Heartbeat, WorkerInfo
 
 log = logging.getLogger("workerpool.worker")
+
+
+@dataclass(frozen=True)
+class Ending:
+    state: str
+    exit_code: int | None
+    message: str
 
 
 @dataclass(frozen=True)
@@ -45,7 +55,11 @@ class Identity:
 
     @property
     def queue(self) -> str:
-        return keys.BUILTIN_QUEUE if self.pool == keys.BUILTIN_POOL else keys.pool_queue(self.pool)
+        if self.pool == keys.BUILTIN_POOL:
+            return keys.BUILTIN_QUEUE
+        if self.pool.startswith(keys.TARGET_POOL_PREFIX):
+            return keys.target_queue(self.pool.removeprefix(keys.TARGET_POOL_PREFIX))
+        return keys.pool_queue(self.pool)
 
 
 def register(client: redis.Redis, settings: Settings, pool: str, pool_name: str,
@@ -68,8 +82,8 @@ def register(client: redis.Redis, settings: Settings, pool: str, pool_name: str,
 class Watchdog:
     """The child that kills this worker's script groups if the worker dies without doing so."""
 
-    def __init__(self) -> None:
-        self._proc = subprocess.Popen([sys.executable, "-m", "workerpool.watchdog"],
+    def __init__(self, root: Path) -> None:
+        self._proc = subprocess.Popen([sys.executable, "-m", "workerpool.watchdog", str(root)],
                                       stdin=subprocess.PIPE, start_new_session=True, text=True)
         self._lock = threading.Lock()
 
@@ -99,9 +113,16 @@ class Runtime:
         self.lock = threading.Lock()
         self.ready = False
         self.stopping = threading.Event()
-        self.watchdog = Watchdog()
-        self.workdir_root = Path(tempfile.gettempdir()) / "workerpool" / identity.name
+        # One directory per worker instance; its watchdog removes it when the worker ends.
+        self.workdir_root = (Path(tempfile.gettempdir()) / "workerpool" /
+                             f"{identity.name}-{identity.instance[:8]}")
         self.workdir_root.mkdir(parents=True, exist_ok=True)
+        self.watchdog = Watchdog(self.workdir_root)
+        self.host = socket.gethostname()
+        self.support_dir = install_helpers(self.workdir_root / "support")
+        self.setup = StepSetup(FeedRegistry(self.redis),
+                               PackageCache(settings.home / "package-cache",
+                                            settings.package_cache_bytes, self.redis))
 
     # -- background threads -------------------------------------------------------------
 
@@ -121,7 +142,7 @@ class Runtime:
         while not self.stopping.wait(self.settings.heartbeat_interval):
             try:
                 self.beat()
-                self.leases.reap()
+                self.leases.reap(self.settings.heartbeat_interval / 4)
                 self._check_leases()
             except redis.RedisError as exc:
                 log.warning("heartbeat failed (will retry): %s", exc)
@@ -217,58 +238,77 @@ class Runtime:
             self._finish(step_id, FAILED, message="refused: the built-in worker is disabled, so "
                          "it runs nothing; `workerpool builtin-worker enable` or use a pool")
             return
-        syntax = SYNTAXES.get(record.get("syntax", ""))
-        if syntax is None or not syntax.available():
-            program = syntax.program if syntax else record.get("syntax")
-            self._finish(step_id, FAILED, message=f"{program} is not installed on worker "
-                         f"{self.identity.name}; install it or run the step elsewhere")
-            return
         secrets: dict[str, str] = json.loads(record.get("secrets") or "{}")
         variables: dict[str, str] = json.loads(record.get("variables") or "{}")
-        masker = Masker(secrets.values())
-        steplog = StepLog(self.redis, step_id, masker, self.settings.log_max_lines,
-                          self.settings.log_max_line_bytes)
+        steplog = StepLog(self.redis, step_id, Masker(secrets.values()),
+                          self.settings.log_max_lines, self.settings.log_max_line_bytes)
         workdir = Path(tempfile.mkdtemp(prefix=f"{step_id}-", dir=self.workdir_root))
         try:
-            argv, extra_env = syntax.prepare(workdir, record["script"])
-            env = script_environment({**variables, **secrets}, {
-                **extra_env, "WORKERPOOL_STEP_ID": step_id,
-                "WORKERPOOL_WORKER_NAME": self.identity.name,
-                "WORKERPOOL_POOL": self.identity.pool})
-            process = ScriptProcess(argv, workdir, env, steplog,
-                                    float(record.get("timeout") or self.settings.step_timeout),
-                                    self.settings.kill_grace)
-            with self.lock:
-                self.running[step_id] = process
-            if record.get("cancel"):
-                process.stop(STOP_CANCEL)
-            outcome = process.run(watch=self.watchdog.tell)
-        finally:
-            with self.lock:
-                self.running.pop(step_id, None)
-            steplog.close()
+            try:
+                ending = self._setup_and_run(step_id, record, workdir, steplog,
+                                             {**variables, **secrets})
+            finally:
+                with self.lock:
+                    self.running.pop(step_id, None)
+                steplog.close()  # every line is stored before the end marker
+            if ending is not None:
+                self._finish(step_id, ending.state, exit_code=ending.exit_code,
+                             outputs=steplog.outputs, message=steplog.mask(ending.message))
+        finally:  # after the end is recorded: the caller need not wait for the removal
             if not self.settings.keep_workdirs:
                 shutil.rmtree(workdir, ignore_errors=True)
-        self._finish_outcome(step_id, outcome.exit_code, outcome.stopped, steplog, record)
 
-    def _finish_outcome(self, step_id: str, exit_code: int | None, stopped: str | None,
-                        steplog: StepLog, record: dict[str, str]) -> None:
+    def _setup_and_run(self, step_id: str, record: dict[str, str], workdir: Path,
+                       steplog: StepLog, variables: dict[str, str]) -> Ending | None:
+        """Prepare the working directory, run the script, collect artifacts; None if the step
+        was queued once more instead of ending."""
+        variables.update(system_variables(step_id, record, self.identity.name, self.host))
+        try:
+            prepared = self.setup.prepare(workdir, record, variables, steplog.system)
+        except WorkerPoolError as exc:
+            return Ending(FAILED, None, str(exc))
+        try:
+            return self._run_prepared(step_id, record, workdir, steplog, prepared)
+        finally:
+            prepared.release()
+
+    def _run_prepared(self, step_id: str, record: dict[str, str], workdir: Path,
+                      steplog: StepLog, prepared: Prepared) -> Ending | None:
+        if not prepared.syntax.available():
+            return Ending(FAILED, None, f"{prepared.syntax.program} is not installed on worker "
+                          f"{self.identity.name}; install it or run the step elsewhere")
+        argv, extra_env = prepared.syntax.prepare(workdir, prepared.script, self.support_dir)
+        env = script_environment(prepared.variables, {
+            **extra_env, "WORKERPOOL_STEP_ID": step_id,
+            "WORKERPOOL_WORKER_NAME": self.identity.name, "WORKERPOOL_POOL": self.identity.pool})
+        process = ScriptProcess(argv, workdir, env, steplog,
+                                float(record.get("timeout") or self.settings.step_timeout),
+                                self.settings.kill_grace)
+        with self.lock:
+            self.running[step_id] = process
+        if record.get("cancel"):
+            process.stop(STOP_CANCEL)
+        outcome = process.run(watch=self.watchdog.tell)
+        for line in collect(self.redis, step_id, workdir, steplog.artifacts,
+                            self.settings.result_ttl):
+            steplog.system(line)
+        return self._ending(step_id, outcome.exit_code, outcome.stopped, record)
+
+    def _ending(self, step_id: str, exit_code: int | None, stopped: str | None,
+                record: dict[str, str]) -> Ending | None:
         if stopped == STOP_TIMEOUT:
-            state, message = TIMED_OUT, f"timed out after {float(record['timeout']):g}s; " \
-                "the script's process group was killed"
-        elif stopped == STOP_CANCEL:
-            state, message = CANCELLED, "cancelled; the script's process group was killed"
-        elif stopped == STOP_ABORT:
+            return Ending(TIMED_OUT, exit_code, f"timed out after {float(record['timeout']):g}s;"
+                          " the script's process group was killed")
+        if stopped == STOP_CANCEL:
+            return Ending(CANCELLED, exit_code, "cancelled; the script's process group was killed")
+        if stopped == STOP_ABORT:
             if self._retry_after_abort(step_id, record):
-                return
-            state, message = WORKER_LOST, f"worker {self.identity.name} stopped while the " \
-                "step ran; the script's process group was killed"
-        elif exit_code == 0:
-            state, message = SUCCESS, ""
-        else:
-            state, message = FAILED, f"the script exited with code {exit_code}"
-        self._finish(step_id, state, exit_code=exit_code, outputs=steplog.outputs,
-                     message=message)
+                return None
+            return Ending(WORKER_LOST, exit_code, f"worker {self.identity.name} stopped while "
+                          "the step ran; the script's process group was killed")
+        if exit_code == 0:
+            return Ending(SUCCESS, 0, "")
+        return Ending(FAILED, exit_code, f"the script exited with code {exit_code}")
 
     def _retry_after_abort(self, step_id: str, record: dict[str, str]) -> bool:
         """A step this worker had to stop runs once more elsewhere, if it opted in."""

@@ -18,6 +18,7 @@ from workerpool.connection import connect, guarded, resolve_url
 from workerpool.messages import TASK_NAME
 from workerpool.pools import find
 from workerpool.settings import Settings
+from workerpool.targets import TargetRegistry
 
 VISIBILITY_TIMEOUT = 24 * 3600
 
@@ -57,11 +58,16 @@ def bind(app: Celery, runtime: Runtime) -> None:
 
 
 def serve(settings: Settings, pool: str | None, name: str | None, concurrency: int,
-          loglevel: str = "WARNING") -> int:
-    """Run a worker for *pool* (``None``: the built-in worker) until it is told to stop."""
+          loglevel: str = "WARNING", target: str | None = None) -> int:
+    """Run a worker for *pool* (``None``: the built-in worker), or a target's agent, until it is
+    told to stop."""
     url = resolve_url(settings)
     client = connect(url)
-    if pool is None:
+    if target is not None:
+        found_target = guarded(lambda: TargetRegistry(client).get(target), url)
+        slug, pool_name = found_target.pool_key, f"target {found_target.name}"
+        name = name or found_target.slug
+    elif pool is None:
         slug, pool_name = keys.BUILTIN_POOL, "built-in worker"
     else:
         found = find(guarded(lambda: read_snapshot(client), url).pools, pool)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Iterator
-from typing import ParamSpec, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import redis
 
@@ -20,6 +21,12 @@ from workerpool.settings import Settings
 from workerpool.steps import TERMINAL, LogEntry, ScriptStep, StepResult
 from workerpool.store import StepStore
 from workerpool.workers import WorkerInfo
+
+if TYPE_CHECKING:
+    from workerpool.deployments import DeploymentResult
+    from workerpool.processes import Process
+else:
+    from workerpool.processes import Process
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -67,8 +74,25 @@ class Client:
                               "expired)")
         return StepHandle(self, step_id)
 
+    def deploy(self, process: Process | str | Path, environment: str,
+               variables: dict[str, str] | None = None, wait: bool = True,
+               timeout: float | None = None) -> DeploymentResult:
+        """Submit a deployment process (a loaded ``Process`` or a YAML path) to the server and,
+        by default, wait for it; the result is what ``deploy --json`` prints."""
+        from workerpool.deployments import Deployments
+        from workerpool.processes import load_process
+
+        if not isinstance(process, Process):
+            process = load_process(Path(process))
+        deployments = Deployments(self)
+        deployment_id = deployments.submit(process, environment, variables)
+        if not wait:
+            return deployments.result(deployment_id)
+        return deployments.wait(deployment_id, timeout=timeout)
+
     def reap(self) -> int:
-        return self.guard(self.leases.reap)
+        every = self.settings.heartbeat_interval / 4
+        return self.guard(lambda: self.leases.reap(every))
 
     def close(self) -> None:
         self.redis.close()
@@ -89,6 +113,7 @@ class StepHandle:
     def __init__(self, client: Client, step_id: str) -> None:
         self.client = client
         self.id = step_id
+        self.followed_to_end = False
 
     def __repr__(self) -> str:
         return f"StepHandle({self.id!r})"
@@ -107,7 +132,9 @@ class StepHandle:
         return self.client.leases.cancel(self.id)
 
     def follow(self, timeout: float | None = None) -> Iterator[LogEntry]:
-        """Yield log entries as the step writes them, until it ends (or *timeout* passes)."""
+        """Yield log entries as the step writes them, until it ends (or *timeout* passes).
+        ``followed_to_end`` tells afterwards whether the end marker was read."""
+        self.followed_to_end = False
         deadline = None if timeout is None else time.monotonic() + timeout
         tick_ms = max(50, int(self.client.settings.heartbeat_interval * 500))
         entries = self.client.store.follow(self.id, tick_ms)
@@ -116,6 +143,7 @@ class StepHandle:
             if entry is not None:
                 yield entry
             elif entry_id:
+                self.followed_to_end = True
                 return  # the end marker
             elif self._ended_without_marker():
                 return
@@ -131,10 +159,16 @@ class StepHandle:
     def wait(self, timeout: float | None = None,
              on_log: Callable[[LogEntry], None] | None = None) -> StepResult:
         """Block until the step ends; *on_log* sees each log line as it arrives."""
+        entries = []
         for entry in self.follow(timeout):
+            entries.append(entry)
             if on_log is not None:
                 on_log(entry)
-        return self.result()
+        if not self.followed_to_end:
+            return self.result()
+        # The whole log was read on the way; only the record is left to fetch.
+        record = self.client.guard(lambda: self.client.store.record(self.id))
+        return StepResult.from_record(self.id, record, tuple(entries))
 
 
 class WorkerDirectory:

@@ -117,8 +117,14 @@ class Leases:
             self.redis.publish(keys.control(instance), step_id)
         return str(state)
 
-    def reap(self) -> int:
-        """End steps whose worker stopped heartbeating and steps past their lease deadline."""
+    def reap(self, every: float = 0.0) -> int:
+        """End steps whose worker stopped heartbeating and steps past their lease deadline.
+
+        With *every* > 0, at most one process in the cluster reaps per that many seconds (a
+        lock with that expiry), so workers and waiting clients do not all scan every lease."""
+        if every > 0 and not self.redis.set(keys.REAPER_LOCK, "1", nx=True,
+                                            px=max(1, int(every * 1000))):
+            return 0
         return self._reap_lost() + self._reap_overdue()
 
     def _reap_lost(self) -> int:

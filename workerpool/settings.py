@@ -54,6 +54,7 @@ class Settings:
     kill_grace: float = 3.0
     shutdown_grace: float = 10.0
     keep_workdirs: bool = False
+    package_cache_bytes: int = 10 * 1024**3
 
     @property
     def heartbeat_ttl(self) -> float:
@@ -75,6 +76,7 @@ class Settings:
             result_ttl=_int(env, "RESULT_TTL", cls.result_ttl),
             kill_grace=_float(env, "KILL_GRACE", cls.kill_grace),
             shutdown_grace=_float(env, "SHUTDOWN_GRACE", cls.shutdown_grace),
+            package_cache_bytes=_int(env, "PACKAGE_CACHE_BYTES", cls.package_cache_bytes),
             keep_workdirs=env.get(ENV_PREFIX + "KEEP_WORKDIRS", "").lower() in ("1", "true", "yes"),
         )
 

@@ -13,11 +13,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from workerpool import keys
 from workerpool.client import Client
 from workerpool.connection import validate_url
 from workerpool.embedded import EmbeddedRedis, clear_state, publish_state
@@ -55,6 +57,8 @@ class Stack:
     loglevel: str = "WARNING"
     descriptions: dict[str, str] = field(default_factory=dict)
     log_dir: Path | None = None  # worker output goes here instead of the terminal
+    orchestrate: bool = False  # run deployments (workerpool server / up)
+    deployment_cap: int = 5
     redis_server: EmbeddedRedis | None = None
     children: list[subprocess.Popen[bytes]] = field(default_factory=list)
     url: str = ""
@@ -132,11 +136,23 @@ class Stack:
             time.sleep(0.05)
 
     def supervise(self, stop_requested: list[bool]) -> None:
-        """Reap lost and overdue steps until *stop_requested* is set (by a signal handler)."""
+        """Reap lost and overdue steps (and orchestrate deployments) until *stop_requested* is
+        set by a signal handler."""
         client = self.client()
+        stop = threading.Event()
+        if self.orchestrate:
+            from workerpool.deployments import Orchestrator
+
+            orchestrator = Orchestrator(self.client(), self.deployment_cap)
+            threading.Thread(target=orchestrator.serve, args=(stop,), name="orchestrator",
+                             daemon=True).start()
         while not stop_requested:
             try:
                 client.reap()
+                if self.orchestrate:
+                    client.guard(lambda: client.redis.set(
+                        keys.SERVER_HEARTBEAT, time.time(),
+                        px=int(max(self.settings.heartbeat_ttl, 5.0) * 1000)))
             except Infrastructure as exc:
                 print(f"workerpool: {exc}", file=sys.stderr)
             for proc in self.children:
@@ -145,6 +161,7 @@ class Stack:
                           file=sys.stderr)
                     proc.returncode = 0  # report once
             time.sleep(self.settings.heartbeat_interval / 2)
+        stop.set()
 
     def stop(self) -> None:
         """Warm-stop workers (each gives running steps the shutdown grace, then stops them),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import redis
 
@@ -29,6 +30,7 @@ class StepLog:
         self.written = 0
         self.dropped = 0
         self.outputs: dict[str, str] = {}
+        self.artifacts: dict[str, str] = {}  # name -> path relative to the working directory
         self._pending: list[dict[str, str]] = []
         self._first_pending = 0.0
 
@@ -91,6 +93,10 @@ class StepLog:
         if message.kind == "setVariable" and "name" in message.attributes:
             value = message.attributes.get("value", "")
             self.outputs[message.attributes["name"]] = self.mask(value)
+            return True
+        if message.kind == "createArtifact" and "path" in message.attributes:
+            path = message.attributes["path"]
+            self.artifacts[message.attributes.get("name") or Path(path).name] = path
             return True
         self.system(f"ignored unknown service message {message.kind!r}")
         return True

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from workerpool.errors import BadInput
+from workerpool.packages import PackageRef
 from workerpool.syntaxes import SYNTAXES
 
 QUEUED = "Queued"
@@ -33,7 +34,7 @@ _VAR_NAME = re.compile(r"^[^\x00-\x1f=]{1,200}$")
 class ScriptStep:
     """A script to run on a worker: where, how, with which variables and limits."""
 
-    script: str
+    script: str = ""
     syntax: str = "bash"
     pool: str | None = None
     location: str = LOCATION_WORKER
@@ -43,10 +44,15 @@ class ScriptStep:
     timeout: float | None = None
     lease_timeout: float | None = None
     retry_on_worker_lost: bool = False
+    packages: tuple[PackageRef, ...] = ()
+    script_path: str | None = None  # a script file inside an extracted package: "db/deploy.sh"
+    substitute: tuple[str, ...] = ()  # globs of files to run #{...} substitution on
+    structured: tuple[str, ...] = ()  # globs of JSON/YAML files for structured variables
 
     def validate(self) -> ScriptStep:
         """Raise BadInput naming the first thing wrong with this step; return it unchanged."""
-        if not self.script.strip():
+        self._validate_packages()
+        if self.script_path is None and not self.script.strip():
             raise BadInput("the script is empty; pass --script TEXT or --script-file FILE")
         if len(self.script.encode()) > MAX_SCRIPT_BYTES:
             raise BadInput(f"the script is {len(self.script.encode())} bytes; the limit is "
@@ -65,6 +71,28 @@ class ScriptStep:
         for name, value in {**self.variables, **self.sensitive_variables}.items():
             check_variable(name, value)
         return self
+
+
+    def _validate_packages(self) -> None:
+        names = [ref.name for ref in self.packages]
+        if len(set(names)) != len(names):
+            raise BadInput(f"package reference names must be unique (got {', '.join(names)})")
+        if self.script_path is None:
+            return
+        if self.script.strip():
+            raise BadInput("give a script or a script file inside a package, not both")
+        first = self.script_path.replace("\\", "/").split("/")[0]
+        extracted = {ref.name for ref in self.packages if ref.extract}
+        if first not in extracted or ".." in self.script_path.split("/"):
+            raise BadInput(f"script file {self.script_path!r} must be inside an extracted "
+                           f"package: <name>/path, with <name> one of {sorted(extracted)}")
+
+    def to_record(self) -> dict[str, str]:
+        """The step's package and feature fields as stored in its record."""
+        return {"packages": json.dumps([ref.to_json() for ref in self.packages]),
+                "script_path": self.script_path or "",
+                "substitute": json.dumps(list(self.substitute)),
+                "structured": json.dumps(list(self.structured))}
 
 
 def check_variable(name: str, value: str) -> None:

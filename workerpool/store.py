@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from typing import Any, cast
 
 import redis
-from redis.typing import EncodableT, FieldT
 
 from workerpool import keys, messages
 from workerpool.routing import Route
@@ -29,10 +28,25 @@ if ARGV[7] ~= '' then
   redis.call('XADD', KEYS[2], '*', 't', ARGV[6], 's', 'system', 'x', ARGV[7])
 end
 redis.call('XADD', KEYS[2], '*', 'end', ARGV[3])
+local notify = redis.call('HGET', KEYS[1], 'notify')
+if notify then
+  redis.call('LPUSH', notify, ARGV[9])
+  redis.call('EXPIRE', notify, ARGV[8])
+end
 redis.call('ZREM', KEYS[3], ARGV[9])
 redis.call('ZREM', KEYS[4], ARGV[9])
 redis.call('EXPIRE', KEYS[1], ARGV[8])
 redis.call('EXPIRE', KEYS[2], ARGV[8])
+return 1
+"""
+
+
+# KEYS: step, pending, queue. ARGV: deadline, step id, message, then the record's fields.
+ENQUEUE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+redis.call('LPUSH', KEYS[3], ARGV[3])
 return 1
 """
 
@@ -52,26 +66,29 @@ class StepStore:
         self._finish = client.register_script(FINISH)
 
     def enqueue(self, step: ScriptStep, route: Route, lease_timeout: float,
-                step_timeout: float) -> str:
-        """Store the step and push its message onto the route's queue in one transaction."""
-        step_id = new_step_id()
+                step_timeout: float, *, step_id: str | None = None, notify: str = "",
+                target: str = "") -> str:
+        """Store the step and push its message onto the route's queue, atomically and in one
+        round trip. With an explicit *step_id* that already exists, nothing is written."""
+        step_id = step_id or new_step_id()
         now = time.time()
         deadline = now + lease_timeout
-        record: dict[FieldT, EncodableT] = {
+        record: dict[str, str | int | float] = {
             "name": step.name, "syntax": step.syntax, "location": step.location,
             "pool": route.pool, "pool_name": route.pool_name, "queue": route.queue,
             "state": QUEUED, "attempt": 0, "retry": int(step.retry_on_worker_lost),
             "script": step.script, "variables": json.dumps(step.variables),
             "secrets": json.dumps(step.sensitive_variables),
             "timeout": step.timeout or step_timeout, "lease_timeout": lease_timeout,
-            "queued_at": now, "deadline": deadline,
+            "queued_at": now, "deadline": deadline, "target": target,
+            **step.to_record(),
         }
+        if notify:
+            record["notify"] = notify
         label = messages.label(step.name, route.pool_name, step_id)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(keys.step(step_id), mapping=record)
-        pipe.zadd(keys.PENDING, {step_id: deadline})
-        pipe.lpush(route.queue, messages.build(step_id, 0, route.queue, label))
-        pipe.execute()
+        fields = [item for pair in record.items() for item in pair]
+        self.redis.eval(ENQUEUE, 3, keys.step(step_id), keys.PENDING, route.queue, deadline,
+                        step_id, messages.build(step_id, 0, route.queue, label), *fields)
         return step_id
 
     def record(self, step_id: str) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 import sys
 from pathlib import Path
@@ -57,38 +58,59 @@ function Set-WorkerPoolVariable([string]$Name, [string]$Value) {
 """
 
 
+HELPER_FILES = {"workerpool-helpers.sh": BASH_HELPERS, "workerpool-helpers-sh.sh": SH_HELPERS,
+                "workerpool_bootstrap.py": PYTHON_BOOTSTRAP,
+                "workerpool-helpers.ps1": POWERSHELL_HELPERS}
+
+
+def install_helpers(directory: Path) -> Path:
+    """Write every syntax's helper files once per worker; steps refer to them by path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in HELPER_FILES.items():
+        (directory / name).write_text(text)
+    return directory
+
+
 class Syntax:
-    """One script language; subclasses override the interpreter, extension and helpers."""
+    """One script language; subclasses override the interpreter, extension and command."""
 
     name = ""
     program = ""
     extension = ""
 
     def available(self) -> bool:
-        return shutil.which(self.program) is not None
+        return _which(self.program)
 
-    def prepare(self, workdir: Path, script: str) -> tuple[list[str], dict[str, str]]:
-        """Write the script (and helpers) into *workdir*; return argv and extra environment."""
+    def prepare(self, workdir: Path, script: str,
+                support: Path) -> tuple[list[str], dict[str, str]]:
+        """Write the script into *workdir*; return argv and extra environment. *support* holds
+        the helper files from ``install_helpers``."""
         raise NotImplementedError
+
+
+@functools.cache
+def _which(program: str) -> bool:
+    return shutil.which(program) is not None
 
 
 class Bash(Syntax):
     name, program, extension = "bash", "bash", ".sh"
 
-    def prepare(self, workdir: Path, script: str) -> tuple[list[str], dict[str, str]]:
-        (workdir / "workerpool-helpers.sh").write_text(BASH_HELPERS)
-        (workdir / ("script" + self.extension)).write_text(script)
+    def prepare(self, workdir: Path, script: str,
+                support: Path) -> tuple[list[str], dict[str, str]]:
+        (workdir / "script.sh").write_text(script)
         # BASH_ENV loads the helpers before the script without shifting its line numbers.
-        return (["bash", "script.sh"], {"BASH_ENV": str(workdir / "workerpool-helpers.sh")})
+        return (["bash", "script.sh"], {"BASH_ENV": str(support / "workerpool-helpers.sh")})
 
 
 class Sh(Syntax):
     name, program, extension = "sh", "sh", ".sh"
 
-    def prepare(self, workdir: Path, script: str) -> tuple[list[str], dict[str, str]]:
-        (workdir / "workerpool-helpers.sh").write_text(SH_HELPERS)
+    def prepare(self, workdir: Path, script: str,
+                support: Path) -> tuple[list[str], dict[str, str]]:
         (workdir / "script.sh").write_text(script)
-        return (["sh", "-c", '. ./workerpool-helpers.sh && . ./script.sh'], {})
+        return (["sh", "-c", '. "$0" && . ./script.sh', str(support / "workerpool-helpers-sh.sh")],
+                {})
 
 
 class Python(Syntax):
@@ -97,24 +119,33 @@ class Python(Syntax):
     def available(self) -> bool:
         return True  # the worker's own interpreter runs Python steps
 
-    def prepare(self, workdir: Path, script: str) -> tuple[list[str], dict[str, str]]:
-        (workdir / "workerpool_bootstrap.py").write_text(PYTHON_BOOTSTRAP)
+    def prepare(self, workdir: Path, script: str,
+                support: Path) -> tuple[list[str], dict[str, str]]:
         (workdir / "script.py").write_text(script)
-        return ([sys.executable, "-u", "workerpool_bootstrap.py", "script.py"],
+        return ([sys.executable, "-u", str(support / "workerpool_bootstrap.py"), "script.py"],
                 {"PYTHONUNBUFFERED": "1"})
 
 
 class PowerShell(Syntax):
     name, program, extension = "powershell", "pwsh", ".ps1"
 
-    def prepare(self, workdir: Path, script: str) -> tuple[list[str], dict[str, str]]:
-        (workdir / "workerpool-helpers.ps1").write_text(POWERSHELL_HELPERS)
+    def prepare(self, workdir: Path, script: str,
+                support: Path) -> tuple[list[str], dict[str, str]]:
         (workdir / "script.ps1").write_text(script)
+        helpers = support / "workerpool-helpers.ps1"
         return (["pwsh", "-NoLogo", "-NoProfile", "-NonInteractive", "-Command",
-                 ". ./workerpool-helpers.ps1; & ./script.ps1; exit $LASTEXITCODE"], {})
+                 f". '{helpers}'; & ./script.ps1; exit $LASTEXITCODE"], {})
 
 
 SYNTAXES: dict[str, Syntax] = {s.name: s for s in (Bash(), Sh(), Python(), PowerShell())}
+
+
+EXTENSIONS = {".sh": "bash", ".bash": "bash", ".py": "python", ".ps1": "powershell"}
+
+
+def syntax_for_path(path: str) -> Syntax:
+    """The syntax a script file's extension implies (bash when unknown)."""
+    return SYNTAXES[EXTENSIONS.get(Path(path).suffix.lower(), "bash")]
 
 
 def available_syntaxes() -> tuple[str, ...]:

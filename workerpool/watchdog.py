@@ -1,14 +1,16 @@
-"""Kills a dead worker's script process groups.
+"""Kills a dead worker's script process groups and removes its working directories.
 
-A worker starts one watchdog and tells it, over a pipe, each script process group it starts
-(``+PGID``) and reaps (``-PGID``). When the pipe closes (the worker exited or was SIGKILLed),
-the watchdog kills every group still listed, so no script outlives its worker.
+A worker starts one watchdog (``python -m workerpool.watchdog ROOT``) and tells it, over a pipe,
+each script process group it starts (``+PGID``) and reaps (``-PGID``). When the pipe closes (the
+worker exited or was SIGKILLed), the watchdog kills every group still listed, so no script
+outlives its worker, then removes ROOT, the worker's directory of step working directories.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import sys
 
@@ -24,6 +26,8 @@ def main() -> None:
     for pgid in groups:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
+    if len(sys.argv) > 1:
+        shutil.rmtree(sys.argv[1], ignore_errors=True)
 
 
 if __name__ == "__main__":

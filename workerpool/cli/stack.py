@@ -34,22 +34,28 @@ def _run_until_signal(stack: Stack, banner: str) -> None:
                    'Pool=1". Missing pools are created.')
 @click.option("--no-builtin", is_flag=True, help="Do not start the built-in worker.")
 @click.option("--loglevel", default="WARNING", show_default=True)
-def up(pool_spec: str, no_builtin: bool, loglevel: str) -> None:
+@click.option("--cap", default=5, type=click.IntRange(1, 100), show_default=True,
+              help="Deployments run at once.")
+def up(pool_spec: str, no_builtin: bool, loglevel: str, cap: int) -> None:
     """Run Redis (embedded unless WORKERPOOL_REDIS_URL is set), the built-in worker and pool
     workers until Ctrl-C."""
     settings = Settings.from_env()
     stack = Stack(settings, pools=parse_pool_counts(pool_spec), builtin=not no_builtin,
-                  loglevel=loglevel.upper())
+                  loglevel=loglevel.upper(), orchestrate=True, deployment_cap=cap)
     where = (settings.redis_url and "WORKERPOOL_REDIS_URL") or f"embedded Redis ({settings.home})"
     _run_until_signal(stack, f"workerpool: up on {where}; Ctrl-C stops everything")
 
 
 @cli.command()
 @click.option("--loglevel", default="WARNING", show_default=True)
-def server(loglevel: str) -> None:
-    """Run the server side: the built-in worker and the reaper of lost or overdue steps."""
+@click.option("--cap", default=5, type=click.IntRange(1, 100), show_default=True,
+              help="Deployments run at once.")
+def server(loglevel: str, cap: int) -> None:
+    """Run the server: the deployment orchestrator, the built-in worker, and the reaper of lost
+    or overdue steps. The orchestrator runs no script itself."""
     settings = Settings.from_env()
-    stack = Stack(settings, pools={}, builtin=True, loglevel=loglevel.upper())
+    stack = Stack(settings, pools={}, builtin=True, loglevel=loglevel.upper(),
+                  orchestrate=True, deployment_cap=cap)
     _run_until_signal(stack, "workerpool: server running; Ctrl-C stops it")
 
 

@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import click
 
+from workerpool import keys
+from workerpool.artifacts import list_artifacts, read_artifact
 from workerpool.cli import cli
-from workerpool.cli.output import client, emit_json
+from workerpool.cli.output import client, emit_json, table
+from workerpool.client import Client
 from workerpool.errors import BadInput
-from workerpool.steps import LOCATION_SERVER, LOCATION_WORKER, LogEntry, ScriptStep, StepResult
+from workerpool.packages import PackageRef
+from workerpool.steps import (
+    LOCATION_SERVER,
+    LOCATION_WORKER,
+    TERMINAL,
+    LogEntry,
+    ScriptStep,
+    StepResult,
+)
 from workerpool.steps import parse_assignment as assignment
-from workerpool.syntaxes import SYNTAXES
-
-EXTENSIONS = {".sh": "bash", ".bash": "bash", ".py": "python", ".ps1": "powershell"}
+from workerpool.syntaxes import SYNTAXES, syntax_for_path
 
 
 def print_entry(entry: LogEntry) -> None:
@@ -27,19 +37,24 @@ def print_entry(entry: LogEntry) -> None:
         click.echo(f"workerpool: {entry.text}", err=True)
 
 
-def read_script(script: str | None, script_file: str | None,
-                syntax: str | None) -> tuple[str, str]:
+def read_script(script: str | None, script_file: str | None, syntax: str | None,
+                packages: tuple[PackageRef, ...] = ()) -> tuple[str, str, str | None]:
+    """(script text, syntax, path inside a package); a --script-file whose first part names an
+    extracted package is read on the worker, after extraction."""
     if (script is None) == (script_file is None):
         raise BadInput("give exactly one of --script TEXT or --script-file FILE")
+    if script_file is not None and not Path(script_file).exists() and \
+            script_file.split("/")[0] in {ref.name for ref in packages if ref.extract}:
+        return "", syntax or syntax_for_path(script_file).name, script_file
     if script_file is not None:
         path = Path(script_file)
         try:
             script = path.read_text()
         except (OSError, UnicodeDecodeError) as exc:
             raise BadInput(f"cannot read --script-file {script_file!r}: {exc}") from None
-        syntax = syntax or EXTENSIONS.get(path.suffix, "bash")
+        syntax = syntax or syntax_for_path(script_file).name
     assert script is not None
-    return script, syntax or "bash"
+    return script, syntax or "bash", None
 
 
 def summary(result: StepResult) -> str:
@@ -65,16 +80,26 @@ def summary(result: StepResult) -> str:
               help="Seconds the step may wait for a worker.")
 @click.option("--retry-on-worker-lost", is_flag=True,
               help="Run the step once more if its worker dies mid-step.")
+@click.option("--package", "packages", multiple=True, metavar="REF",
+              help='"name=db,id=Acme.Database,version=1.2.0,feed=builtin,extract=true" '
+                   "(repeatable).")
+@click.option("--substitute", multiple=True, metavar="GLOB",
+              help="Replace #{...} in files matching GLOB (repeatable).")
+@click.option("--structured", multiple=True, metavar="GLOB",
+              help="Structured variable replacement in JSON/YAML files matching GLOB.")
 @click.option("--no-wait", is_flag=True, help="Print the step id and return at once.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 def run(pool: str | None, server: bool, script: str | None, script_file: str | None,
         syntax: str | None, name: str, variables: tuple[str, ...], secrets: tuple[str, ...],
         timeout: float | None, lease_timeout: float | None, retry_on_worker_lost: bool,
+        packages: tuple[str, ...], substitute: tuple[str, ...], structured: tuple[str, ...],
         no_wait: bool, as_json: bool) -> None:
     """Run a script step on a worker pool and wait for it."""
-    text, chosen_syntax = read_script(script, script_file, syntax)
+    refs = tuple(PackageRef.parse(text) for text in packages)
+    text, chosen_syntax, script_path = read_script(script, script_file, syntax, refs)
     step = ScriptStep(
-        script=text, syntax=chosen_syntax, pool=pool, name=name,
+        script=text, syntax=chosen_syntax, pool=pool, name=name, packages=refs,
+        script_path=script_path, substitute=substitute, structured=structured,
         location=LOCATION_SERVER if server else LOCATION_WORKER,
         variables=dict(map(assignment, variables)),
         sensitive_variables=dict(map(assignment, secrets)), timeout=timeout,
@@ -105,14 +130,67 @@ def run(pool: str | None, server: bool, script: str | None, script_file: str | N
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the step ends.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def logs(step_id: str, follow: bool, as_json: bool) -> None:
-    """Print a step's log."""
-    handle = client().step(step_id)
+    """Print a step's log, or every run's log of a deployment."""
+    c = client()
+    if c.redis.exists(keys.deployment(step_id)):
+        _deployment_logs(c, step_id, follow, as_json)
+        return
+    handle = c.step(step_id)
     entries = handle.follow() if follow else iter(handle.logs())
     for entry in entries:
         if as_json:
             click.echo(json.dumps(entry.to_json()))
         else:
             print_entry(entry)
+
+
+def _deployment_logs(c: Client, deployment_id: str, follow: bool, as_json: bool) -> None:
+    """Each run's log in step order, headed by step and target; with --follow, until the end."""
+    from workerpool.deployments import Deployments
+
+    deployments = Deployments(c)
+    shown: set[str] = set()
+    while True:
+        result = deployments.result(deployment_id)
+        for step in result.steps:
+            for run in step.runs:
+                if run.id in shown or (follow and run.state not in TERMINAL):
+                    continue
+                shown.add(run.id)
+                where = f" [{run.target}]" if run.target else ""
+                click.echo(f"== {step.name}{where}: {run.state} on {run.worker or '-'} ({run.id})",
+                           err=True)
+                for entry in c.step(run.id).logs():
+                    click.echo(json.dumps(entry.to_json())) if as_json else print_entry(entry)
+        if not follow or result.done:
+            return
+        time.sleep(0.5)
+
+
+@cli.command()
+@click.argument("step_id")
+@click.option("--get", "name", default=None, help="Write this artifact out.")
+@click.option("--output", "-o", default=None, help="Where to write it (default: its name).")
+@click.option("--json", "as_json", is_flag=True)
+def artifacts(step_id: str, name: str | None, output: str | None, as_json: bool) -> None:
+    """List a step's artifacts, or write one out with --get NAME."""
+    c = client()
+    c.step(step_id)
+    if name is None:
+        found = list_artifacts(c.redis, step_id)
+        if as_json:
+            emit_json([a.to_json() for a in found])
+        else:
+            table(["NAME", "PATH", "BYTES", "SHA256"],
+                  [[a.name, a.path, a.size, a.sha256[:16]] for a in found])
+        return
+    data = read_artifact(c.url, step_id, name)
+    if data is None:
+        raise BadInput(f"step {step_id} has no artifact named {name!r}; list them with "
+                       f"`workerpool artifacts {step_id}`")
+    target = Path(output or Path(name).name)
+    target.write_bytes(data)
+    click.echo(f"wrote {len(data)} bytes to {target}")
 
 
 @cli.command()

@@ -9,7 +9,9 @@ import click
 
 from workerpool.cli import cli
 from workerpool.cli.output import ago, client, emit_json, table
+from workerpool.cluster import Snapshot
 from workerpool.settings import Settings
+from workerpool.targets import TargetRegistry
 
 
 @cli.group()
@@ -36,6 +38,10 @@ def worker_start(pool: str | None, builtin: bool, name: str | None, concurrency:
                    loglevel.upper()))
 
 
+def leases_of(snap: Snapshot, pool: str) -> int:
+    return sum(lease.pool == pool for lease in snap.leases)
+
+
 @worker.command("list")
 @click.option("--pool", default=None, help="Only this pool's workers ('builtin' for built-in).")
 @click.option("--json", "as_json", is_flag=True)
@@ -54,8 +60,14 @@ def worker_list(pool: str | None, as_json: bool) -> None:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
 def status(as_json: bool) -> None:
-    """Pools with their workers, queue depth, running leases, and the built-in worker."""
-    snap = client().snapshot(detail=True)
+    """Pools with their workers, queue depth, running leases, the built-in worker, and
+    deployment targets (shown apart: targets are scarce, pool workers are shared)."""
+    c = client()
+    snap = c.snapshot(detail=True)
+    targets = TargetRegistry(c.redis).list()
+    agents = {w.pool: w for w in snap.workers}
+    target_rows = [{**t.to_json(), "agent": agents[t.pool_key].state if t.pool_key in agents
+                    else "none", "running": leases_of(snap, t.pool_key)} for t in targets]
     pools = sorted(snap.pools.values(), key=lambda p: (not p.is_default, p.name.lower()))
     leases_by_pool: dict[str, int] = {}
     for lease in snap.leases:
@@ -70,6 +82,7 @@ def status(as_json: bool) -> None:
                                "queued": snap.queue_depths.get("builtin", 0),
                                "running": leases_by_pool.get("builtin", 0),
                                "workers": [w.to_json() for w in snap.workers_in("builtin")]},
+            "targets": target_rows,
             "leases": [lease.to_json() for lease in snap.leases]})
         return
     rows = []
@@ -83,6 +96,11 @@ def status(as_json: bool) -> None:
                  ", ".join(f"{w.name} {w.state}" for w in builtin) or "-",
                  snap.queue_depths.get("builtin", 0), leases_by_pool.get("builtin", 0)])
     table(["POOL", "WORKERS", "QUEUED", "RUNNING"], rows)
+    if target_rows:
+        click.echo("")
+        table(["TARGET", "ENVIRONMENT", "ROLES", "AGENT", "RUNNING"],
+              [[t.name, t.environment, ", ".join(t.roles), row["agent"], row["running"]]
+               for t, row in zip(targets, target_rows, strict=True)])
     if snap.leases:
         click.echo("")
         now = time.time()

@@ -1,0 +1,313 @@
+"""Deployments end to end: the real `workerpool server`, real pool workers and target agents."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import wait_for
+
+from workerpool import keys
+from workerpool.targets import TargetRegistry
+
+
+@pytest.fixture
+def server(env: dict[str, str], raw,
+           tmp_path: Path) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
+    """Factory: start `workerpool server` and wait until it orchestrates."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        raw.delete(keys.SERVER_HEARTBEAT)
+        log = open(tmp_path / f"server-{len(started)}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen([sys.executable, "-m", "workerpool", "server"], env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+        started.append(proc)
+        wait_for(lambda: raw.exists(keys.SERVER_HEARTBEAT), 60, "server heartbeat")
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "process.yaml"
+    path.write_text(text)
+    return path
+
+
+def targets(client, count: int, role: str = "web", environment: str = "Test") -> None:
+    registry = TargetRegistry(client.redis)
+    for n in range(1, count + 1):
+        registry.add(f"{role}-{n:02d}", environment, (role,))
+
+
+def deploy_json(cli, process: Path, *args: str) -> tuple[int, dict]:
+    done = cli("deploy", str(process), "--environment", "Test", "--json", *args, timeout=120)
+    assert done.stdout, done.stderr
+    return done.returncode, json.loads(done.stdout)
+
+
+def test_worker_per_target_respects_max_parallelism(client, start_worker, server, cli,
+                                                    tmp_path):
+    client.pools.add("Kubernetes Worker Pool")
+    workers = {start_worker("Kubernetes Worker Pool", concurrency=2).name for _ in range(3)}
+    targets(client, 12)
+    server()
+    events = tmp_path / "events"
+    process = write(tmp_path, f"""
+name: Warm up
+variables:
+  Greeting:
+    - {{value: normal}}
+    - {{value: special, target: web-03}}
+steps:
+  - name: Warm up
+    location: worker-per-target
+    pool: Kubernetes Worker Pool
+    roles: [web]
+    max_parallelism: 4
+    script: |
+      echo "start #{{Machine.Name}} $(date +%s.%N)" >> {events}
+      sleep 0.4
+      echo "end #{{Machine.Name}} $(date +%s.%N) #{{Machine.Roles}} #{{Greeting}}" >> {events}
+""")
+    code, result = deploy_json(cli, process)
+    assert code == 0 and result["state"] == "Success"
+    [step] = result["steps"]
+    runs = step["runs"]
+    assert sorted(r["target"] for r in runs) == [f"web-{n:02d}" for n in range(1, 13)]
+    assert all(r["state"] == "Success" and r["worker"] in workers for r in runs)
+    assert {r["pool"] for r in runs} == {"kubernetes-worker-pool"}
+    lines = [line.split() for line in events.read_text().splitlines()]
+    starts = {parts[1]: float(parts[2]) for parts in lines if parts[0] == "start"}
+    ends = {parts[1]: (float(parts[2]), parts[3], parts[4]) for parts in lines
+            if parts[0] == "end"}
+    assert sorted(starts) == sorted(ends) == [f"web-{n:02d}" for n in range(1, 13)]
+    assert all(roles == "web" for _, roles, _ in ends.values())
+    assert {name: greeting for name, (_, _, greeting) in ends.items() if greeting != "normal"} \
+        == {"web-03": "special"}
+    moments = sorted([(t, 1) for t in starts.values()] + [(e[0], -1) for e in ends.values()])
+    running = peak = 0
+    for _, change in moments:
+        running += change
+        peak = max(peak, running)
+    assert peak <= 4
+    assert peak >= 2, "runs should overlap up to the limit"
+
+
+def test_failed_step_skips_success_steps_and_runs_failure_and_always(client, start_worker,
+                                                                     server, cli, tmp_path):
+    client.pools.add("Database Worker Pool")
+    start_worker("Database Worker Pool")
+    server()
+    process = write(tmp_path, """
+name: Failing
+steps:
+  - {name: Migrate, location: worker, pool: Database Worker Pool, script: exit 3}
+  - {name: Smoke test, location: worker, pool: Database Worker Pool, script: echo never}
+  - {name: Roll back, location: worker, pool: Database Worker Pool, condition: failure,
+     script: echo rolling back}
+  - {name: Notify, location: server, condition: always, script: echo notified}
+""")
+    code, result = deploy_json(cli, process)
+    assert code == 1 and result["state"] == "Failed"
+    states = {s["name"]: s["state"] for s in result["steps"]}
+    assert states == {"Migrate": "Failed", "Smoke test": "Skipped", "Roll back": "Success",
+                      "Notify": "Success"}
+    migrate = result["steps"][0]["runs"][0]
+    assert migrate["exit_code"] == 3 and migrate["state"] == "Failed"
+    assert result["steps"][1]["runs"] == []
+    assert result["steps"][3]["runs"][0]["pool"] == "builtin"
+
+
+def test_retries_record_every_run(client, start_worker, server, cli, tmp_path):
+    client.pools.add("Database Worker Pool")
+    start_worker("Database Worker Pool")
+    server()
+    counter = tmp_path / "count"
+    process = write(tmp_path, f"""
+name: Flaky
+steps:
+  - name: Flaky
+    location: worker
+    pool: Database Worker Pool
+    retries: 2
+    script: |
+      n=$(( $(cat {counter} 2>/dev/null || echo 0) + 1 )); echo $n > {counter}
+      [ $n -ge 3 ]
+""")
+    code, result = deploy_json(cli, process)
+    assert code == 0 and result["state"] == "Success"
+    runs = result["steps"][0]["runs"]
+    assert [r["state"] for r in runs] == ["Failed", "Failed", "Success"]
+    assert counter.read_text().strip() == "3"
+
+
+def test_outputs_flow_to_later_steps_and_no_script_runs_on_the_orchestrator(
+        client, start_worker, server, cli, tmp_path, env):
+    client.pools.add("Database Worker Pool")
+    client.pools.add("Kubernetes Worker Pool")
+    pool_workers = {start_worker("Database Worker Pool").name,
+                    start_worker("Kubernetes Worker Pool").name}
+    targets(client, 2)
+    agents = []
+    for name in ("web-01", "web-02"):
+        agents.append(subprocess.Popen(
+            [sys.executable, "-m", "workerpool", "agent", "start", "--target", name], env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    try:
+        wait_for(lambda: sum(w.state == "Healthy" for w in client.workers.list()
+                             if w.pool.startswith("target:")) == 2, 60, "target agents")
+        server()
+        seen = tmp_path / "seen"
+        process = write(tmp_path, f"""
+name: Outputs
+steps:
+  - name: Migrate
+    pool: Database Worker Pool
+    script: set_workerpool_variable Version 1.2.3
+  - name: Warm up
+    location: worker-per-target
+    pool: Kubernetes Worker Pool
+    roles: [web]
+    script: |
+      echo "warm #{{Machine.Name}} #{{Action[Migrate].Output.Version}}" >> {seen}
+      set_workerpool_variable Warmed "#{{Machine.Name}}"
+  - name: On target
+    location: target
+    roles: [web]
+    script: |
+      echo "agent $WORKERPOOL_WORKER_NAME #{{Action[Warm up].Output[web-02].Warmed}}" >> {seen}
+  - name: Report
+    location: server
+    script: |
+      echo "server #{{Action[Migrate].Output.Version}}" >> {seen}
+""")
+        code, result = deploy_json(cli, process)
+        assert code == 0, result
+        lines = sorted(seen.read_text().splitlines())
+        assert lines == ["agent web-01 web-02", "agent web-02 web-02", "server 1.2.3",
+                         "warm web-01 1.2.3", "warm web-02 1.2.3"]
+        registered = {w.name for w in client.workers.list()}
+        runs = [r for s in result["steps"] for r in s["runs"]]
+        assert all(r["worker"] in registered for r in runs)
+        by_step = {s["name"]: {r["worker"] for r in s["runs"]} for s in result["steps"]}
+        assert by_step["Migrate"] <= pool_workers and by_step["Warm up"] <= pool_workers
+        assert by_step["On target"] == {"web-01", "web-02"}
+        assert by_step["Report"] == {"builtin-worker-01"}
+    finally:
+        for proc in agents:
+            proc.terminate()
+            proc.wait(30)
+
+
+def test_killed_server_resumes_without_running_a_step_twice(client, start_worker, server, cli,
+                                                            tmp_path, raw):
+    client.pools.add("Database Worker Pool")
+    start_worker("Database Worker Pool")
+    first = server()
+    ran = tmp_path / "ran"
+    gate = tmp_path / "gate"
+    process = write(tmp_path, f"""
+name: Long
+steps:
+  - name: Migrate
+    pool: Database Worker Pool
+    script: |
+      echo migrate >> {ran}
+      while [ ! -e {gate} ]; do sleep 0.05; done
+  - name: After
+    pool: Database Worker Pool
+    script: echo after >> {ran}
+""")
+    deployment_id = cli("deploy", str(process), "--environment", "Test", "--detach"
+                        ).stdout.strip()
+    wait_for(lambda: ran.exists(), 30, "first step to start")
+    first.kill()
+    first.wait()
+    gate.touch()  # the step finishes while no server runs
+    server()
+    done = cli("deployments", "show", deployment_id, "--json")
+    result = json.loads(done.stdout)
+    result = wait_for(lambda: (r := json.loads(cli("deployments", "show", deployment_id,
+                                                   "--json").stdout))["state"] in
+                      ("Success", "Failed") and r, 60, "deployment to end")
+    assert result["state"] == "Success"
+    assert ran.read_text().splitlines() == ["migrate", "after"]
+    assert [len(s["runs"]) for s in result["steps"]] == [1, 1]
+    assert raw.scard(keys.DEPLOYMENTS_ACTIVE) == 0
+
+
+def test_invalid_process_is_refused_before_anything_runs(client, server, cli, tmp_path, raw):
+    server()
+    process = write(tmp_path, """
+name: Bad
+steps:
+  - {name: Migrate, location: somewhere, script: echo}
+""")
+    done = cli("deploy", str(process), "--environment", "Test")
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert str(process) in line and "Migrate" in line and "location" in line
+    assert raw.zcard(keys.DEPLOYMENTS_ALL) == 0
+
+
+def test_deploy_without_a_server_is_refused(client, cli, tmp_path):
+    process = write(tmp_path, "name: X\nsteps:\n  - {name: A, location: server, script: echo}\n")
+    done = cli("deploy", str(process), "--environment", "Test")
+    assert done.returncode == 2 and "workerpool server" in done.stderr
+
+
+def test_python_deploy_variables_file_status_and_logs(client, start_worker, server, cli,
+                                                      tmp_path):
+    client.pools.add("Kubernetes Worker Pool")
+    start_worker("Kubernetes Worker Pool")
+    targets(client, 2)
+    server()
+    (tmp_path / "vars.yaml").write_text(
+        "variables:\n"
+        "  Region:\n    - {value: eu, environment: Test}\n    - {value: us, environment: Prod}\n"
+        "  Token: {value: tok-3141, sensitive: true}\n")
+    process = write(tmp_path, """
+name: Vars
+steps:
+  - name: Show
+    location: worker-per-target
+    pool: Kubernetes Worker Pool
+    roles: [web]
+    script: |
+      echo "#{Machine.Name} #{Region} #{Token}"
+""")
+    done = cli("deploy", str(process), "--environment", "Test", "--variables",
+               str(tmp_path / "vars.yaml"))
+    assert done.returncode == 0, done.stderr
+    assert "Show [web-01] Success on kubernetes-worker-01" in done.stderr
+    assert "Show [web-02] Success on kubernetes-worker-01" in done.stderr
+    deployment_id = json.loads(cli("deployments", "list", "--json").stdout)[0]["id"]
+    logs = cli("logs", deployment_id)
+    assert logs.returncode == 0
+    assert logs.stdout.splitlines() == ["web-01 eu ********", "web-02 eu ********"]
+    assert "tok-3141" not in logs.stdout + logs.stderr
+
+    from workerpool.processes import load_process
+
+    result = client.deploy(load_process(process), "Test", {"Region": "ap", "Token": "x"})
+    assert result.state == "Success"
+    assert set(result.to_json()) == {"id", "state", "environment", "steps"}
+    run_logs = [client.step(r.id).logs()[0].text for r in result.steps[0].runs]
+    assert sorted(run_logs) == ["web-01 ap x", "web-02 ap x"]
+
+    status = json.loads(cli("status", "--json").stdout)
+    assert [t["name"] for t in status["targets"]] == ["web-01", "web-02"]
+    assert all(t["agent"] == "none" for t in status["targets"])
+    assert all(not p["workers"] or p["workers"][0]["pool"] == p["slug"]
+               for p in status["pools"])

@@ -1,0 +1,151 @@
+"""``workerpool target ...``, ``agent start``, ``deploy`` and ``deployments ...``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from workerpool.cli import cli
+from workerpool.cli.output import client, emit_json, table
+from workerpool.deployments import DeploymentResult, Deployments
+from workerpool.processes import load_process
+from workerpool.settings import Settings
+from workerpool.steps import parse_assignment
+from workerpool.targets import TargetRegistry
+
+
+@cli.group()
+def target() -> None:
+    """Deployment targets: machines in an environment, with roles and their own agent."""
+
+
+@target.command("add")
+@click.argument("name")
+@click.option("--environment", required=True, help="Environment the target belongs to.")
+@click.option("--role", "roles", multiple=True, required=True, help="A role (repeatable).")
+def target_add(name: str, environment: str, roles: tuple[str, ...]) -> None:
+    """Register a target."""
+    added = TargetRegistry(client().redis).add(name, environment, roles)
+    click.echo(f"added target {added.name!r} in {added.environment} with roles "
+               f"{', '.join(added.roles)}; run its agent with "
+               f"`workerpool agent start --target {added.slug}`")
+
+
+@target.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def target_list(as_json: bool) -> None:
+    """List targets and whether their agents are online."""
+    c = client()
+    targets = TargetRegistry(c.redis).list()
+    agents = {w.pool: w for w in c.workers.list()}
+    if as_json:
+        emit_json([{**t.to_json(), "agent": agents[t.pool_key].state if t.pool_key in agents
+                    else "none"} for t in targets])
+        return
+    table(["TARGET", "ENVIRONMENT", "ROLES", "AGENT"],
+          [[t.name, t.environment, ", ".join(t.roles),
+            agents[t.pool_key].state if t.pool_key in agents else "none"] for t in targets])
+
+
+@target.command("remove")
+@click.argument("name")
+def target_remove(name: str) -> None:
+    """Remove a target."""
+    removed = TargetRegistry(client().redis).remove(name)
+    click.echo(f"removed target {removed.name!r}")
+
+
+@cli.group()
+def agent() -> None:
+    """Run a deployment target's own agent."""
+
+
+@agent.command("start")
+@click.option("--target", "target_name", required=True, help="Target name or slug.")
+@click.option("--concurrency", default=1, type=click.IntRange(1, 64), show_default=True)
+@click.option("--loglevel", default="WARNING", show_default=True)
+def agent_start(target_name: str, concurrency: int, loglevel: str) -> None:
+    """Consume the target's queue: scripts for location 'target' run here."""
+    from workerpool.celeryapp import serve
+
+    sys.exit(serve(Settings.from_env(), None, None, concurrency, loglevel.upper(),
+                   target=target_name))
+
+
+class Progress:
+    """Prints each change of a step or of one of its runs (per target), once."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, str] = {}
+
+    def __call__(self, result: DeploymentResult) -> None:
+        self._say(result.id, f"deployment {result.id} {result.state}")
+        for step in result.steps:
+            self._say(step.name, f"step {step.name!r}: {step.state}")
+            for run in step.runs:
+                where = f"[{run.target}] " if run.target else ""
+                worker = f" on {run.worker}" if run.worker else ""
+                self._say(run.id, f"  {step.name} {where}{run.state}{worker}")
+
+    def _say(self, key: str, line: str) -> None:
+        if self.seen.get(key) != line:
+            self.seen[key] = line
+            click.echo(f"workerpool: {line}", err=True)
+
+
+@cli.command()
+@click.argument("process_file", type=click.Path(dir_okay=False))
+@click.option("--environment", required=True, help="Environment to deploy to.")
+@click.option("--var", "variables", multiple=True, help="NAME=VALUE overriding project variables.")
+@click.option("--variables", "variables_file", default=None, type=click.Path(dir_okay=False),
+              help="A YAML file of project variables (scoped like the process file's).")
+@click.option("--detach", is_flag=True, help="Print the deployment id and return.")
+@click.option("--json", "as_json", is_flag=True)
+def deploy(process_file: str, environment: str, variables: tuple[str, ...],
+           variables_file: str | None, detach: bool, as_json: bool) -> None:
+    """Run a deployment process (YAML) against an environment, on the server."""
+    process = load_process(Path(process_file),
+                           extra_variables_file=Path(variables_file) if variables_file else None)
+    extra = dict(map(parse_assignment, variables))
+    deployments = Deployments(client())
+    deployment_id = deployments.submit(process, environment, extra)
+    if detach:
+        click.echo(deployment_id)
+        return
+    result = deployments.wait(deployment_id, on_change=None if as_json else Progress())
+    if as_json:
+        emit_json(result.to_json())
+    sys.exit(0 if result.state == "Success" else 1)
+
+
+@cli.group("deployments")
+def deployments_group() -> None:
+    """List and show deployments."""
+
+
+@deployments_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def deployments_list(as_json: bool) -> None:
+    found = Deployments(client()).list()
+    if as_json:
+        emit_json([d.to_json() for d in found])
+        return
+    table(["ID", "PROCESS", "ENVIRONMENT", "STATE"],
+          [[d.id, d.process, d.environment, d.state] for d in found])
+
+
+@deployments_group.command("show")
+@click.argument("deployment_id")
+@click.option("--json", "as_json", is_flag=True)
+def deployments_show(deployment_id: str, as_json: bool) -> None:
+    result = Deployments(client()).result(deployment_id)
+    if as_json:
+        emit_json(result.to_json())
+        return
+    click.echo(f"{result.id} {result.process!r} to {result.environment}: {result.state}"
+               + (f" ({result.message})" if result.message else ""))
+    table(["STEP", "STATE", "RUN", "TARGET", "WORKER", "RUN STATE", "EXIT"],
+          [[s.name, s.state, r.id, r.target or "", r.worker or "", r.state, r.exit_code]
+           for s in result.steps for r in (s.runs or ())] or [])

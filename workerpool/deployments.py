@@ -1,0 +1,382 @@
+"""Deployments: a process's steps run in order against an environment's targets.
+
+The orchestrator (in ``workerpool server``) only plans and enqueues; every script runs on a
+pool worker, a target's agent, or the built-in worker. Its state lives in Redis and each run
+has a deterministic step id (deployment, step, target, attempt), enqueued only if absent, so a
+restarted server resumes a deployment without running any step twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, cast
+
+from workerpool import keys
+from workerpool.client import Client
+from workerpool.errors import BadInput, NoWorker, WorkerPoolError
+from workerpool.packages import PackageRef
+from workerpool.processes import Process, ProcessStep, ProjectVariable
+from workerpool.projectvars import Target, pool_for, variables_for
+from workerpool.routing import Route, route
+from workerpool.steps import LOCATION_SERVER, LOCATION_WORKER, TERMINAL, ScriptStep
+from workerpool.targets import TargetInfo, TargetRegistry, matching
+
+log = logging.getLogger("workerpool.orchestrator")
+
+QUEUED, RUNNING, SUCCESS, FAILED, SKIPPED, PENDING = (
+    "Queued", "Running", "Success", "Failed", "Skipped", "Pending")
+PER_TARGET = ("worker-per-target", "target")
+
+
+# -- the process as stored in a deployment record ------------------------------------------
+
+def process_to_json(process: Process) -> str:
+    return json.dumps(asdict(process), default=str)
+
+
+def process_from_json(raw: str) -> Process:
+    data = json.loads(raw)
+    steps = []
+    for s in data["steps"]:
+        s["packages"] = tuple(PackageRef(**p) for p in s["packages"])
+        for field in ("roles", "substitute", "structured"):
+            s[field] = tuple(s[field])
+        steps.append(ProcessStep(**s))
+    variables = tuple(ProjectVariable(**{**v, **{k: tuple(v[k]) for k in
+                                                 ("environments", "roles", "targets")}})
+                      for v in data["variables"])
+    return Process(name=data["name"], source=data["source"], steps=tuple(steps),
+                   variables=variables)
+
+
+# -- results -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Run:
+    id: str
+    target: str | None
+    pool: str
+    worker: str | None
+    state: str
+    exit_code: int | None
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    name: str
+    state: str
+    runs: tuple[Run, ...]
+
+    def to_json(self) -> dict[str, object]:
+        return {"name": self.name, "state": self.state, "runs": [r.to_json() for r in self.runs]}
+
+
+@dataclass(frozen=True)
+class DeploymentResult:
+    id: str
+    state: str
+    environment: str
+    process: str
+    steps: tuple[StepOutcome, ...]
+    message: str = ""
+
+    @property
+    def done(self) -> bool:
+        return self.state in (SUCCESS, FAILED)
+
+    def to_json(self) -> dict[str, object]:
+        return {"id": self.id, "state": self.state, "environment": self.environment,
+                "steps": [s.to_json() for s in self.steps]}
+
+
+def run_id(deployment_id: str, index: int, target: TargetInfo | None, attempt: int) -> str:
+    return f"{deployment_id}.{index}.{target.slug if target else '-'}.{attempt}"
+
+
+# -- submitting and reading ----------------------------------------------------------------
+
+class Deployments:
+    """Client side: submit a deployment to the server, read its state (``client.deployments``)."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.redis = client.redis
+        self.targets = TargetRegistry(client.redis)
+
+    def submit(self, process: Process, environment: str,
+               extra: dict[str, str] | None = None) -> str:
+        """Check what can be checked before anything runs, then hand it to the server."""
+        if not environment.strip():
+            raise BadInput("give the environment to deploy to: --environment NAME")
+        self._preflight(process, environment, extra or {})
+        if not self.client.guard(lambda: self.redis.exists(keys.SERVER_HEARTBEAT)):
+            raise NoWorker("no workerpool server is running to orchestrate the deployment; "
+                           "start `workerpool server` (or `workerpool up`)")
+        deployment_id = "d" + secrets.token_hex(7)
+        record = {"process": process_to_json(process), "environment": environment,
+                  "extra": json.dumps(extra or {}), "state": QUEUED, "name": process.name,
+                  "created_at": time.time(), "steps": json.dumps({})}
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(keys.deployment(deployment_id), mapping=record)  # type: ignore[arg-type]
+        pipe.zadd(keys.DEPLOYMENTS_ALL, {deployment_id: time.time()})
+        pipe.lpush(keys.DEPLOYMENTS_QUEUE, deployment_id)
+        self.client.guard(pipe.execute)
+        return deployment_id
+
+    def _preflight(self, process: Process, environment: str, extra: dict[str, str]) -> None:
+        snapshot = self.client.snapshot()
+        targets = self.targets.list()
+        for index, step in enumerate(process.steps):
+            where = f"{process.source}: step {step.name!r}"
+            variables, _ = variables_for(process, environment, None, extra)
+            pool = pool_for(step, variables)
+            if step.location in ("worker", "worker-per-target") and pool is not None:
+                try:
+                    route(ScriptStep(script="true", pool=pool), snapshot)
+                except WorkerPoolError as exc:
+                    raise BadInput(f"{where}: field 'pool': {exc}") from None
+            if step.location in PER_TARGET and not matching(targets, environment, step.roles):
+                raise BadInput(f"{where}: field 'roles': no target in environment "
+                               f"{environment!r} has role(s) {', '.join(step.roles)}; add one "
+                               "with `workerpool target add`")
+            del index
+
+    def result(self, deployment_id: str) -> DeploymentResult:
+        record = cast(dict[str, str], self.client.guard(
+            lambda: self.redis.hgetall(keys.deployment(deployment_id))))
+        if not record:
+            raise BadInput(f"no deployment with id {deployment_id!r}")
+        steps_state: dict[str, Any] = json.loads(record.get("steps") or "{}")
+        process = process_from_json(record["process"])
+        outcomes = []
+        for step in process.steps:
+            info = steps_state.get(step.name, {})
+            runs = tuple(self._run(rid, info.get("targets", {}).get(rid))
+                         for rid in info.get("runs", []))
+            outcomes.append(StepOutcome(step.name, info.get("state", PENDING), runs))
+        return DeploymentResult(deployment_id, record.get("state", QUEUED),
+                                record.get("environment", ""), record.get("name", ""),
+                                tuple(outcomes), record.get("message", ""))
+
+    def _run(self, rid: str, target: str | None) -> Run:
+        rec = cast(dict[str, str], self.redis.hgetall(keys.step(rid)))
+        code = rec.get("exit_code")
+        return Run(rid, target, rec.get("pool", ""), rec.get("worker") or None,
+                   rec.get("state", "Expired"), int(code) if code else None)
+
+    def list(self, limit: int = 50) -> list[DeploymentResult]:
+        ids = cast(list[str], self.redis.zrevrange(keys.DEPLOYMENTS_ALL, 0, limit - 1))
+        return [self.result(i) for i in ids if self.redis.exists(keys.deployment(i))]
+
+    def wait(self, deployment_id: str, on_change: Any = None,
+             timeout: float | None = None) -> DeploymentResult:
+        """Poll until the deployment ends; *on_change* sees each new result."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last = None
+        while True:
+            current = self.result(deployment_id)
+            if on_change is not None and current != last:
+                on_change(current)
+            last = current
+            if current.done:
+                return current
+            if deadline is not None and time.monotonic() > deadline:
+                return current
+            time.sleep(0.2)
+
+
+# -- the orchestrator ----------------------------------------------------------------------
+
+@dataclass
+class _Planned:
+    id: str
+    target: TargetInfo | None
+    attempt: int
+
+
+class Orchestrator:
+    """Runs up to *cap* deployments at once; resumes the ones a previous server left."""
+
+    def __init__(self, client: Client, cap: int = 5) -> None:
+        self.client = client
+        self.redis = client.redis
+        self.cap = cap
+        self.targets = TargetRegistry(client.redis)
+        self.slots = threading.Semaphore(cap)
+
+    def serve(self, stop: threading.Event) -> None:
+        for deployment_id in sorted(cast(set[str], self.redis.smembers(keys.DEPLOYMENTS_ACTIVE))):
+            self._start(deployment_id)
+        while not stop.is_set():
+            self.redis.set(keys.SERVER_HEARTBEAT, time.time(),
+                           px=int(self.client.settings.heartbeat_ttl * 1000))
+            if not self.slots.acquire(timeout=0.5):
+                continue
+            popped = cast(tuple[str, str] | None,
+                          self.redis.brpop([keys.DEPLOYMENTS_QUEUE], timeout=1))
+            if popped is None:
+                self.slots.release()
+                continue
+            self.redis.sadd(keys.DEPLOYMENTS_ACTIVE, popped[1])
+            self._start(popped[1], acquired=True)
+
+    def _start(self, deployment_id: str, acquired: bool = False) -> None:
+        if not acquired:
+            self.slots.acquire()
+
+        def body() -> None:
+            try:
+                self.run(deployment_id)
+            except Exception as exc:  # a bug must end the deployment, not leave it Running
+                log.exception("deployment %s failed in the orchestrator", deployment_id)
+                self._end(deployment_id, FAILED, f"orchestrator error: {exc}")
+            finally:
+                self.slots.release()
+
+        threading.Thread(target=body, name=f"deploy-{deployment_id}", daemon=True).start()
+
+    def run(self, deployment_id: str) -> None:
+        record = cast(dict[str, str], self.redis.hgetall(keys.deployment(deployment_id)))
+        process = process_from_json(record["process"])
+        environment = record["environment"]
+        extra: dict[str, str] = json.loads(record.get("extra") or "{}")
+        steps_state: dict[str, Any] = json.loads(record.get("steps") or "{}")
+        self.redis.hset(keys.deployment(deployment_id), "state", RUNNING)
+        outputs: dict[str, str] = {}
+        failed = False
+        for index, step in enumerate(process.steps):
+            info = steps_state.setdefault(step.name, {"state": PENDING, "runs": [],
+                                                      "targets": {}})
+            if info["state"] in (SUCCESS, FAILED, SKIPPED):
+                failed |= info["state"] == FAILED
+                outputs.update(info.get("outputs", {}))
+                continue
+            if (step.condition == "success" and failed) or \
+                    (step.condition == "failure" and not failed):
+                info["state"] = SKIPPED
+                self._save(deployment_id, steps_state)
+                continue
+            info["state"] = RUNNING
+            self._save(deployment_id, steps_state)
+            ok, step_outputs = self._run_step(deployment_id, index, step, process, environment,
+                                              extra, outputs, info, steps_state)
+            info["state"] = SUCCESS if ok else FAILED
+            info["outputs"] = step_outputs
+            outputs.update(step_outputs)
+            failed |= not ok
+            self._save(deployment_id, steps_state)
+        self._end(deployment_id, FAILED if failed else SUCCESS, "")
+
+    def _save(self, deployment_id: str, steps_state: dict[str, Any]) -> None:
+        self.redis.hset(keys.deployment(deployment_id), "steps", json.dumps(steps_state))
+
+    def _end(self, deployment_id: str, state: str, message: str) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(keys.deployment(deployment_id),
+                  mapping={"state": state, "finished_at": time.time(), "message": message})
+        pipe.srem(keys.DEPLOYMENTS_ACTIVE, deployment_id)
+        pipe.delete(keys.deployment_done(deployment_id))
+        pipe.execute()
+
+    def _run_step(self, deployment_id: str, index: int, step: ProcessStep, process: Process,
+                  environment: str, extra: dict[str, str], outputs: dict[str, str],
+                  info: dict[str, Any], steps_state: dict[str, Any]
+                  ) -> tuple[bool, dict[str, str]]:
+        targets: list[TargetInfo | None] = (
+            list(matching(self.targets.list(), environment, step.roles))
+            if step.location in PER_TARGET else [None])
+        queue = [_Planned(run_id(deployment_id, index, t, 0), t, 0) for t in targets]
+        in_flight: dict[str, _Planned] = {}
+        ok = True
+        step_outputs: dict[str, str] = {}
+        done_key = keys.deployment_done(deployment_id)
+        while queue or in_flight:
+            while queue and len(in_flight) < step.max_parallelism:
+                planned = queue.pop(0)
+                self._dispatch(deployment_id, planned, step, process, environment, extra,
+                               outputs, done_key)
+                in_flight[planned.id] = planned
+                if planned.id not in info["runs"]:
+                    info["runs"].append(planned.id)
+                    info["targets"][planned.id] = planned.target.name if planned.target else None
+                    self._save(deployment_id, steps_state)
+            for rid, state, record in self._finished(in_flight, done_key):
+                planned = in_flight.pop(rid)
+                if state == SUCCESS:
+                    step_outputs.update(self._outputs(step, planned, record))
+                elif planned.attempt < step.retries:
+                    attempt = planned.attempt + 1
+                    queue.insert(0, _Planned(run_id(deployment_id, index, planned.target,
+                                                    attempt), planned.target, attempt))
+                else:
+                    ok = False
+        return ok, step_outputs
+
+    def _finished(self, in_flight: dict[str, _Planned],
+                  done_key: str) -> list[tuple[str, str, dict[str, str]]]:
+        """Block until a run ends (finish pushes its id); reap and re-check on each timeout."""
+        popped = self.redis.blpop([done_key], timeout=self.client.settings.heartbeat_interval)
+        if popped is None:
+            self.client.reap()
+        ended = []
+        for rid in list(in_flight):
+            record = cast(dict[str, str], self.redis.hgetall(keys.step(rid)))
+            if record.get("state") in TERMINAL:
+                ended.append((rid, record["state"], record))
+        return ended
+
+    @staticmethod
+    def _outputs(step: ProcessStep, planned: _Planned,
+                 record: dict[str, str]) -> dict[str, str]:
+        produced: dict[str, str] = json.loads(record.get("outputs") or "{}")
+        result = {}
+        for name, value in produced.items():
+            result[f"Action[{step.name}].Output.{name}"] = value
+            if planned.target is not None:
+                result[f"Action[{step.name}].Output[{planned.target.name}].{name}"] = value
+        return result
+
+    def _dispatch(self, deployment_id: str, planned: _Planned, step: ProcessStep,
+                  process: Process, environment: str, extra: dict[str, str],
+                  outputs: dict[str, str], done_key: str) -> None:
+        target = planned.target
+        scoped = Target(target.name, target.environment, target.roles) if target else None
+        values, sensitive = variables_for(process, environment, scoped, extra)
+        values.update(step.variables)
+        values.update({"Environment.Name": environment, "Deployment.Id": deployment_id,
+                       "Project.Name": process.name, "Step.Name": step.name,
+                       "Step.Attempt": str(planned.attempt)})
+        if target is not None:
+            values.update({"Machine.Name": target.name, "Machine.Roles": ",".join(target.roles),
+                           "Machine.Environment": target.environment})
+        values.update(outputs)
+        secret = {k: v for k, v in values.items() if k in sensitive}
+        secret.update(step.sensitive_variables)
+        plain = {k: v for k, v in values.items() if k not in secret}
+        script_step = ScriptStep(
+            script=step.script or "", syntax=step.syntax, name=step.name,
+            pool=pool_for(step, values) if step.location != "server" else None,
+            location=LOCATION_SERVER if step.location == "server" else LOCATION_WORKER,
+            variables=plain, sensitive_variables=secret, timeout=step.timeout,
+            packages=step.packages, script_path=step.script_file, substitute=step.substitute,
+            structured=step.structured)
+        chosen = self._route(script_step, step, target)
+        self.client.store.enqueue(
+            script_step.validate(), chosen, self.client.settings.lease_timeout,
+            self.client.settings.step_timeout, step_id=planned.id, notify=done_key,
+            target=target.name if target else "")
+
+    def _route(self, script_step: ScriptStep, step: ProcessStep,
+               target: TargetInfo | None) -> Route:
+        if step.location == "target":
+            assert target is not None
+            return Route(target.queue, target.pool_key, f"target {target.name}")
+        return route(script_step, self.client.snapshot())

@@ -1,0 +1,126 @@
+"""Preparing a step's working directory on the worker, before its script starts.
+
+Order: system variables; packages (download through the cache, extract or copy, package
+variables); ``#{...}`` substitution in the script body; configuration features on files; the
+script itself, inline or a file inside an extracted package. Any failure here ends the step
+Failed with one line, before the script runs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from workerpool.errors import ArchiveError, BadInput, PackageError
+from workerpool.features import apply_features
+from workerpool.packages import CachedPackage, FeedRegistry, PackageCache, PackageRef, extract
+from workerpool.substitution import resolve_all, substitute
+from workerpool.syntaxes import SYNTAXES, Syntax, syntax_for_path
+
+EXTRACT_MAX_BYTES = 4 * 1024**3
+EXTRACT_MAX_ENTRIES = 200_000
+
+
+@dataclass(frozen=True)
+class Prepared:
+    script: str
+    syntax: Syntax
+    variables: dict[str, str]
+    held: tuple[CachedPackage, ...] = ()  # cached files kept from eviction while the step runs
+
+    def release(self) -> None:
+        for cached in self.held:
+            cached.release()
+
+
+def system_variables(step_id: str, record: dict[str, str], worker: str,
+                     host: str) -> dict[str, str]:
+    """The variables workerpool sets for every step."""
+    return {
+        "Step.Id": step_id, "Step.Name": record.get("name", ""),
+        "WorkerPool.Name": record.get("pool_name", ""), "WorkerPool.Slug": record.get("pool", ""),
+        "Worker.Name": worker, "Worker.Host": host,
+    }
+
+
+def package_variables(ref: PackageRef, cached: CachedPackage, workdir: Path) -> dict[str, str]:
+    prefix = f"Package[{ref.name}]"
+    placed = workdir / ref.name if ref.extract else workdir / cached.file_name
+    return {
+        f"{prefix}.PackageId": ref.package_id, f"{prefix}.PackageVersion": ref.version,
+        f"{prefix}.FeedId": ref.feed, f"{prefix}.PackageFileName": cached.file_name,
+        f"{prefix}.PackageFilePath": str(workdir / cached.file_name if not ref.extract
+                                         else cached.path),
+        f"{prefix}.ExtractedPath": str(placed) if ref.extract else "",
+        f"{prefix}.Sha256": cached.sha256,
+    }
+
+
+class StepSetup:
+    """Everything before the script: shared by all steps of one worker process."""
+
+    def __init__(self, feeds: FeedRegistry, cache: PackageCache) -> None:
+        self.feeds = feeds
+        self.cache = cache
+
+    def prepare(self, workdir: Path, record: dict[str, str], variables: dict[str, str],
+                log: Callable[[str], None]) -> Prepared:
+        held: list[CachedPackage] = []
+        try:
+            for raw in json.loads(record.get("packages") or "[]"):
+                cached = self._place(PackageRef.from_json(raw), workdir, log)
+                held.append(cached)
+                variables.update(package_variables(PackageRef.from_json(raw), cached, workdir))
+            # Values may refer to other variables (#{Other}); the environment gets them resolved.
+            variables = resolve_all(variables)
+            script, syntax = self._script(workdir, record)
+            script, missing = substitute(script, variables)
+            for name in missing:
+                log(f"warning: variable #{{{name}}} is not defined; left as written in the script")
+            apply_features(workdir, variables, json.loads(record.get("substitute") or "[]"),
+                           json.loads(record.get("structured") or "[]"), log)
+        except BaseException:
+            for cached in held:
+                cached.release()
+            raise
+        return Prepared(script, syntax, variables, tuple(held))
+
+    def _place(self, ref: PackageRef, workdir: Path,
+               log: Callable[[str], None]) -> CachedPackage:
+        def progress(done: int, total: int | None) -> None:
+            size = f" of {total / 1e6:.1f} MB" if total else ""
+            log(f"downloading {ref.package_id} {ref.version}: {done / 1e6:.1f} MB{size}")
+
+        cached = self.cache.fetch(ref, self.feeds.get(ref.feed), progress)
+        how = "downloaded" if cached.downloaded else "from cache"
+        try:
+            if ref.extract:
+                try:
+                    extract(cached.path, workdir / ref.name, EXTRACT_MAX_BYTES,
+                            EXTRACT_MAX_ENTRIES)
+                except ArchiveError as exc:
+                    raise PackageError(ref.package_id, ref.version, ref.feed, str(exc)) from None
+                log(f"package {ref.package_id} {ref.version} ({how}) extracted to ./{ref.name}/")
+            else:
+                shutil.copyfile(cached.path, workdir / cached.file_name)
+                log(f"package {ref.package_id} {ref.version} ({how}) placed at "
+                    f"./{cached.file_name}")
+        except BaseException:
+            cached.release()
+            raise
+        return cached
+
+    @staticmethod
+    def _script(workdir: Path, record: dict[str, str]) -> tuple[str, Syntax]:
+        path = record.get("script_path")
+        if not path:
+            return record["script"], SYNTAXES[record.get("syntax") or "bash"]
+        target = (workdir / path).resolve()
+        if not target.is_relative_to(workdir.resolve()) or not target.is_file():
+            raise BadInput(f"script file {path!r} is not in the extracted packages; check the "
+                           "package name and the path inside it")
+        syntax = SYNTAXES.get(record.get("syntax") or "") or syntax_for_path(path)
+        return target.read_text(errors="replace"), syntax
