@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean bench
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -19,6 +19,9 @@ demo: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/pytest -q
+
+bench: $(STAMP)
+	$(BIN)/workerpool bench
 
 lint: $(STAMP)
 	$(BIN)/ruff check workerpool tests

@@ -1,0 +1,230 @@
+"""Measurements that need running workers: latency, throughput, isolation, fan-out.
+
+Each function drives real steps (or real baseline Celery tasks) and returns raw samples; the
+runner turns them into medians and ratios. Timestamps are wall-clock seconds on this machine,
+taken by the bench (enqueue, result) and by the script itself (start).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import cast
+
+import redis
+from celery import Celery
+
+from workerpool import keys
+from workerpool.bench import baseline
+from workerpool.bench.harness import BenchFailed, wait_until
+from workerpool.client import Client
+from workerpool.routing import Route
+from workerpool.steps import ScriptStep
+
+WAIT = 120.0
+STAMP_STEP = ScriptStep(script=baseline.STAMP_SCRIPT, name="bench latency")
+TRUE_STEP = ScriptStep(script="true", name="bench true")
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Per step: enqueue -> script start, and enqueue -> result in the caller's hands (s);
+    for workerpool also where the time went (``PHASES``, from the step record)."""
+
+    to_start: list[float]
+    to_result: list[float]
+    phases: list[tuple[float, ...]] = field(default_factory=list)
+
+
+PHASES = ("of which enqueue: Client.run", "delivery: queued -> claimed",
+          "start: claimed -> script runs", "finish: script -> end stored",
+          "notify: end stored -> caller has result")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty sample."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def on_pool(step: ScriptStep, pool: str) -> ScriptStep:
+    return ScriptStep(script=step.script, name=step.name, pool=pool)
+
+
+def workerpool_latency(client: Client, pool: str, count: int, warmup: int = 3) -> Latency:
+    """Run *count* stamping steps one at a time on an otherwise idle *pool*."""
+    step = on_pool(STAMP_STEP, pool)
+    latency = Latency([], [])
+    for index in range(warmup + count):
+        enqueued = time.time()
+        handle = client.run(step)
+        returned = time.time()
+        result = handle.wait(timeout=WAIT)
+        finished = time.time()
+        stamp = next((e.text for e in result.log if e.stream == "stdout"), None)
+        if not result.succeeded or stamp is None:
+            raise BenchFailed(f"a bench step ended {result.state}: {result.message}")
+        if index < warmup:
+            continue
+        started = float(stamp)
+        latency.to_start.append(started - enqueued)
+        latency.to_result.append(finished - enqueued)
+        record = client.store.record(handle.id)  # after the clock stopped
+        claimed, ended = float(record["started_at"]), float(record["finished_at"])
+        latency.phases.append((returned - enqueued, claimed - returned, started - claimed,
+                               ended - started, finished - ended))
+    return latency
+
+
+def baseline_latency(app: Celery, count: int, warmup: int = 3) -> Latency:
+    """The same, as plain Celery tasks waited for through the Redis result backend."""
+    latency = Latency([], [])
+    for index in range(warmup + count):
+        enqueued = time.time()
+        stamp = app.send_task(baseline.TASK_NAME, args=[baseline.STAMP_SCRIPT, True],
+                              queue=baseline.QUEUE).get(timeout=WAIT)
+        finished = time.time()
+        if index >= warmup:
+            latency.to_start.append(float(stamp) - enqueued)
+            latency.to_result.append(finished - enqueued)
+    return latency
+
+
+class Meter:
+    """Redis commands and CPU, and the workers' CPU (with their scripts), over a span."""
+
+    def __init__(self, raw: redis.Redis, pids: Sequence[int]) -> None:
+        self.raw = raw
+        self.pids = list(pids)
+        self.start = self._read()
+
+    def _read(self) -> tuple[float, float, float]:
+        stats = cast(dict[str, float], self.raw.info("stats"))
+        cpu = cast(dict[str, float], self.raw.info("cpu"))
+        return (float(stats["total_commands_processed"]),
+                float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]),
+                sum(process_cpu(pid) for pid in self.pids))
+
+    def per_item(self, count: int) -> tuple[float, float, float]:
+        """(Redis commands, Redis CPU seconds, worker CPU seconds) per item since creation."""
+        end = self._read()
+        return tuple((b - a) / count for a, b in zip(self.start, end, strict=True))  # type: ignore[return-value]
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds of *pid*, its waited-for children (the scripts it ran) and its live
+    children (workerpool's watchdog)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        children = [int(c) for task in os.listdir(f"/proc/{pid}/task")
+                    for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    own = sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return own + sum(process_cpu(child) for child in children)
+
+
+def workerpool_throughput(client: Client, pool: str, count: int) -> float:
+    """Steps per second: *count* ``true`` steps from the first enqueue until all have ended."""
+    step = on_pool(TRUE_STEP, pool)
+    began = time.perf_counter()
+    for _ in range(count):
+        client.run(step)
+
+    def drained() -> bool:
+        pipe = client.redis.pipeline(transaction=False)
+        pipe.zcard(keys.PENDING)
+        pipe.zcard(keys.RUNNING)
+        return sum(int(n) for n in pipe.execute()) == 0
+
+    wait_until(drained, WAIT + count / 10, f"{count} steps on {pool}")
+    return count / (time.perf_counter() - began)
+
+
+def baseline_throughput(app: Celery, raw: redis.Redis, count: int) -> float:
+    """The same for plain Celery tasks: until every result is stored in the result backend."""
+    began = time.perf_counter()
+    remaining = [app.send_task(baseline.TASK_NAME, args=["true", False],
+                               queue=baseline.QUEUE).id for _ in range(count)]
+
+    def drained() -> bool:
+        head = remaining[:64]
+        pipe = raw.pipeline(transaction=False)
+        for task_id in head:
+            pipe.exists(f"celery-task-meta-{task_id}")
+        done = {t for t, found in zip(head, pipe.execute(), strict=True) if found}
+        remaining[:64] = [t for t in head if t not in done]
+        return not remaining
+
+    wait_until(drained, WAIT + count / 10, f"{count} baseline tasks")
+    return count / (time.perf_counter() - began)
+
+
+def enqueue_backlog(client: Client, route: Route, count: int) -> None:
+    """Queue *count* ``true`` steps on *route* through the real store (no routing read)."""
+    step = on_pool(TRUE_STEP, route.pool_name)
+    settings = client.settings
+    for _ in range(count):
+        client.store.enqueue(step, route, settings.lease_timeout, settings.step_timeout)
+
+
+def drop_backlog(client: Client, route: Route) -> int:
+    """Empty *route*'s queue and forget its queued steps; wait for in-flight ones to end.
+    Returns how many were still queued."""
+    pipe = client.redis.pipeline(transaction=True)
+    pipe.llen(route.queue)
+    pipe.delete(route.queue)
+    pipe.delete(keys.PENDING)
+    left = int(pipe.execute()[0])
+    wait_until(lambda: not client.redis.zcard(keys.RUNNING), WAIT, "in-flight steps to end")
+    return left
+
+
+@dataclass(frozen=True)
+class Fanout:
+    wall: float  # first enqueue to last result (s)
+    overhead: list[float]  # per step: claim to end recorded, minus the script's own time
+    handoff: list[float]  # per worker: end of one step to the claim of its next
+
+
+def fanout(client: Client, pool: str, count: int, seconds: float) -> Fanout:
+    """*count* steps of a *seconds*-long script, all enqueued at once; wait for them all."""
+    step = ScriptStep(script=f"sleep {seconds:g}", name="bench fan-out", pool=pool)
+    began = time.perf_counter()
+    handles = [client.run(step) for _ in range(count)]
+    for handle in handles:
+        result = handle.wait(timeout=WAIT + count * seconds)
+        if not result.succeeded:
+            raise BenchFailed(f"a fan-out step ended {result.state}: {result.message}")
+    wall = time.perf_counter() - began
+    by_worker: dict[str, list[tuple[float, float]]] = {}
+    for handle in handles:
+        record = client.store.record(handle.id)
+        by_worker.setdefault(record["worker"], []).append(
+            (float(record["started_at"]), float(record["finished_at"])))
+    spans = sorted(span for spans in by_worker.values() for span in spans)
+    handoff = [nxt[0] - prev[1] for spans in by_worker.values()
+               for prev, nxt in itertools.pairwise(sorted(spans))]
+    return Fanout(wall, [end - start - seconds for start, end in spans], handoff)
+
+
+def baseline_fanout(app: Celery, count: int, seconds: float) -> float:
+    """Wall time of the same shape as plain Celery tasks."""
+    began = time.perf_counter()
+    results = [app.send_task(baseline.TASK_NAME, args=[f"sleep {seconds:g}", False],
+                             queue=baseline.QUEUE) for _ in range(count)]
+    for result in results:
+        result.get(timeout=WAIT + count * seconds)
+    return time.perf_counter() - began

@@ -1,0 +1,228 @@
+"""Everything the bench starts: Redis (embedded, or an empty database the user names) and worker
+processes. All of it is stopped on exit, on errors and on Ctrl-C."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import cast
+
+import redis
+
+from workerpool.bench import baseline
+from workerpool.client import Client
+from workerpool.cluster import read_snapshot
+from workerpool.connection import connect, guarded, redact, validate_url
+from workerpool.embedded import EmbeddedRedis
+from workerpool.errors import Infrastructure, Refused
+from workerpool.settings import Settings
+
+PR_SET_PDEATHSIG = 1
+READY_TIMEOUT = 120.0
+
+
+class BenchFailed(Infrastructure):
+    """The bench could not measure something (a worker did not start, a step did not succeed)."""
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str,
+               interval: float = 0.005) -> None:
+    """Poll *condition* (cheap Redis reads) until true; BenchFailed after *timeout*."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise BenchFailed(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def pin(pids: Iterable[int], cpus: set[int], children: bool = True) -> None:
+    """Set the CPU affinity of every thread of *pids* and, recursively, of their children."""
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(int(task), cpus)
+                    if children:
+                        kids = Path(f"/proc/{pid}/task/{task}/children").read_text().split()
+                        pin([int(kid) for kid in kids], cpus)
+
+
+class Harness:
+    """Owns the bench's Redis database and child processes; use as a context manager."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.workdir = Path(tempfile.mkdtemp(prefix="workerpool-bench-"))
+        self.server: EmbeddedRedis | None = None
+        self.url = ""
+        self.children: list[subprocess.Popen[bytes]] = []
+        self._raw: redis.Redis | None = None
+        self._owns_database = False  # flushed at the end only once known to hold nothing else
+
+    def __enter__(self) -> Harness:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    @property
+    def embedded(self) -> bool:
+        return self.server is not None
+
+    @property
+    def raw(self) -> redis.Redis:
+        if self._raw is None:
+            self._raw = connect(self.url)
+        return self._raw
+
+    def start(self) -> None:
+        if self.settings.redis_url:
+            self.url = validate_url(self.settings.redis_url)
+            keys_held = int(guarded(self.raw.dbsize, self.url))
+            if keys_held:
+                raise Refused(
+                    f"the bench needs an empty Redis database (it queues 100,000 steps, writes "
+                    f"1,000 simulated workers and flushes the database between figures), but "
+                    f"{redact(self.url)} holds {keys_held} keys; point WORKERPOOL_REDIS_URL at an "
+                    "unused database (e.g. .../15) or unset it to use an embedded Redis")
+            self._owns_database = True
+        else:
+            self.server = EmbeddedRedis(self.workdir / "redis")
+            self.server.start()
+            self.url = self.server.url
+
+    def client(self) -> Client:
+        return Client(redis_url=self.url, settings=self.settings)
+
+    def redis_version(self) -> str:
+        return str(cast(dict[str, object], self.raw.info("server")).get("redis_version", "?"))
+
+    def reset(self) -> None:
+        """Empty the bench's database; only between phases, when no worker runs."""
+        assert not self.children, "stop the workers before resetting the database"
+        self.raw.flushdb()
+
+    # -- processes ----------------------------------------------------------------------
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WORKERPOOL_")}
+        scratch = self.workdir / "tmp"  # workers' step directories, removed with the rest
+        scratch.mkdir(exist_ok=True)
+        return {**env, "TMPDIR": str(scratch), "WORKERPOOL_REDIS_URL": self.url,
+                "WORKERPOOL_HOME": str(self.workdir / "home"),
+                "WORKERPOOL_HEARTBEAT_INTERVAL": str(self.settings.heartbeat_interval)}
+
+    def _spawn(self, argv: list[str], label: str) -> subprocess.Popen[bytes]:
+        logs = self.workdir / "logs"
+        logs.mkdir(exist_ok=True)
+        with open(logs / f"{label}-{len(self.children)}.log", "wb") as out:
+            proc = subprocess.Popen(argv, env=self._env(), stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=_die_with_parent)
+        self.children.append(proc)
+        return proc
+
+    def _check_alive(self, procs: list[subprocess.Popen[bytes]]) -> None:
+        for proc in procs:
+            if proc.poll() is not None:
+                logs = sorted((self.workdir / "logs").glob("*.log"))
+                tail = "".join(p.read_text(errors="replace")[-1500:] for p in logs[-1:])
+                raise BenchFailed(f"a bench worker exited with code {proc.returncode}:\n{tail}")
+
+    def start_workers(self, pool: str, count: int, concurrency: int) -> list[int]:
+        """Start *count* real workerpool workers on *pool*; return once all are Healthy."""
+        procs = [self._spawn([sys.executable, "-m", "workerpool", "worker", "start",
+                              "--pool", pool, "--concurrency", str(concurrency)], pool)
+                 for _ in range(count)]
+        pids = {p.pid for p in procs}
+
+        def ready() -> bool:
+            self._check_alive(procs)
+            healthy = {w.pid for w in read_snapshot(self.raw).workers if w.state == "Healthy"}
+            return pids <= healthy
+
+        wait_until(ready, READY_TIMEOUT, f"{count} worker(s) of {pool}", interval=0.05)
+        return sorted(pids)
+
+    def start_baseline(self, count: int, concurrency: int) -> list[int]:
+        """Start *count* plain Celery workers for the baseline; return once all consume."""
+        procs = [self._spawn([sys.executable, "-m", "workerpool.bench.baseline", self.url,
+                              str(concurrency), f"baseline-{i + 1:02d}"], "baseline")
+                 for i in range(count)]
+        names = [baseline.ready_key(f"baseline-{i + 1:02d}") for i in range(count)]
+
+        def ready() -> bool:
+            self._check_alive(procs)
+            return int(self.raw.exists(*names)) == count
+
+        wait_until(ready, READY_TIMEOUT, f"{count} baseline Celery worker(s)", interval=0.05)
+        return [p.pid for p in procs]
+
+    def stop_workers(self, grace: float = 15.0) -> None:
+        """Warm-stop every child (SIGTERM), then SIGKILL what is left."""
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            for proc in self.children:
+                if proc.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.send_signal(sig)
+            deadline = time.monotonic() + wait
+            for proc in self.children:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(max(0.0, deadline - time.monotonic()))
+            if all(p.poll() is not None for p in self.children):
+                break
+        self.children.clear()
+
+    @contextlib.contextmanager
+    def split_cpus(self, apart: list[int], together: list[int]) -> Iterator[None]:
+        """Pin *apart* (and their children) to the first CPU and *together*, Redis and this
+        process to the others, as if *apart* ran on a machine of its own; undo on exit."""
+        cpus = sorted(os.sched_getaffinity(0))
+        assert self.server is not None and self.server.process is not None and len(cpus) > 1
+        rest = [*together, self.server.process.pid]
+        try:
+            pin(apart, {cpus[0]})
+            pin(rest, set(cpus[1:]))
+            pin([os.getpid()], set(cpus[1:]), children=False)  # its children are the workers
+            yield
+        finally:
+            pin([*apart, *rest], set(cpus))
+            pin([os.getpid()], set(cpus), children=False)
+
+    @property
+    def can_split_cpus(self) -> bool:
+        """Only with our own Redis (to pin it) and at least two CPUs."""
+        return self.embedded and len(os.sched_getaffinity(0)) > 1
+
+    def close(self) -> None:
+        self.stop_workers()
+        if self._raw is not None:
+            if self._owns_database:
+                with contextlib.suppress(redis.RedisError):
+                    self._raw.flushdb()
+            self._raw.close()
+            self._raw = None
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        shutil.rmtree(self.workdir, ignore_errors=True)

@@ -1,0 +1,362 @@
+"""The bench's phases: which workers run when, how many runs, and the rows each figure yields."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import FrameType
+
+from celery import Celery
+
+from workerpool.bench import baseline, figures, scale
+from workerpool.bench.figures import Latency, median, percentile
+from workerpool.bench.harness import Harness
+from workerpool.bench.report import Goal, Report, Row, load_average, machine
+from workerpool.client import Client
+from workerpool.pools import slugify
+from workerpool.routing import Route
+from workerpool.settings import Settings
+
+POOL_A, POOL_B, POOL_PARKED, POOL_FAN = "Bench A", "Bench B", "Bench Parked", "Bench Fan-out"
+MS = 1000.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much each figure does; ``full`` is the issue's shape."""
+
+    name: str
+    runs: int
+    latency_steps: int
+    throughput_steps: int
+    backlog: int
+    isolation_steps: int
+    fanout_steps: int
+    fanout_workers: int
+    scale_pools: int
+    scale_workers: int
+    scale_steps: int
+    samples: int  # spawn, round trip and CLI timings
+    redis_benchmark_requests: int
+    concurrency: int = 2
+    fanout_seconds: float = 0.1
+
+
+FULL = Plan("full", runs=5, latency_steps=500, throughput_steps=2000, backlog=10_000,
+            isolation_steps=500, fanout_steps=250, fanout_workers=6, scale_pools=200,
+            scale_workers=1000, scale_steps=100_000, samples=200,
+            redis_benchmark_requests=100_000)
+QUICK = Plan("quick", runs=3, latency_steps=100, throughput_steps=400, backlog=2000,
+             isolation_steps=100, fanout_steps=60, fanout_workers=6, scale_pools=200,
+             scale_workers=1000, scale_steps=10_000, samples=30, redis_benchmark_requests=20_000)
+TINY = Plan("tiny", runs=1, latency_steps=3, throughput_steps=10, backlog=50, isolation_steps=3,
+            fanout_steps=4, fanout_workers=2, scale_pools=5, scale_workers=10, scale_steps=200,
+            samples=3, redis_benchmark_requests=1000)
+PLANS = {p.name: p for p in (FULL, QUICK, TINY)}
+
+
+def run(plan: Plan, settings: Settings, progress: Callable[[str], None]) -> Report:
+    """Run every figure on a fresh Redis database; stop everything started, whatever happens."""
+    began = time.monotonic()
+    settings = dataclasses.replace(settings, lease_timeout=3600.0)  # backlogs wait minutes
+    with _terminate_as_interrupt(), Harness(settings) as harness:
+        report = Report(plan.name, plan.runs, machine(harness.redis_version()))
+        report.notes = notes(plan, harness.embedded)
+        phases = (_references, _phase_workers, _phase_fanout, _phase_scale)
+        for phase in phases:
+            phase(harness, plan, report, progress)
+            harness.stop_workers()
+            harness.reset()
+    report.machine["load average at end"] = load_average()
+    report.seconds = time.monotonic() - began
+    return report
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so the harness still stops what it started."""
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _ms(values: list[float]) -> list[float]:
+    return [v * MS for v in values]
+
+
+def compared(figure: int, metric: str, unit: str, ours: list[float], theirs: list[float],
+             goal: Goal | None = None) -> Row:
+    """Medians over runs, and the median of the per-run ratios (same run, same broker)."""
+    ratios = [a / b for a, b in zip(ours, theirs, strict=True) if b]
+    return Row(figure, metric, unit, median(ours), median(theirs),
+               median(ratios) if ratios else None, goal)
+
+
+# -- figure 6: the machine's reference points -----------------------------------------
+
+
+def _references(harness: Harness, plan: Plan, report: Report,
+                progress: Callable[[str], None]) -> None:
+    progress("6/6 reference points: process spawn, Redis round trip, redis-benchmark")
+    spawn = scale.spawn_seconds(plan.samples)
+    trips = scale.round_trip_seconds(harness.raw, plan.samples * 5)
+    bench = scale.redis_benchmark(harness.url, plan.redis_benchmark_requests)
+    rows = [Row(6, "spawn `bash -c true` p50", "ms", median(spawn) * MS),
+            Row(6, "spawn `bash -c true` p99", "ms", percentile(spawn, 99) * MS),
+            Row(6, "Redis round trip (PING) p50", "ms", median(trips) * MS),
+            Row(6, "redis-benchmark LPUSH", "ops/s", bench.lpush, note=bench.note),
+            Row(6, "redis-benchmark RPOP", "ops/s", bench.rpop, note=bench.note)]
+    report.rows.extend(rows)
+
+
+# -- figures 1-3: pools A and B and the Celery baseline, all running at once ------------
+
+
+def _phase_workers(harness: Harness, plan: Plan, report: Report,
+                   progress: Callable[[str], None]) -> None:
+    client = harness.client()
+    for name in (POOL_A, POOL_B, POOL_PARKED):
+        client.pools.add(name, "bench")
+    progress(f"starting workers: 2 x {POOL_A}, 1 x {POOL_B}, 2 x Celery baseline "
+             f"(concurrency {plan.concurrency})")
+    pids_a = harness.start_workers(POOL_A, 2, plan.concurrency)
+    pids_b = harness.start_workers(POOL_B, 1, plan.concurrency)
+    pids_base = harness.start_baseline(2, plan.concurrency)
+    app = baseline.make_baseline_app(harness.url)
+    try:
+        _latency(client, app, plan, report, progress)
+        _throughput(harness, client, app, (pids_a, pids_base), plan, report, progress)
+        _isolation(harness, client, (pids_a, pids_b), plan, report, progress)
+    finally:
+        app.close()
+        client.close()
+
+
+def _latency(client: Client, app: Celery, plan: Plan, report: Report,
+             progress: Callable[[str], None]) -> None:
+    runs: list[tuple[Latency, Latency]] = []
+    for n in range(plan.runs):
+        progress(f"1/6 idle latency, run {n + 1}/{plan.runs}: {plan.latency_steps} steps and "
+                 f"{plan.latency_steps} baseline tasks, one at a time")
+        pair: list[Callable[[], Latency]] = [
+            lambda: figures.workerpool_latency(client, POOL_A, plan.latency_steps),
+            lambda: figures.baseline_latency(app, plan.latency_steps)]
+        order = pair if n % 2 == 0 else pair[::-1]  # alternate who goes first
+        done = [measure() for measure in order]
+        runs.append((done[0], done[1]) if n % 2 == 0 else (done[1], done[0]))
+    p50 = Goal("<=", 1.2)
+    for label, attr in (("start", "to_start"), ("result", "to_result")):
+        for q, goal in ((50, p50), (99, None)):
+            ours = [percentile(getattr(w, attr), q) * MS for w, _ in runs]
+            theirs = [percentile(getattr(b, attr), q) * MS for _, b in runs]
+            report.add(compared(1, f"enqueue -> {label} p{q} vs Celery", "ms", ours, theirs,
+                                goal))
+    for i, phase in enumerate(figures.PHASES):
+        report.add(Row(1, f"{phase} p50", "ms",
+                       median([median([p[i] for p in w.phases]) * MS for w, _ in runs])))
+
+
+def _throughput(harness: Harness, client: Client, app: Celery,
+                pids: tuple[list[int], list[int]], plan: Plan, report: Report,
+                progress: Callable[[str], None]) -> None:
+    ours: list[tuple[float, ...]] = []
+    theirs: list[tuple[float, ...]] = []
+    count = plan.throughput_steps
+    for n in range(plan.runs):
+        progress(f"2/6 throughput, run {n + 1}/{plan.runs}: {count} `true` steps on 2 workers "
+                 f"x {plan.concurrency}, then {count} baseline tasks")
+        sides: list[tuple[list[int], Callable[[], float], list[tuple[float, ...]]]] = [
+            (pids[0], lambda: figures.workerpool_throughput(client, POOL_A, count), ours),
+            (pids[1], lambda: figures.baseline_throughput(app, harness.raw, count), theirs)]
+        for side, measure, into in sides if n % 2 == 0 else sides[::-1]:
+            meter = figures.Meter(harness.raw, side)
+            rate = measure()
+            into.append((rate, *meter.per_item(count)))
+    labels = [("steps per second vs Celery", "steps/s", 1.0, Goal(">=", 0.9)),
+              ("Redis commands per step (Lua's included)", "", 1.0, None),
+              ("Redis CPU per step", "ms", MS, None),
+              ("worker CPU per step (with its children)", "ms", MS, None)]
+    for i, (label, unit, factor, goal) in enumerate(labels):
+        report.add(compared(2, label, unit, [r[i] * factor for r in ours],
+                            [r[i] * factor for r in theirs], goal))
+
+
+def _isolation(harness: Harness, client: Client, pids: tuple[list[int], list[int]],
+               plan: Plan, report: Report, progress: Callable[[str], None]) -> None:
+    pools = client.snapshot().pools
+    route_a, route_parked = (Route(p.queue, p.slug, p.name) for p in (
+        pools[slugify(POOL_A)], pools[slugify(POOL_PARKED)]))
+    shared: list[tuple[float, float]] = []
+    split: list[tuple[float, float]] = []
+    parked: list[tuple[float, float]] = []
+    lowest: list[float] = []
+    for n in range(plan.runs):
+        progress(f"3/6 pool isolation, run {n + 1}/{plan.runs}: {POOL_B} alone and with "
+                 f"{plan.backlog} steps queued on {POOL_A} (draining, then on CPUs of its own) "
+                 f"or on {POOL_PARKED} (no consumer)")
+        shared.append(_with_backlog(client, route_a, plan, lowest))
+        if harness.can_split_cpus:
+            with harness.split_cpus(pids[0], pids[1]):
+                split.append(_with_backlog(client, route_a, plan, lowest))
+        parked.append(_with_backlog(client, route_parked, plan, []))
+    limit = Goal("<=", 1.2)
+    report.add(Row(3, f"{POOL_B} p99, {POOL_A} idle", "ms", median([p[0] for p in shared])))
+    for label, pairs in ((f"{POOL_A} draining, same CPUs", shared),
+                         (f"{POOL_A} draining, CPUs apart", split),
+                         ("backlog parked (broker only)", parked)):
+        if pairs:
+            report.add(compared(3, f"{POOL_B} p99, {label}", "ms", [p[1] for p in pairs],
+                                [p[0] for p in pairs], limit))
+    report.add(Row(3, f"{POOL_A} backlog left after measuring", "steps", min(lowest)))
+
+
+def _with_backlog(client: Client, route: Route, plan: Plan,
+                  lowest: list[float]) -> tuple[float, float]:
+    """Pool B's p99 with *route* idle, then with a backlog queued on it (then dropped)."""
+    idle = _p99(client, plan)
+    figures.enqueue_backlog(client, route, plan.backlog)
+    loaded = _p99(client, plan)
+    lowest.append(figures.drop_backlog(client, route))
+    return idle, loaded
+
+
+def _p99(client: Client, plan: Plan) -> float:
+    latency = figures.workerpool_latency(client, POOL_B, plan.isolation_steps, warmup=1)
+    return percentile(latency.to_result, 99) * MS
+
+
+# -- figure 4: fan-out ----------------------------------------------------------------
+
+
+def _phase_fanout(harness: Harness, plan: Plan, report: Report,
+                  progress: Callable[[str], None]) -> None:
+    client = harness.client()
+    client.pools.add(POOL_FAN, "bench")
+    workers = plan.fanout_workers
+    progress(f"starting workers: {workers} x {POOL_FAN} and {workers} x Celery baseline "
+             "(concurrency 1)")
+    harness.start_workers(POOL_FAN, workers, 1)
+    harness.start_baseline(workers, 1)
+    app = baseline.make_baseline_app(harness.url)
+    ideal = plan.fanout_steps * plan.fanout_seconds / workers
+    ours: list[figures.Fanout] = []
+    theirs: list[float] = []
+    for n in range(plan.runs):
+        progress(f"4/6 fan-out, run {n + 1}/{plan.runs}: {plan.fanout_steps} steps of "
+                 f"{plan.fanout_seconds * MS:g} ms on {workers} workers, then as Celery tasks")
+        ours.append(figures.fanout(client, POOL_FAN, plan.fanout_steps, plan.fanout_seconds))
+        theirs.append(figures.baseline_fanout(app, plan.fanout_steps, plan.fanout_seconds))
+    app.close()
+    client.close()
+    walls = [run.wall for run in ours]
+    shape = f"{plan.fanout_steps} x {plan.fanout_seconds * MS:g} ms / {workers}"
+    report.add(compared(4, f"wall time vs ideal ({shape})", "s", walls, [ideal] * len(walls)))
+    report.add(Row(4, "efficiency (ideal / wall)", "%", median([ideal / w * 100 for w in walls]),
+                   goal=Goal(">=", 90, on_ratio=False)))
+    report.add(compared(4, "wall time vs plain Celery, same shape", "s", walls, theirs))
+    report.add(Row(4, "Celery's efficiency, same shape", "%",
+                   median([ideal / w * 100 for w in theirs])))
+    report.add(Row(4, "per step: claim -> end, minus script p50", "ms",
+                   median([median(run.overhead) * MS for run in ours])))
+    report.add(Row(4, "per step: end -> same worker's next claim p50", "ms",
+                   median([median(run.handoff) * MS for run in ours if run.handoff])))
+
+
+# -- figure 5: scale ------------------------------------------------------------------
+
+
+def _phase_scale(harness: Harness, plan: Plan, report: Report,
+                 progress: Callable[[str], None]) -> None:
+    client = harness.client()
+    progress(f"5/6 scale: {plan.scale_pools} pools, {plan.scale_workers} simulated workers, "
+             f"{plan.scale_steps} queued steps")
+    pools = scale.add_pools(client, plan.scale_pools)
+    target = pools[-1]  # the one pool with no workers: its steps stay queued
+    route = Route(target.queue, target.slug, target.name)
+    bare = scale.timed(lambda: client.run(figures.on_pool(figures.TRUE_STEP, target.slug)),
+                       plan.samples)
+    instances = scale.add_workers(harness.raw, pools[:-1], plan.scale_workers)
+    per_step = scale.memory_per_step(client, route, plan.scale_steps)
+    loaded = scale.timed(lambda: client.run(figures.on_pool(figures.TRUE_STEP, target.slug)),
+                         plan.samples)
+    repeat = max(3, plan.samples // 10)
+    status = scale.cli_seconds(harness.url, ["status"], repeat)
+    pool_list = scale.cli_seconds(harness.url, ["pool", "list"], repeat)
+    floor = scale.cli_seconds(harness.url, ["--version"], repeat)
+    detail = scale.snapshot_seconds(harness.raw, True, plan.samples)
+    routing = scale.snapshot_seconds(harness.raw, False, plan.samples)
+    scale.add_running(harness.raw, instances, plan.scale_workers)
+    reap = scale.timed(client.reap, plan.samples)
+    client.close()
+    interval = harness.settings.heartbeat_interval
+    reap_busy = median(reap) * plan.scale_workers / interval * 100
+    report.rows.extend([
+        Row(5, "Redis memory per queued step", "B", per_step, goal=Goal("<=", 2048, False)),
+        Row(5, "of which the Celery message", "B", scale.message_bytes(route)),
+        Row(5, "`workerpool status` (CLI)", "ms", median(status) * MS,
+            goal=Goal("<=", 200, False)),
+        Row(5, "`workerpool pool list` (CLI)", "ms", median(pool_list) * MS),
+        Row(5, "CLI start-up alone (--version)", "ms", median(floor) * MS),
+        Row(5, "status snapshot, in process", "ms", median(detail) * MS),
+        Row(5, "routing snapshot, in process", "ms", median(routing) * MS),
+        compared(5, f"Client.run with {plan.scale_workers} workers vs none", "ms",
+                 [median(loaded) * MS], [median(bare) * MS]),
+        Row(5, f"reap() with {plan.scale_workers} leases", "ms", median(reap) * MS),
+        Row(5, f"Redis busy reaping ({plan.scale_workers} workers)", "%", reap_busy),
+    ])
+
+
+def notes(plan: Plan, embedded: bool) -> list[str]:
+    where = "an embedded redis-server started for the run" if embedded else \
+        "the empty database named by WORKERPOOL_REDIS_URL"
+    return [
+        f"Broker: {where}; every comparison is a ratio of two measurements taken in the same "
+        "run on the same server. Each figure is the median over runs; a ratio is the median "
+        "of the per-run ratios.",
+        "Baseline (figures 1-2): a plain Celery task that runs bash through `subprocess`, on "
+        "workers started exactly like workerpool's (`make_app`: JSON, late ack, prefetch "
+        "disabled; threads pool, same concurrency, no mingle or gossip), on another queue of "
+        "the same Redis, with the Redis result backend so its caller can wait for a result.",
+        "Figure 1 runs one step at a time on an idle pool of 2 workers x 2. Both sides run "
+        "`echo $EPOCHREALTIME` in bash (a bash step; `bash -c` through `subprocess` for the "
+        "baseline): 'start' is the time bash printed minus the time before `Client.run` / "
+        "`send_task`; 'result' is when `StepHandle.wait()` / `AsyncResult.get()` returned. "
+        "The rows below split workerpool's time with the step record's claim and end times.",
+        f"Figure 2: {plan.throughput_steps} `true` steps (baseline: `bash -c true` tasks) "
+        "enqueued as fast as the caller can, timed until the last one has ended. Commands and "
+        "CPU per step are Redis INFO and /proc deltas over the same span; Redis counts the "
+        "commands a Lua script runs, and a worker's CPU includes its scripts and watchdog.",
+        f"Figure 3: {POOL_B}'s p99 enqueue-to-result latency ({plan.isolation_steps} steps, "
+        f"1 worker x {plan.concurrency}), each ratio against {POOL_B} idle measured just "
+        f"before. 'Draining' has {plan.backlog} steps queued on {POOL_A} while its 2 workers "
+        "run them: on 'same CPUs' everything shares this machine's cores, so it measures CPU "
+        f"contention as much as isolation; 'CPUs apart' pins {POOL_A}'s workers (and their "
+        f"scripts) to the first core and {POOL_B}'s worker, Redis and the caller to the "
+        "others, as if the pools ran on machines of their own (embedded Redis only). "
+        "'Parked' queues the backlog on a pool no worker consumes: the broker alone.",
+        "Figure 4 is measured with individual steps until deployments (`worker-per-target`) "
+        f"exist: {plan.fanout_steps} steps of `sleep {plan.fanout_seconds:g}` enqueued at "
+        f"once on a pool of {plan.fanout_workers} workers of concurrency 1.",
+        f"Figure 5 simulates {plan.scale_workers} workers (registry records and live "
+        "heartbeats written in the documented key layout) over "
+        f"{plan.scale_pools - 1} of {plan.scale_pools} pools, and queues {plan.scale_steps} "
+        "steps with the real `StepStore.enqueue` on the pool without workers. CLI times are "
+        "wall times of the real command in a subprocess, Python start-up included. Reaping: "
+        "each worker runs `reap()` every heartbeat interval, so the busy share is the time of "
+        "one reap x workers / interval.",
+        "Figure 6 puts the others in proportion: what a process spawn and a Redis round trip "
+        "cost on this machine.",
+    ]
