@@ -6,15 +6,19 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 
 import click
 
 from workerpool.cli.output import table
 from workerpool.errors import NoWorker
+from workerpool.packages import push
 from workerpool.settings import Settings
 from workerpool.stack import Stack
 from workerpool.steps import ScriptStep
+from workerpool.targets import TargetRegistry
+from workerpool.templates import default_templates_dir
 
 POOLS = {
     "Kubernetes Worker Pool": (1, "Machines with kubectl, for Kubernetes deployments"),
@@ -37,6 +41,44 @@ STEPS = [
 ]
 
 
+def package_zip(source: Path, target: Path) -> Path:
+    """Zip a package's source folder (keeping exec bits) as the feed file name expects."""
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(source.rglob("*")):
+            if path.is_file():
+                archive.write(path, path.relative_to(source).as_posix())
+    return target
+
+
+def deploy_database(stack: Stack, home: Path) -> bool:
+    """The seed's database deployment: a migration from a referenced package on the Database
+    Worker Pool, then a warm-up per web target, orchestrated by the server."""
+    client = stack.client()
+    tasks = default_templates_dir().parent
+    push(client.redis, package_zip(tasks / "packages" / "Acme.Database",
+                                   home / "Acme.Database.1.0.0.zip"))
+    registry = TargetRegistry(client.redis)
+    for name in ("web-01", "web-02"):
+        registry.add(name, "Test", ("web",))
+    stop = stack.start_orchestrator()
+    try:
+        result = client.deploy(tasks / "processes" / "database-deployment.yaml", "Test",
+                               timeout=120)
+    finally:
+        stop.set()
+    click.echo(f"\nThe seed's database deployment to Test ({result.id}): {result.state}")
+    table(["STEP", "STATE", "TARGET", "WORKER", "RUN STATE"],
+          [[s.name, s.state, r.target or "", r.worker or "", r.state]
+           for s in result.steps for r in s.runs] +
+          [[s.name, s.state, "", "", ""] for s in result.steps if not s.runs])
+    migrate = result.steps[0].runs[-1]
+    click.echo("Migrate's log (the password is masked):")
+    for entry in client.step(migrate.id).logs():
+        if entry.stream == "stdout":
+            click.echo(f"  {entry.text}")
+    return result.state == "Success"
+
+
 def run_demo() -> int:
     home = Path(tempfile.mkdtemp(prefix="workerpool-demo-"))
     settings = dataclasses.replace(Settings.from_env(), home=home, redis_url=None,
@@ -57,6 +99,7 @@ def run_demo() -> int:
                 next((e.text for e in r.log if e.stream == "stdout"), "")]
                for s, r in zip(STEPS, results, strict=True)])
         echo("\nThe default pool has no workers, so 'Notify Slack' ran on the built-in worker.")
+        deployed = deploy_database(stack, home)
         client.builtin.disable()
         try:
             client.run(ScriptStep(name="Notify Slack", script="echo hi"))
@@ -64,7 +107,7 @@ def run_demo() -> int:
         except NoWorker as exc:
             refused = str(exc)
         echo(f"With the built-in worker disabled, the same step is refused:\n  {refused}")
-        ok = all(r.succeeded for r in results)
+        ok = all(r.succeeded for r in results) and deployed
     shutil.rmtree(home, ignore_errors=True)
     echo("\nStopped everything the demo started and removed its data.")
     return 0 if ok else 1

@@ -139,20 +139,12 @@ class Stack:
         """Reap lost and overdue steps (and orchestrate deployments) until *stop_requested* is
         set by a signal handler."""
         client = self.client()
-        stop = threading.Event()
-        if self.orchestrate:
-            from workerpool.deployments import Orchestrator
-
-            orchestrator = Orchestrator(self.client(), self.deployment_cap)
-            threading.Thread(target=orchestrator.serve, args=(stop,), name="orchestrator",
-                             daemon=True).start()
+        stop = self.start_orchestrator() if self.orchestrate else threading.Event()
         while not stop_requested:
             try:
                 client.reap()
                 if self.orchestrate:
-                    client.guard(lambda: client.redis.set(
-                        keys.SERVER_HEARTBEAT, time.time(),
-                        px=int(max(self.settings.heartbeat_ttl, 5.0) * 1000)))
+                    self.beat_server(client)
             except Infrastructure as exc:
                 print(f"workerpool: {exc}", file=sys.stderr)
             for proc in self.children:
@@ -162,6 +154,23 @@ class Stack:
                     proc.returncode = 0  # report once
             time.sleep(self.settings.heartbeat_interval / 2)
         stop.set()
+
+    def start_orchestrator(self) -> threading.Event:
+        """Run the deployment orchestrator in threads of this process until the event is set."""
+        from workerpool.deployments import Orchestrator
+
+        stop = threading.Event()
+        self.beat_server(self.client())
+        orchestrator = Orchestrator(self.client(), self.deployment_cap)
+        threading.Thread(target=orchestrator.serve, args=(stop,), name="orchestrator",
+                         daemon=True).start()
+        return stop
+
+    def beat_server(self, client: Client) -> None:
+        """Tell clients a server orchestrates deployments (``deploy`` refuses otherwise)."""
+        client.guard(lambda: client.redis.set(
+            keys.SERVER_HEARTBEAT, time.time(),
+            px=int(max(self.settings.heartbeat_ttl, 5.0) * 1000)))
 
     def stop(self) -> None:
         """Warm-stop workers (each gives running steps the shutdown grace, then stops them),
