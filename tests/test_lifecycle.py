@@ -182,3 +182,18 @@ def test_python_step_and_workdir_removed(client, pool):
     assert workdir.name.startswith(result.id)
     # The end is recorded first, so the caller never waits on the removal.
     wait_for(lambda: not workdir.exists(), 10, "working directory to be removed")
+
+
+def test_lease_timeout_removes_a_target_runs_message_from_its_queue(client, raw):
+    """Deployment runs carry their target in the message label; the timed-out message is
+    rebuilt from the record byte for byte, so it really leaves the queue."""
+    from workerpool.routing import Route
+
+    client.pools.add("Idle")
+    route = Route(keys.pool_queue("idle"), "idle", "Idle")
+    step_id = client.store.enqueue(ScriptStep(script="true", name="Warm up"), route, 0.2, 60,
+                                   target="web-07")
+    assert "target='web-07'" in raw.lindex(keys.pool_queue("idle"), 0)
+    result = client.step(step_id).wait(timeout=10)
+    assert result.state == "LeaseTimeout"
+    assert raw.llen(keys.pool_queue("idle")) == 0

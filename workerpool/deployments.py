@@ -18,6 +18,7 @@ from typing import Any, cast
 
 from workerpool import keys
 from workerpool.client import Client
+from workerpool.cluster import Snapshot
 from workerpool.errors import BadInput, NoWorker, WorkerPoolError
 from workerpool.packages import PackageRef
 from workerpool.processes import Process, ProcessStep, ProjectVariable
@@ -97,6 +98,12 @@ class DeploymentResult:
                 "steps": [s.to_json() for s in self.steps]}
 
 
+def _run(rid: str, target: str | None, rec: dict[str, str]) -> Run:
+    code = rec.get("exit_code")
+    return Run(rid, target, rec.get("pool", ""), rec.get("worker") or None,
+               rec.get("state", "Expired"), int(code) if code else None)
+
+
 def run_id(deployment_id: str, index: int, target: TargetInfo | None, attempt: int) -> str:
     return f"{deployment_id}.{index}.{target.slug if target else '-'}.{attempt}"
 
@@ -156,21 +163,20 @@ class Deployments:
             raise BadInput(f"no deployment with id {deployment_id!r}")
         steps_state: dict[str, Any] = json.loads(record.get("steps") or "{}")
         process = process_from_json(record["process"])
+        pipe = self.redis.pipeline(transaction=False)
+        planned = [(step, steps_state.get(step.name, {})) for step in process.steps]
+        for _, info in planned:
+            for rid in info.get("runs", []):
+                pipe.hgetall(keys.step(rid))
+        records = iter(cast(list[dict[str, str]], self.client.guard(pipe.execute)))
         outcomes = []
-        for step in process.steps:
-            info = steps_state.get(step.name, {})
-            runs = tuple(self._run(rid, info.get("targets", {}).get(rid))
+        for step, info in planned:
+            runs = tuple(_run(rid, info.get("targets", {}).get(rid), next(records))
                          for rid in info.get("runs", []))
             outcomes.append(StepOutcome(step.name, info.get("state", PENDING), runs))
         return DeploymentResult(deployment_id, record.get("state", QUEUED),
                                 record.get("environment", ""), record.get("name", ""),
                                 tuple(outcomes), record.get("message", ""))
-
-    def _run(self, rid: str, target: str | None) -> Run:
-        rec = cast(dict[str, str], self.redis.hgetall(keys.step(rid)))
-        code = rec.get("exit_code")
-        return Run(rid, target, rec.get("pool", ""), rec.get("worker") or None,
-                   rec.get("state", "Expired"), int(code) if code else None)
 
     def list(self, limit: int = 50) -> list[DeploymentResult]:
         ids = cast(list[str], self.redis.zrevrange(keys.DEPLOYMENTS_ALL, 0, limit - 1))
@@ -298,16 +304,20 @@ class Orchestrator:
         ok = True
         step_outputs: dict[str, str] = {}
         done_key = keys.deployment_done(deployment_id)
+        snapshot = self.client.snapshot()  # one routing read per step, not per run
         while queue or in_flight:
+            dispatched = False
             while queue and len(in_flight) < step.max_parallelism:
                 planned = queue.pop(0)
                 self._dispatch(deployment_id, planned, step, process, environment, extra,
-                               outputs, done_key)
+                               outputs, done_key, snapshot)
                 in_flight[planned.id] = planned
                 if planned.id not in info["runs"]:
                     info["runs"].append(planned.id)
                     info["targets"][planned.id] = planned.target.name if planned.target else None
-                    self._save(deployment_id, steps_state)
+                    dispatched = True
+            if dispatched:  # run ids are deterministic: this record is for display and resume
+                self._save(deployment_id, steps_state)
             for rid, state, record in self._finished(in_flight, done_key):
                 planned = in_flight.pop(rid)
                 if state == SUCCESS:
@@ -322,16 +332,22 @@ class Orchestrator:
 
     def _finished(self, in_flight: dict[str, _Planned],
                   done_key: str) -> list[tuple[str, str, dict[str, str]]]:
-        """Block until a run ends (finish pushes its id); reap and re-check on each timeout."""
-        popped = self.redis.blpop([done_key], timeout=self.client.settings.heartbeat_interval)
+        """Block until a run ends (finish pushes its id) and check the ids pushed; on a timeout,
+        reap and check every run in flight (a run may have ended while no one listened)."""
+        popped = cast(tuple[str, str] | None, self.redis.blpop(
+            [done_key], timeout=self.client.settings.heartbeat_interval))
         if popped is None:
             self.client.reap()
-        ended = []
-        for rid in list(in_flight):
-            record = cast(dict[str, str], self.redis.hgetall(keys.step(rid)))
-            if record.get("state") in TERMINAL:
-                ended.append((rid, record["state"], record))
-        return ended
+            candidates = list(in_flight)
+        else:
+            more = cast(list[str] | None, self.redis.lpop(done_key, len(in_flight))) or []
+            candidates = [rid for rid in (popped[1], *more) if rid in in_flight]
+        pipe = self.redis.pipeline(transaction=False)
+        for rid in candidates:
+            pipe.hgetall(keys.step(rid))
+        records = cast(list[dict[str, str]], pipe.execute())
+        return [(rid, rec["state"], rec) for rid, rec in zip(candidates, records, strict=True)
+                if rec.get("state") in TERMINAL]
 
     @staticmethod
     def _outputs(step: ProcessStep, planned: _Planned,
@@ -346,7 +362,7 @@ class Orchestrator:
 
     def _dispatch(self, deployment_id: str, planned: _Planned, step: ProcessStep,
                   process: Process, environment: str, extra: dict[str, str],
-                  outputs: dict[str, str], done_key: str) -> None:
+                  outputs: dict[str, str], done_key: str, snapshot: Snapshot) -> None:
         target = planned.target
         scoped = Target(target.name, target.environment, target.roles) if target else None
         values, sensitive = variables_for(process, environment, scoped, extra)
@@ -368,15 +384,16 @@ class Orchestrator:
             variables=plain, sensitive_variables=secret, timeout=step.timeout,
             packages=step.packages, script_path=step.script_file, substitute=step.substitute,
             structured=step.structured)
-        chosen = self._route(script_step, step, target)
+        chosen = self._route(script_step, step, target, snapshot)
         self.client.store.enqueue(
             script_step.validate(), chosen, self.client.settings.lease_timeout,
             self.client.settings.step_timeout, step_id=planned.id, notify=done_key,
             target=target.name if target else "")
 
-    def _route(self, script_step: ScriptStep, step: ProcessStep,
-               target: TargetInfo | None) -> Route:
+    @staticmethod
+    def _route(script_step: ScriptStep, step: ProcessStep, target: TargetInfo | None,
+               snapshot: Snapshot) -> Route:
         if step.location == "target":
             assert target is not None
             return Route(target.queue, target.pool_key, f"target {target.name}")
-        return route(script_step, self.client.snapshot())
+        return route(script_step, snapshot)

@@ -45,10 +45,10 @@ LOST = """
 local lost = {}
 for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   local f = redis.call('HMGET', ARGV[2] .. id, 'instance', 'worker', 'retry', 'attempt', 'queue',
-                       'name', 'pool_name', 'lease_timeout')
+                       'name', 'pool_name', 'lease_timeout', 'target')
   if f[1] and redis.call('EXISTS', ARGV[1] .. f[1]) == 0 then
     lost[#lost + 1] = {id, f[1], f[2] or '', f[3] or '0', f[4] or '0', f[5] or '', f[6] or '',
-                       f[7] or '', f[8] or '0'}
+                       f[7] or '', f[8] or '0', f[9] or ''}
   elseif not f[1] then
     redis.call('ZREM', KEYS[1], id)
   end
@@ -131,9 +131,9 @@ class Leases:
         ended = 0
         rows = self._lost(keys=[keys.RUNNING], args=[keys.PREFIX + "hb:", keys.PREFIX + "step:"])
         for row in rows:
-            step_id, instance, worker, retry, attempt, queue, name, pool_name, lease = row
+            step_id, instance, worker, retry, attempt, queue, name, pool_name, lease, target = row
             record = {"retry": retry, "attempt": attempt, "queue": queue, "name": name,
-                      "pool_name": pool_name, "lease_timeout": lease}
+                      "pool_name": pool_name, "lease_timeout": lease, "target": target}
             if self.retry(step_id, instance, worker, record):
                 ended += 1
                 continue
@@ -149,12 +149,11 @@ class Leases:
             return False
         now = time.time()
         queue = record.get("queue", "")
-        label = messages.label(record.get("name", ""), record.get("pool_name", ""), step_id)
         note = f"worker {worker} was lost while running the step; queued once more"
         deadline = now + float(record.get("lease_timeout") or 0)
         return bool(self._requeue(
             keys=[keys.step(step_id), keys.RUNNING, keys.PENDING, queue, keys.step_log(step_id)],
-            args=[instance, now, deadline, messages.build(step_id, 1, queue, label), note,
+            args=[instance, now, deadline, messages.for_record(step_id, 1, record), note,
                   step_id]))
 
     def _reap_overdue(self) -> int:
@@ -179,6 +178,5 @@ class Leases:
     def _drop_message(self, step_id: str, record: dict[str, str]) -> None:
         """Remove a step that will never run from its queue, so queue depth stays honest."""
         attempt = int(record.get("attempt", 0))
-        queue = record.get("queue", "")
-        label = messages.label(record.get("name", ""), record.get("pool_name", ""), step_id)
-        self.redis.lrem(queue, 1, messages.build(step_id, attempt, queue, label))
+        self.redis.lrem(record.get("queue", ""), 1,
+                        messages.for_record(step_id, attempt, record))

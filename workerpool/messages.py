@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping
 
 TASK_NAME = "workerpool.run_step"
 
@@ -47,7 +48,17 @@ def build(step_id: str, attempt: int, queue: str, label: str) -> str:
     return json.dumps(message, separators=(",", ":"))
 
 
-def label(step_name: str, pool_name: str, step_id: str) -> str:
-    """The task arguments monitoring shows: step name and pool, never variables."""
+def label(step_name: str, pool_name: str, step_id: str, *, target: str = "") -> str:
+    """The task arguments monitoring shows: step name, pool and deployment target (if the step
+    runs on behalf of one), never variables."""
     shown = step_name or "script"
-    return f"step={shown!r} pool={pool_name!r} id={step_id}"
+    on_behalf = f" target={target!r}" if target else ""
+    return f"step={shown!r} pool={pool_name!r}{on_behalf} id={step_id}"
+
+
+def for_record(step_id: str, attempt: int, record: Mapping[str, str]) -> str:
+    """The message of *step_id*'s *attempt* rebuilt from its stored record: the same bytes as
+    enqueued, so it can be pushed again or removed from its queue."""
+    shown = label(record.get("name", ""), record.get("pool_name", ""), step_id,
+                  target=record.get("target", ""))
+    return build(step_id, attempt, record.get("queue", ""), shown)

@@ -85,7 +85,7 @@ class StepStore:
         }
         if notify:
             record["notify"] = notify
-        label = messages.label(step.name, route.pool_name, step_id)
+        label = messages.label(step.name, route.pool_name, step_id, target=target)
         fields = [item for pair in record.items() for item in pair]
         self.redis.eval(ENQUEUE, 3, keys.step(step_id), keys.PENDING, route.queue, deadline,
                         step_id, messages.build(step_id, 0, route.queue, label), *fields)
