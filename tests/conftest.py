@@ -107,11 +107,12 @@ class Worker:
 @pytest.fixture
 def start_worker(env: dict[str, str], client: Client,
                  tmp_path: Path) -> Iterator[Callable[..., Worker]]:
-    """Factory: start a real worker process and wait until it consumes its queue."""
+    """Factory: start a real worker process and wait until it shows *expect* (by default
+    Healthy: it consumes its queue)."""
     started: list[Worker] = []
 
     def start(pool: str | None = None, name: str | None = None, concurrency: int = 1,
-              extra_env: dict[str, str] | None = None) -> Worker:
+              extra_env: dict[str, str] | None = None, expect: str = "Healthy") -> Worker:
         args = ["--builtin"] if pool is None else ["--pool", pool]
         if name:
             args += ["--name", name]
@@ -126,9 +127,9 @@ def start_worker(env: dict[str, str], client: Client,
                 raise AssertionError(f"worker exited with {proc.returncode}: "
                                      f"{(tmp_path / log.name).read_text()[-2000:]}")
             found = [w for w in client.workers.list() if w.pid == proc.pid]
-            return found[0].name if found and found[0].state == "Healthy" else None
+            return found[0].name if found and found[0].state == expect else None
 
-        worker_name = str(wait_for(ready, 60, "worker to be ready"))
+        worker_name = str(wait_for(ready, 60, f"worker to be {expect}"))
         worker = Worker(proc, worker_name, pool or "builtin")
         started.append(worker)
         return worker

@@ -262,7 +262,8 @@ def test_cli_show_json_by_name_or_slug(cli: Cli, ident: str) -> None:
     shown = json.loads(ok(cli("pool", "show", ident, "--json")))
     assert shown == {"name": "Database Worker Pool", "slug": "database-worker-pool",
                      "description": "db tools", "is_default": False,
-                     "queue": "workerpool.pool.database-worker-pool", "workers": []}
+                     "queue": "workerpool.pool.database-worker-pool", "workers": [],
+                     "requires": [], "health_check": ""}
 
 
 def test_cli_show_table(cli: Cli) -> None:
@@ -287,7 +288,7 @@ def test_cli_list_json(cli: Cli, client: Client) -> None:
                                            "Kubernetes Worker Pool"]
     for entry in listed:
         assert set(entry) == {"name", "slug", "description", "is_default", "queue", "workers",
-                              "queued"}
+                              "queued", "requires", "health_check"}
         assert entry["queue"] == f"workerpool.pool.{entry['slug']}"
         assert entry["workers"] == 0
     kubernetes = listed[2]
@@ -308,7 +309,8 @@ def test_cli_list_table(cli: Cli) -> None:
 def test_cli_add_json(cli: Cli) -> None:
     created = json.loads(ok(cli("pool", "add", "Azure Pool", "--default", "--json")))
     assert created == {"name": "Azure Pool", "slug": "azure-pool", "description": "",
-                       "is_default": True, "queue": "workerpool.pool.azure-pool"}
+                       "is_default": True, "queue": "workerpool.pool.azure-pool",
+                       "requires": [], "health_check": ""}
 
 
 # --- the built-in worker switch ------------------------------------------------------------------

@@ -116,7 +116,8 @@ def test_pool_queue_and_json() -> None:
     assert pool.queue == "workerpool.pool.database-worker-pool"
     assert pool.to_json() == {"name": "Database Worker Pool", "slug": "database-worker-pool",
                               "description": "migrations", "is_default": False,
-                              "queue": "workerpool.pool.database-worker-pool"}
+                              "queue": "workerpool.pool.database-worker-pool",
+                              "requires": [], "health_check": ""}
 
 
 # --- service messages ----------------------------------------------------------------------------

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import redis
 
-from workerpool import keys
+from workerpool import health, keys, messages
 from workerpool.artifacts import collect
 from workerpool.connection import connect
 from workerpool.errors import WorkerConflict, WorkerPoolError
 from workerpool.execution import STOP_ABORT, STOP_CANCEL, STOP_TIMEOUT, ScriptProcess
 from workerpool.leases import Leases
 from workerpool.packages import FeedRegistry, PackageCache
-from workerpool.pools import worker_type
+from workerpool.pools import PoolRegistry, worker_type
 from workerpool.settings import Settings
 from workerpool.steplog import StepLog
 from workerpool.steps import CANCELLED, FAILED, RUNNING, SUCCESS, TIMED_OUT, WORKER_LOST
@@ -33,9 +33,30 @@ from workerpool.stepsetup import Prepared, StepSetup, system_variables
 from workerpool.store import StepStore
 from workerpool.syntaxes import available_syntaxes, install_helpers
 from workerpool.variables import Masker, script_environment
-from workerpool.workers import DEREGISTER, HEALTHY, REGISTER, Heartbeat, WorkerInfo
+from workerpool.workers import (
+    DEREGISTER,
+    HEALTHY,
+    REGISTER,
+    STARTING,
+    UNHEALTHY,
+    Heartbeat,
+    WorkerInfo,
+)
 
 log = logging.getLogger("workerpool.worker")
+
+# Seconds an unhealthy worker holds a message it should not have taken before handing it back,
+# so its queue gate (which checks several times a second) has stopped consumption by then.
+HAND_BACK_DELAY = 0.5
+
+# KEYS: step, queue. ARGV: attempt, message. Puts a message back at the head of its queue
+# (consumers BRPOP from the right) while the step still waits for it; a stale one is dropped.
+HAND_BACK = """
+local st = redis.call('HMGET', KEYS[1], 'state', 'attempt')
+if st[1] ~= 'Queued' or st[2] ~= ARGV[1] then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[2])
+return 1
+"""
 
 
 @dataclass(frozen=True)
@@ -54,6 +75,11 @@ class Identity:
     concurrency: int
 
     @property
+    def checks_health(self) -> bool:
+        """Only pool workers: the built-in worker and target agents have no pool requirements."""
+        return self.pool != keys.BUILTIN_POOL and not self.pool.startswith(keys.TARGET_POOL_PREFIX)
+
+    @property
     def queue(self) -> str:
         if self.pool == keys.BUILTIN_POOL:
             return keys.BUILTIN_QUEUE
@@ -69,7 +95,7 @@ def register(client: redis.Redis, settings: Settings, pool: str, pool_name: str,
     info = WorkerInfo(name="", pool=pool, instance=instance, host=socket.gethostname(),
                       pid=os.getpid(), concurrency=concurrency, started_at=time.time(),
                       syntaxes=available_syntaxes())
-    beat = Heartbeat(time=time.time(), state="Starting")
+    beat = Heartbeat(time=time.time(), state=STARTING)
     taken = client.eval(REGISTER, 1, keys.WORKERS, name or "", f"{worker_type(pool)}-worker-",
                         info.record_json(), keys.PREFIX + "hb:", beat.to_json(),
                         int(settings.heartbeat_ttl * 1000), instance)
@@ -113,6 +139,11 @@ class Runtime:
         self.lock = threading.Lock()
         self.ready = False
         self.stopping = threading.Event()
+        # Replaced whole (never mutated), so readers in other threads see a consistent pair.
+        self.health = health.HEALTHY
+        self.pools = PoolRegistry(self.redis)
+        self._health_lock = threading.Lock()
+        self._beat_lock = threading.Lock()
         # One directory per worker instance; its watchdog removes it when the worker ends.
         self.workdir_root = (Path(tempfile.gettempdir()) / "workerpool" /
                              f"{identity.name}-{identity.instance[:8]}")
@@ -129,14 +160,55 @@ class Runtime:
     def start_threads(self) -> None:
         threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
         threading.Thread(target=self._control_loop, name="control", daemon=True).start()
+        if self.identity.checks_health:
+            threading.Thread(target=self._health_loop, name="health", daemon=True).start()
 
     def beat(self) -> None:
         with self.lock:
             running = len(self.running)
-        state = HEALTHY if self.ready else "Starting"
-        hb = Heartbeat(time=time.time(), state=state, running=running)
-        self.redis.set(keys.heartbeat(self.identity.instance), hb.to_json(),
-                       px=int(self.settings.heartbeat_ttl * 1000))
+        # Reading the state and writing it are one step, so a beat carrying an older health
+        # state never overwrites a newer one.
+        with self._beat_lock:
+            status = self.health
+            state = STARTING if not self.ready else HEALTHY if status.healthy else UNHEALTHY
+            hb = Heartbeat(time=time.time(), state=state, running=running, reason=status.reason)
+            self.redis.set(keys.heartbeat(self.identity.instance), hb.to_json(),
+                           px=int(self.settings.heartbeat_ttl * 1000))
+
+    # -- health ---------------------------------------------------------------------------
+
+    def check_health(self) -> bool:
+        """Run the pool's health check now and publish a change at once; True if healthy.
+
+        The pool is re-read each time, so `pool edit --requires` applies without a restart.
+        Consumption follows ``self.health`` (the Celery side's queue gate); running steps are
+        left to finish.
+        """
+        if not self.identity.checks_health:
+            return True
+        with self._health_lock:
+            pool = self.pools.by_slug(self.identity.pool)
+            env = script_environment({}, {"WORKERPOOL_WORKER_NAME": self.identity.name,
+                                          "WORKERPOOL_POOL": self.identity.pool})
+            status = health.HEALTHY if pool is None else health.check(pool, env)
+            previous, self.health = self.health, status
+        if status != previous:
+            if status.healthy:
+                log.warning("healthy again: consuming %s", self.identity.queue)
+            else:
+                log.warning("unhealthy (%s): not consuming %s until healthy; running steps "
+                            "finish", status.reason, self.identity.queue)
+            self.beat()
+        return status.healthy
+
+    def _health_loop(self) -> None:
+        while not self.stopping.wait(self.settings.health_interval):
+            try:
+                self.check_health()
+            except redis.RedisError as exc:
+                log.warning("could not read the pool for its health check (will retry): %s", exc)
+            except Exception:  # a bug here must not stop the health checks
+                log.exception("health check loop error")
 
     def _heartbeat_loop(self) -> None:
         while not self.stopping.wait(self.settings.heartbeat_interval):
@@ -216,6 +288,9 @@ class Runtime:
 
     def execute(self, step_id: str, attempt: int) -> None:
         """The body of the Celery task: claim, run, finish. Never raises."""
+        if not self.health.healthy:
+            self._hand_back(step_id, attempt)
+            return
         try:
             claim = self.leases.claim(step_id, attempt, self.identity.name,
                                       self.identity.instance, self.identity.pool)
@@ -232,6 +307,31 @@ class Runtime:
         except Exception as exc:
             log.exception("step %s failed inside the worker", step_id)
             self._finish(step_id, FAILED, message=f"worker error: {exc}")
+
+    def _hand_back(self, step_id: str, attempt: int) -> None:
+        """Give back, unclaimed, a step that reached this worker while it is unhealthy.
+
+        The queue gate stops consumption within a fraction of a second of the worker turning
+        unhealthy, so only a message already on its way (a BRPOP in flight) gets here. It is
+        pushed back at the head of its queue rather than rejected through Celery: kombu would
+        requeue it at the tail and altered, and the lease reaper removes a message by value.
+        """
+        self.stopping.wait(HAND_BACK_DELAY)
+        try:
+            record = self.store.record(step_id)
+            queue = record.get("queue", "")
+            returned = self.redis.eval(HAND_BACK, 2, keys.step(step_id), queue, str(attempt),
+                                       messages.for_record(step_id, attempt, record))
+        except redis.RedisError as exc:
+            log.error("unhealthy, could not hand step %s back (it stays queued until its lease "
+                      "deadline): %s", step_id, exc)
+            return
+        if returned:
+            log.warning("unhealthy (%s): handed step %s back to %s unclaimed",
+                        self.health.reason, step_id, queue)
+        else:
+            log.warning("discarded message for step %s: stale (state %s)", step_id,
+                        record.get("state"))
 
     def _run_claimed(self, step_id: str, record: dict[str, str]) -> None:
         if self.identity.pool == keys.BUILTIN_POOL and self.redis.exists(keys.BUILTIN_DISABLED):

@@ -7,9 +7,10 @@ import socket
 import warnings
 from typing import Any
 
-from celery import Celery
+from celery import Celery, bootsteps
 from celery.exceptions import SecurityWarning
 from celery.signals import worker_ready, worker_shutting_down
+from celery.worker.consumer.tasks import Tasks
 
 from workerpool import keys
 from workerpool.agent import Runtime, register
@@ -45,6 +46,9 @@ def make_app(url: str) -> Celery:
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
         task_create_missing_queues=True,
+        # Flower shows steps from their workers' task events. It turns events on by broadcast,
+        # but only every 5 s, so a worker that just started would run its first steps unseen.
+        worker_send_task_events=True,
     )
     return app
 
@@ -55,6 +59,52 @@ def bind(app: Celery, runtime: Runtime) -> None:
     @app.task(name=TASK_NAME, acks_late=True, ignore_result=True)
     def run_step(step_id: str, attempt: int = 0) -> None:
         runtime.execute(step_id, attempt)
+
+
+# Seconds between the queue gate's looks at the runtime's health: how soon after a change the
+# worker stops (or resumes) consuming.
+GATE_PERIOD = 0.2
+
+
+def queue_gate(runtime: Runtime) -> type[bootsteps.StartStopStep]:
+    """A consumer bootstep that consumes the worker's queue only while its runtime is healthy.
+
+    It runs in the consumer's own thread (Celery's event loop), where ``cancel_task_queue`` and
+    ``add_task_queue`` are safe to call; the health thread only sets ``runtime.health``. It first
+    runs after the task consumer is made and before the loop's first fetch, so a worker that
+    starts unhealthy takes nothing; after a reconnection it runs again. It resumes only what it
+    cancelled itself.
+    """
+    queue = runtime.identity.queue
+    cancelled = False  # by the gate: a consumer an operator cancels (Flower) stays cancelled
+
+    def reconcile(consumer: Any) -> None:
+        nonlocal cancelled
+        # Whether the queue is listed, not whether a fetch is active: at the first look the
+        # event loop has not started consuming yet, and would start with every listed queue.
+        listed = any(q.name == queue for q in consumer.task_consumer.queues)
+        if not runtime.health.healthy and listed:
+            consumer.cancel_task_queue(queue)
+            cancelled = True
+        elif runtime.health.healthy and cancelled:
+            cancelled = False
+            if not listed:
+                consumer.add_task_queue(queue)
+
+    class QueueGate(bootsteps.StartStopStep):
+        requires = (Tasks,)
+        entry: Any = None
+
+        def start(self, parent: Any) -> None:
+            reconcile(parent)
+            self.entry = parent.timer.call_repeatedly(GATE_PERIOD, reconcile, (parent,))
+
+        def stop(self, parent: Any) -> None:
+            if self.entry is not None:
+                parent.timer.cancel(self.entry)
+                self.entry = None
+
+    return QueueGate
 
 
 def serve(settings: Settings, pool: str | None, name: str | None, concurrency: int,
@@ -76,12 +126,19 @@ def serve(settings: Settings, pool: str | None, name: str | None, concurrency: i
     runtime = Runtime(settings, url, identity)
     app = make_app(url)
     bind(app, runtime)
+    if identity.checks_health:
+        app.steps["consumer"].add(queue_gate(runtime))
     logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def on_ready(**_: Any) -> None:
         runtime.ready = True
         runtime.beat()
-        print(f"{identity.name} is consuming {identity.queue} ({pool_name})", flush=True)
+        status = runtime.health
+        if status.healthy:
+            print(f"{identity.name} is consuming {identity.queue} ({pool_name})", flush=True)
+        else:
+            print(f"{identity.name} is Unhealthy ({status.reason}); it consumes {identity.queue} "
+                  f"({pool_name}) once its health check passes", flush=True)
 
     def on_shutting_down(**_: Any) -> None:
         runtime.begin_shutdown()
@@ -90,12 +147,13 @@ def serve(settings: Settings, pool: str | None, name: str | None, concurrency: i
     worker_shutting_down.connect(on_shutting_down, weak=False)
     # Containers commonly run workers as root; the script runs in its own process group.
     warnings.filterwarnings("ignore", category=SecurityWarning)
-    runtime.start_threads()
-    worker = app.Worker(hostname=f"{identity.name}@{socket.gethostname()}",
-                        queues=[identity.queue], concurrency=concurrency, pool_cls="threads",
-                        without_mingle=True, without_gossip=True, loglevel=loglevel,
-                        quiet=True, no_color=True)
     try:
+        runtime.start_threads()  # heartbeats go on while the first health check runs
+        guarded(runtime.check_health, url)  # before the queue gate's first look
+        worker = app.Worker(hostname=f"{identity.name}@{socket.gethostname()}",
+                            queues=[identity.queue], concurrency=concurrency,
+                            pool_cls="threads", without_mingle=True, without_gossip=True,
+                            loglevel=loglevel, quiet=True, no_color=True)
         worker.start()
     finally:
         runtime.shutdown()

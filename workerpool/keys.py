@@ -2,7 +2,7 @@
 
 Layout (``P`` is ``workerpool:``)::
 
-    P pools                   hash   slug -> pool JSON {name, slug, description}
+    P pools                   hash   slug -> pool JSON {name, description, requires, health_check}
     P default-pool            string slug of the default pool
     P builtin:disabled        string present while the built-in worker is disabled
     P workers                 hash   worker name -> worker JSON {name, pool, instance, ...}

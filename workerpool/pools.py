@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import redis
@@ -13,7 +14,11 @@ from workerpool.errors import BadInput, PoolConflict, UnknownPool
 
 DEFAULT_POOL_NAME = "Default Worker Pool"
 MAX_NAME_LENGTH = 100
+MAX_HEALTH_CHECK_BYTES = 64 * 1024
 _SLUG_RUN = re.compile(r"[^a-z0-9]+")
+# A tool is looked up by name on the worker's PATH, so a path or anything a shell would split on
+# cannot be one.
+_BAD_TOOL_CHAR = re.compile(r"[/\s\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -22,6 +27,8 @@ class Pool:
     slug: str
     description: str = ""
     is_default: bool = False
+    requires: tuple[str, ...] = ()  # tools each worker must find on its PATH
+    health_check: str = ""  # a bash script each worker runs; exit 0 means healthy
 
     @property
     def queue(self) -> str:
@@ -29,7 +36,8 @@ class Pool:
 
     def to_json(self) -> dict[str, object]:
         return {"name": self.name, "slug": self.slug, "description": self.description,
-                "is_default": self.is_default, "queue": self.queue}
+                "is_default": self.is_default, "queue": self.queue,
+                "requires": list(self.requires), "health_check": self.health_check}
 
 
 def slugify(name: str) -> str:
@@ -55,6 +63,32 @@ def validate_name(name: str) -> str:
     return name
 
 
+def validate_requires(tools: Iterable[str]) -> tuple[str, ...]:
+    """Tool names, each item split on commas, trimmed, without blanks or repeats; BadInput for a
+    name that cannot be looked up on a PATH."""
+    names: list[str] = []
+    for item in [tools] if isinstance(tools, str) else tools:
+        for tool in (part.strip() for part in item.split(",")):
+            if tool and _BAD_TOOL_CHAR.search(tool):
+                raise BadInput(f"required tool {tool!r} is not a command name: give names such as "
+                               "'kubectl,az' (no slashes, spaces or control characters)")
+            if tool and tool not in names:
+                names.append(tool)
+    return tuple(names)
+
+
+def validate_health_check(script: str) -> str:
+    """The script without surrounding blank lines ("" if blank); BadInput if it holds a NUL byte
+    (bash cannot take it) or is over the size limit."""
+    if "\x00" in script:
+        raise BadInput("the health check script contains a NUL byte; give a bash script as text")
+    size = len(script.encode())
+    if size > MAX_HEALTH_CHECK_BYTES:
+        raise BadInput(f"the health check script is {size} bytes; the limit is "
+                       f"{MAX_HEALTH_CHECK_BYTES} (run a file the workers have instead)")
+    return script.strip("\r\n") if script.strip() else ""
+
+
 def worker_type(slug: str) -> str:
     """The seed's ``[workertype]`` in worker names: ``database-worker-pool`` -> ``database``."""
     for suffix in ("-worker-pool", "-workers", "-pool"):
@@ -66,7 +100,8 @@ def worker_type(slug: str) -> str:
 def _decode(slug: str, raw: str, default_slug: str | None) -> Pool:
     data = json.loads(raw)
     return Pool(name=data["name"], slug=slug, description=data.get("description", ""),
-                is_default=slug == default_slug)
+                is_default=slug == default_slug, requires=tuple(data.get("requires", ())),
+                health_check=data.get("health_check", ""))
 
 
 def pools_from_hash(raw: dict[str, str], default_slug: str | None) -> dict[str, Pool]:
@@ -130,8 +165,10 @@ return 'ok'
 """
 
 
-def _record(name: str, description: str) -> str:
-    return json.dumps({"name": name, "description": description})
+def _record(name: str, description: str, requires: tuple[str, ...] = (),
+            health_check: str = "") -> str:
+    return json.dumps({"name": name, "description": description, "requires": list(requires),
+                       "health_check": health_check})
 
 
 class PoolRegistry:
@@ -162,12 +199,24 @@ class PoolRegistry:
     def get(self, ident: str) -> Pool:
         return find(self.all(), ident)
 
-    def add(self, name: str, description: str = "", is_default: bool = False) -> Pool:
+    def by_slug(self, slug: str) -> Pool | None:
+        """The pool stored under *slug*, read without creating the default pool (workers poll
+        this for their pool's health requirements)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(keys.POOLS, slug)
+        pipe.get(keys.DEFAULT_POOL)
+        raw, default_slug = pipe.execute()
+        return None if raw is None else _decode(slug, raw, default_slug)
+
+    def add(self, name: str, description: str = "", is_default: bool = False,
+            requires: Iterable[str] = (), health_check: str = "") -> Pool:
         name = validate_name(name)
         slug = slugify(name)
+        record = _record(name, description, validate_requires(requires),
+                         validate_health_check(health_check))
         self.ensure_default()
         outcome = self._add(keys=[keys.POOLS, keys.DEFAULT_POOL],
-                            args=[slug, _record(name, description), "1" if is_default else "0"])
+                            args=[slug, record, "1" if is_default else "0"])
         if outcome == "exists":
             existing = self.all()[slug]
             raise PoolConflict(f"a pool named {existing.name!r} already exists (slug {slug}); "
@@ -175,15 +224,20 @@ class PoolRegistry:
         return self.get(slug)
 
     def edit(self, ident: str, name: str | None = None, description: str | None = None,
-             make_default: bool = False) -> Pool:
+             make_default: bool = False, requires: Iterable[str] | None = None,
+             health_check: str | None = None) -> Pool:
+        """Change what is given (None keeps it; an empty *requires* or *health_check* clears
+        it). Workers pick up new requirements at their next health check, without a restart."""
         pool = self.get(ident)
         new_name = validate_name(name) if name is not None else pool.name
         new_slug = slugify(new_name)
-        new_description = pool.description if description is None else description
+        record = _record(
+            new_name, pool.description if description is None else description,
+            pool.requires if requires is None else validate_requires(requires),
+            pool.health_check if health_check is None else validate_health_check(health_check))
         outcome = self._edit(
             keys=[keys.POOLS, keys.DEFAULT_POOL, keys.WORKERS, pool.queue],
-            args=[pool.slug, new_slug, _record(new_name, new_description),
-                  "1" if make_default else "0"])
+            args=[pool.slug, new_slug, record, "1" if make_default else "0"])
         self._raise_for(outcome, pool, action="rename")
         return self.get(new_slug)
 

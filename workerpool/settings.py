@@ -46,6 +46,7 @@ class Settings:
     redis_url: str | None = None
     home: Path = field(default_factory=lambda: Path.home() / ".workerpool")
     heartbeat_interval: float = 2.0
+    health_interval: float = 30.0  # seconds between a pool worker's health checks
     lease_timeout: float = 3600.0
     step_timeout: float = 3600.0
     log_max_lines: int = 10_000
@@ -69,6 +70,7 @@ class Settings:
             redis_url=env.get(ENV_PREFIX + "REDIS_URL") or None,
             home=Path(home).expanduser(),
             heartbeat_interval=_float(env, "HEARTBEAT_INTERVAL", cls.heartbeat_interval),
+            health_interval=_float(env, "HEALTH_INTERVAL", cls.health_interval),
             lease_timeout=_float(env, "LEASE_TIMEOUT", cls.lease_timeout),
             step_timeout=_float(env, "STEP_TIMEOUT", cls.step_timeout),
             log_max_lines=_int(env, "LOG_MAX_LINES", cls.log_max_lines),

@@ -1,4 +1,8 @@
-"""Worker records: who is registered in which pool; Healthy, Unhealthy or Offline."""
+"""Worker records: who is registered in which pool; Starting, Healthy, Unhealthy or Offline.
+
+A worker is Offline once its heartbeat key expires: ``Settings.heartbeat_ttl``, two heartbeat
+intervals after its last heartbeat (see docs/health.md).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+STARTING = "Starting"
 HEALTHY = "Healthy"
 UNHEALTHY = "Unhealthy"
 OFFLINE = "Offline"

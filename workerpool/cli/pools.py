@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
 import click
 
 from workerpool.cli import cli
 from workerpool.cli.output import client, emit_json, table
+from workerpool.errors import BadInput
 from workerpool.pools import Pool
+
+F = TypeVar("F", bound=Callable[..., object])
 
 
 @cli.group()
@@ -17,16 +24,57 @@ def pool() -> None:
 def _show(p: Pool) -> None:
     table(["NAME", "SLUG", "DEFAULT", "QUEUE", "DESCRIPTION"],
           [[p.name, p.slug, "yes" if p.is_default else "", p.queue, p.description]])
+    if p.requires:
+        click.echo(f"requires: {', '.join(p.requires)}")
+    if p.health_check:
+        click.echo("health check:")
+        for line in p.health_check.splitlines():
+            click.echo(f"  {line}".rstrip())
+
+
+def _health_options(command: F) -> F:
+    """``--requires``, ``--health-check`` and ``--health-check-file``, shared by add and edit."""
+    options = [
+        click.option("--requires", default=None, metavar="TOOLS",
+                     help="Tools every worker must find on its PATH, comma-separated "
+                          "(kubectl,az); '' clears."),
+        click.option("--health-check", default=None, metavar="SCRIPT",
+                     help="A bash script every worker runs at start and every "
+                          "WORKERPOOL_HEALTH_INTERVAL seconds: exit 0 is healthy, otherwise its "
+                          "first line of output is the reason; '' clears."),
+        click.option("--health-check-file", default=None,
+                     type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="Read the health check script from this file."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _health_check(script: str | None, path: Path | None) -> str | None:
+    if path is None:
+        return script
+    if script is not None:
+        raise BadInput("give --health-check or --health-check-file, not both")
+    try:
+        return path.read_text()
+    except UnicodeDecodeError:
+        raise BadInput(f"{path} is not UTF-8 text; the health check is a bash script") from None
+    except OSError as exc:
+        raise BadInput(f"cannot read {path}: {exc.strerror}") from None
 
 
 @pool.command("add")
 @click.argument("name")
 @click.option("--description", default="", help="What this pool's machines are for.")
 @click.option("--default", "is_default", is_flag=True, help="Make it the default pool.")
+@_health_options
 @click.option("--json", "as_json", is_flag=True)
-def pool_add(name: str, description: str, is_default: bool, as_json: bool) -> None:
+def pool_add(name: str, description: str, is_default: bool, requires: str | None,
+             health_check: str | None, health_check_file: Path | None, as_json: bool) -> None:
     """Create a pool."""
-    created = client().pools.add(name, description, is_default)
+    created = client().pools.add(name, description, is_default, [requires or ""],
+                                 _health_check(health_check, health_check_file) or "")
     emit_json(created.to_json()) if as_json else _show(created)
 
 
@@ -62,9 +110,9 @@ def pool_show(name: str, as_json: bool) -> None:
         return
     _show(p)
     click.echo("")
-    table(["WORKER", "STATE", "RUNNING", "CONCURRENCY"],
-          [[w.name, w.state, w.heartbeat.running if w.heartbeat else 0, w.concurrency]
-           for w in members])
+    table(["WORKER", "STATE", "RUNNING", "CONCURRENCY", "REASON"],
+          [[w.name, w.state, w.heartbeat.running if w.heartbeat else 0, w.concurrency,
+            w.heartbeat.reason if w.heartbeat else ""] for w in members])
 
 
 @pool.command("edit")
@@ -72,11 +120,17 @@ def pool_show(name: str, as_json: bool) -> None:
 @click.option("--name", "new_name", default=None, help="Rename (only while it has no workers).")
 @click.option("--description", default=None)
 @click.option("--default", "make_default", is_flag=True, help="Make it the default pool.")
+@_health_options
 @click.option("--json", "as_json", is_flag=True)
 def pool_edit(name: str, new_name: str | None, description: str | None, make_default: bool,
+              requires: str | None, health_check: str | None, health_check_file: Path | None,
               as_json: bool) -> None:
-    """Change a pool's name, description, or make it the default."""
-    edited = client().pools.edit(name, new_name, description, make_default)
+    """Change a pool's name, description, health requirements, or make it the default.
+
+    Running workers apply new requirements at their next health check."""
+    edited = client().pools.edit(name, new_name, description, make_default,
+                                 None if requires is None else [requires],
+                                 _health_check(health_check, health_check_file))
     emit_json(edited.to_json()) if as_json else _show(edited)
 
 

@@ -12,6 +12,7 @@ from workerpool.cli.output import ago, client, emit_json, table
 from workerpool.cluster import Snapshot
 from workerpool.settings import Settings
 from workerpool.targets import TargetRegistry
+from workerpool.workers import WorkerInfo
 
 
 @cli.group()
@@ -38,6 +39,11 @@ def worker_start(pool: str | None, builtin: bool, name: str | None, concurrency:
                    loglevel.upper()))
 
 
+def _shown(w: WorkerInfo) -> str:
+    reason = w.heartbeat.reason if w.heartbeat and w.state == "Unhealthy" else ""
+    return f"{w.name} {w.state}" + (f" ({reason})" if reason else "")
+
+
 def leases_of(snap: Snapshot, pool: str) -> int:
     return sum(lease.pool == pool for lease in snap.leases)
 
@@ -46,15 +52,17 @@ def leases_of(snap: Snapshot, pool: str) -> int:
 @click.option("--pool", default=None, help="Only this pool's workers ('builtin' for built-in).")
 @click.option("--json", "as_json", is_flag=True)
 def worker_list(pool: str | None, as_json: bool) -> None:
-    """Registered workers: pool, state, concurrency, running steps, last heartbeat."""
+    """Registered workers: pool, state, concurrency, running steps, last heartbeat, and why a
+    worker is Unhealthy."""
     workers = client().workers.list(pool)
     if as_json:
         emit_json([w.to_json() for w in workers])
         return
     now = time.time()
-    table(["NAME", "POOL", "STATE", "CONCURRENCY", "RUNNING", "LAST HEARTBEAT", "HOST"],
+    table(["NAME", "POOL", "STATE", "CONCURRENCY", "RUNNING", "LAST HEARTBEAT", "HOST", "REASON"],
           [[w.name, w.pool, w.state, w.concurrency, w.heartbeat.running if w.heartbeat else 0,
-            ago(w.heartbeat.time if w.heartbeat else None, now), w.host] for w in workers])
+            ago(w.heartbeat.time if w.heartbeat else None, now), w.host,
+            w.heartbeat.reason if w.heartbeat else ""] for w in workers])
 
 
 @cli.command()
@@ -89,7 +97,7 @@ def status(as_json: bool) -> None:
     for p in pools:
         members = snap.workers_in(p.slug)
         rows.append([p.name + (" (default)" if p.is_default else ""),
-                     ", ".join(f"{w.name} {w.state}" for w in members) or "-",
+                     ", ".join(_shown(w) for w in members) or "-",
                      snap.queue_depths.get(p.slug, 0), leases_by_pool.get(p.slug, 0)])
     builtin = snap.workers_in("builtin")
     rows.append(["built-in worker: " + ("enabled" if snap.builtin_enabled else "disabled"),
