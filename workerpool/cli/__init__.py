@@ -41,7 +41,16 @@ def cli() -> None:
 
 
 def main() -> None:
-    from workerpool.cli import bench, deployments, packages, pools, stack, steps, workers  # noqa: F401  (register commands)
+    from workerpool.cli import (  # noqa: F401  (register commands)
+        bench,
+        deployments,
+        flower,
+        packages,
+        pools,
+        stack,
+        steps,
+        workers,
+    )
 
     try:
         code = cli.main(prog_name="workerpool", standalone_mode=False)

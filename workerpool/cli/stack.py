@@ -8,12 +8,14 @@ from types import FrameType
 
 import click
 
+from workerpool import web
 from workerpool.cli import cli
 from workerpool.settings import Settings
 from workerpool.stack import Stack, parse_pool_counts
 
 
-def _run_until_signal(stack: Stack, banner: str) -> None:
+def _run_until_signal(stack: Stack, banner: str, http_port: int | None = None,
+                      http_host: str = "127.0.0.1") -> None:
     stop: list[bool] = []
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -21,7 +23,9 @@ def _run_until_signal(stack: Stack, banner: str) -> None:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    with stack:
+    with stack, web.serving(stack.url, http_port, http_host) as page:
+        if page is not None:
+            banner += f"; pools page on http://{http_host}:{page.port}/"
         click.echo(banner, err=True)
         stack.supervise(stop)
         click.echo("workerpool: stopping workers...", err=True)
@@ -50,13 +54,17 @@ def up(pool_spec: str, no_builtin: bool, loglevel: str, cap: int) -> None:
 @click.option("--loglevel", default="WARNING", show_default=True)
 @click.option("--cap", default=5, type=click.IntRange(1, 100), show_default=True,
               help="Deployments run at once.")
-def server(loglevel: str, cap: int) -> None:
+@click.option("--http-port", default=None, type=click.IntRange(1, 65535),
+              help="Also serve the read-only pools page on this port.")
+@click.option("--http-host", default="127.0.0.1", show_default=True,
+              help="Interface the pools page listens on (0.0.0.0: all).")
+def server(loglevel: str, cap: int, http_port: int | None, http_host: str) -> None:
     """Run the server: the deployment orchestrator, the built-in worker, and the reaper of lost
     or overdue steps. The orchestrator runs no script itself."""
     settings = Settings.from_env()
     stack = Stack(settings, pools={}, builtin=True, loglevel=loglevel.upper(),
                   orchestrate=True, deployment_cap=cap)
-    _run_until_signal(stack, "workerpool: server running; Ctrl-C stops it")
+    _run_until_signal(stack, "workerpool: server running; Ctrl-C stops it", http_port, http_host)
 
 
 @cli.command()
