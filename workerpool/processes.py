@@ -278,7 +278,7 @@ def _instantiate(name: str, parameters: dict[str, str], templates: Path
         script, syntax, variables, sensitive = template.instantiate(parameters)
     except BadInput as exc:
         raise BadInput(f"field 'parameters': {exc}") from None
-    return script, syntax, template.packages, variables, sensitive
+    return script, syntax, template.package_refs(variables), variables, sensitive
 
 
 def _script(raw: dict[str, Any]) -> str:

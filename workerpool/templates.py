@@ -2,7 +2,9 @@
 
 A template's parameters become the step's variables (sensitive ones sensitive variables), so its
 script refers to them as ``#{Param}`` or reads them from the environment; values are never
-pasted into the script text, which keeps secrets out of stored steps and Flower.
+pasted into the script text, which keeps secrets out of stored steps and Flower. A template's
+package may take its id, version or feed from parameters (``id: "#{PackageId}"``); it is left
+out when its id comes out empty, so the script can work on a path of the worker's instead.
 
 This module also holds the YAML reading that process files share: a size limit, a node limit
 on alias expansion (a "billion laughs" document is refused before it is built), and one-line
@@ -14,7 +16,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,8 @@ PARAMETER_KEYS = ("name", "description", "default", "required", "sensitive")
 PACKAGE_KEYS = ("name", "id", "version", "feed", "extract")
 _COMMENTED_REFERENCE = re.compile(r"[ \t]+#\{")
 _TEMPLATE_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_PARAMETER_REFERENCE = re.compile(r"#\{([^}\n]*)\}")
+_SLOT_FIELDS = ("id", "version", "feed")
 
 
 # -- YAML files ----------------------------------------------------------------------------
@@ -226,6 +230,39 @@ class Parameter:
 
 
 @dataclass(frozen=True)
+class PackageSlot:
+    """A template package whose id, version or feed refer to parameters
+    (``id: "#{PackageId}"``); it becomes a PackageRef once the parameters have values."""
+
+    name: str
+    package_id: str
+    version: str
+    feed: str
+    extract: bool
+
+    def resolve(self, values: Mapping[str, str], template: str) -> PackageRef | None:
+        """The reference, or None when the id comes out empty (the package is optional)."""
+        folded = {name.casefold(): value for name, value in values.items()}
+
+        def fill(text: str) -> str:
+            return _PARAMETER_REFERENCE.sub(
+                lambda m: folded.get(m.group(1).strip().casefold(), ""), text).strip()
+
+        package_id, version = fill(self.package_id), fill(self.version)
+        if not package_id:
+            return None
+        if not version:
+            names = ", ".join(_PARAMETER_REFERENCE.findall(self.version)) or "a version"
+            raise BadInput(f"template {template!r}: package {self.name!r} ({package_id}) needs a "
+                           f"version; give {names}")
+        try:
+            return PackageRef(self.name, package_id, version, fill(self.feed) or "builtin",
+                              self.extract)
+        except BadInput as exc:
+            raise BadInput(f"template {template!r}: package {self.name!r}: {exc}") from None
+
+
+@dataclass(frozen=True)
 class Template:
     """A step template loaded from ``<directory>/<slug>.yaml``."""
 
@@ -235,8 +272,18 @@ class Template:
     syntax: str
     parameters: tuple[Parameter, ...]
     script: str
-    packages: tuple[PackageRef, ...]
+    packages: tuple[PackageRef, ...]  # the fixed ones; those with #{Param} are in slots
     source: str
+    slots: tuple[PackageSlot, ...] = ()
+
+    def package_refs(self, variables: Mapping[str, str],
+                     leave_out: Collection[str] = ()) -> tuple[PackageRef, ...]:
+        """The template's packages with its parameter values (``instantiate``'s variables)
+        filled in, without those named in *leave_out* (the caller references them itself)."""
+        skip = {name.casefold() for name in leave_out}
+        refs = [*self.packages, *(slot.resolve(variables, self.slug) for slot in self.slots
+                                  if slot.name.casefold() not in skip)]
+        return tuple(ref for ref in refs if ref is not None and ref.name.casefold() not in skip)
 
     def instantiate(self, params: Mapping[str, str]
                     ) -> tuple[str, str, dict[str, str], set[str]]:
@@ -260,7 +307,8 @@ class Template:
             if parameter.required and not value:
                 raise BadInput(f"template {self.slug!r} needs parameter {parameter.name!r}"
                                + (f" ({parameter.description})" if parameter.description else "")
-                               + "; give it under parameters:")
+                               + "; give it a value (under parameters: in a process, "
+                               f"--param {parameter.name}=VALUE on the command line)")
             variables[parameter.name] = value or ""
         sensitive = {p.name for p in self.parameters if p.sensitive}
         return self.script, self.syntax, variables, sensitive
@@ -322,9 +370,46 @@ def _template(path: Path, data: dict[str, Any]) -> Template:
                        f"{', '.join(SYNTAXES)}")
     description = _field(data, "description", lambda raw: text_value(raw, "it"), "")
     parameters = _field(data, "parameters", _parameters, ())
-    packages = _field(data, "packages", parse_packages, ())
+    packages, slots = _field(data, "packages", lambda raw: _template_packages(raw, parameters),
+                             ((), ()))
     return Template(path.stem, name, description, syntax, parameters, script, packages,
-                    str(path))
+                    str(path), slots)
+
+
+def _template_packages(raw: object, parameters: tuple[Parameter, ...]
+                       ) -> tuple[tuple[PackageRef, ...], tuple[PackageSlot, ...]]:
+    """Fixed packages, and slots whose id, version or feed refer to declared parameters."""
+    if not isinstance(raw, list):
+        return parse_packages(raw), ()
+    declared = {p.name.casefold() for p in parameters}
+    # Each reference checked as a placeholder, so a slot gets the same checks as a package.
+    checked = parse_packages([_placeholders(item, declared) for item in raw])
+    fixed: list[PackageRef] = []
+    slots: list[PackageSlot] = []
+    for item, ref in zip(raw, checked, strict=True):
+        texts = [str(item.get(key, "")) for key in _SLOT_FIELDS]
+        if any(_PARAMETER_REFERENCE.search(text) for text in texts):
+            slots.append(PackageSlot(ref.name, texts[0], texts[1], texts[2] or ref.feed,
+                                     ref.extract))
+        else:
+            fixed.append(ref)
+    return tuple(fixed), tuple(slots)
+
+
+def _placeholders(item: object, declared: set[str]) -> object:
+    if not isinstance(item, dict):
+        return item
+    copy = dict(item)
+    for key in _SLOT_FIELDS:
+        value = item.get(key)
+        if not isinstance(value, str):
+            continue
+        for name in _PARAMETER_REFERENCE.findall(value):
+            if name.strip().casefold() not in declared:
+                raise BadInput(f"package {item.get('name')!r}: {key} refers to #{{{name}}}, "
+                               "which is not a parameter of this template")
+        copy[key] = _PARAMETER_REFERENCE.sub("0", value)
+    return copy
 
 
 def _field(data: dict[str, Any], key: str, parse: Any, default: Any) -> Any:

@@ -49,6 +49,7 @@ def main() -> None:
         pools,
         stack,
         steps,
+        templates,
         workers,
     )
 

@@ -13,6 +13,7 @@ from workerpool import keys
 from workerpool.artifacts import list_artifacts, read_artifact
 from workerpool.cli import cli
 from workerpool.cli.output import client, emit_json, table
+from workerpool.cli.templates import template_step
 from workerpool.client import Client
 from workerpool.errors import BadInput
 from workerpool.packages import PackageRef
@@ -69,6 +70,10 @@ def summary(result: StepResult) -> str:
 @click.option("--server", is_flag=True, help="Run on the built-in worker.")
 @click.option("--script", default=None, help="Script text.")
 @click.option("--script-file", default=None, help="Read the script from this file.")
+@click.option("--template", default=None, metavar="NAME",
+              help="Run a step template (see `workerpool template list`).")
+@click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
+              help="A template parameter (repeatable).")
 @click.option("--syntax", type=click.Choice(list(SYNTAXES)), default=None,
               help="Script language (default bash, or from the file extension).")
 @click.option("--name", default="", help="A name for the step (shown in logs and Flower).")
@@ -90,19 +95,26 @@ def summary(result: StepResult) -> str:
 @click.option("--no-wait", is_flag=True, help="Print the step id and return at once.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 def run(pool: str | None, server: bool, script: str | None, script_file: str | None,
+        template: str | None, params: tuple[str, ...],
         syntax: str | None, name: str, variables: tuple[str, ...], secrets: tuple[str, ...],
         timeout: float | None, lease_timeout: float | None, retry_on_worker_lost: bool,
         packages: tuple[str, ...], substitute: tuple[str, ...], structured: tuple[str, ...],
         no_wait: bool, as_json: bool) -> None:
     """Run a script step on a worker pool and wait for it."""
     refs = tuple(PackageRef.parse(text) for text in packages)
-    text, chosen_syntax, script_path = read_script(script, script_file, syntax, refs)
+    plain, sensitive = dict(map(assignment, variables)), dict(map(assignment, secrets))
+    if template is not None or params:
+        given = template_step(template, params, refs, (script, script_file) != (None, None))
+        text, chosen_syntax, script_path = given.script, syntax or given.syntax, None
+        name, refs = name or given.name, given.packages
+        plain, sensitive = {**given.variables, **plain}, {**given.sensitive_variables, **sensitive}
+    else:
+        text, chosen_syntax, script_path = read_script(script, script_file, syntax, refs)
     step = ScriptStep(
         script=text, syntax=chosen_syntax, pool=pool, name=name, packages=refs,
         script_path=script_path, substitute=substitute, structured=structured,
         location=LOCATION_SERVER if server else LOCATION_WORKER,
-        variables=dict(map(assignment, variables)),
-        sensitive_variables=dict(map(assignment, secrets)), timeout=timeout,
+        variables=plain, sensitive_variables=sensitive, timeout=timeout,
         lease_timeout=lease_timeout, retry_on_worker_lost=retry_on_worker_lost).validate()
     c = client()
     handle = c.run(step)

@@ -1,0 +1,138 @@
+"""``workerpool template list|show``, and the step that ``run --template NAME`` builds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import click
+
+from workerpool.cli import cli
+from workerpool.cli.output import emit_json, table
+from workerpool.errors import BadInput
+from workerpool.packages import PackageRef
+from workerpool.steps import check_variable
+from workerpool.templates import (
+    Template,
+    default_templates_dir,
+    load_template,
+    parse_template,
+    template_files,
+)
+
+
+@dataclass(frozen=True)
+class TemplateStep:
+    """What a template gives ``run``: the script and the step's name, syntax, packages and
+    variables (sensitive parameters apart)."""
+
+    name: str
+    script: str
+    syntax: str
+    packages: tuple[PackageRef, ...]
+    variables: dict[str, str]
+    sensitive_variables: dict[str, str]
+
+
+def parse_param(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise BadInput(f"--param {text!r} is not of the form NAME=VALUE (e.g. --param Url=https://"
+                       "example.com/health)")
+    check_variable(name.strip(), value)
+    return name.strip(), value
+
+
+def template_step(name: str | None, params: tuple[str, ...], packages: tuple[PackageRef, ...],
+                  other_script: bool) -> TemplateStep:
+    """The template *name* with ``--param`` values; ``--package`` refs replace the template's
+    packages of the same name and add the others. BadInput on any conflict or bad value."""
+    if name is None:
+        raise BadInput("--param is for a template; give --template NAME as well (see "
+                       "`workerpool template list`)")
+    if other_script:
+        raise BadInput("give exactly one of --script, --script-file or --template")
+    template = load_template(name)
+    script, syntax, variables, sensitive = template.instantiate(dict(map(parse_param, params)))
+    refs = template.package_refs(variables, leave_out={ref.name for ref in packages})
+    return TemplateStep(
+        name=template.name, script=script, syntax=syntax, packages=(*refs, *packages),
+        variables={k: v for k, v in variables.items() if k not in sensitive},
+        sensitive_variables={k: v for k, v in variables.items() if k in sensitive})
+
+
+def _package_text(template: Template) -> list[str]:
+    fixed = [(r.name, r.package_id, r.version, r.feed, r.extract) for r in template.packages]
+    slots = [(s.name, s.package_id, s.version, s.feed, s.extract) for s in template.slots]
+    return [f"{name}: {package_id} {version} from feed {feed}"
+            + (", extracted to ./" + name + "/" if extract else ", not extracted")
+            for name, package_id, version, feed, extract in (*fixed, *slots)]
+
+
+def to_json(template: Template, with_script: bool = True) -> dict[str, object]:
+    data: dict[str, object] = {
+        "slug": template.slug, "name": template.name, "description": template.description,
+        "syntax": template.syntax, "source": template.source,
+        "parameters": [{"name": p.name, "description": p.description, "default": p.default,
+                        "required": p.required, "sensitive": p.sensitive}
+                       for p in template.parameters],
+        "packages": [*(r.to_json() for r in template.packages),
+                     *({"name": s.name, "package_id": s.package_id, "version": s.version,
+                        "feed": s.feed, "extract": s.extract} for s in template.slots)],
+    }
+    if with_script:
+        data["script"] = template.script
+    return data
+
+
+def _short(text: str, width: int = 70) -> str:
+    return text if len(text) <= width else text[:width - 3].rstrip() + "..."
+
+
+@cli.group()
+def template() -> None:
+    """Step templates: ready steps in tasks/templates (or $WORKERPOOL_TEMPLATES); run one with
+    `workerpool run --template NAME --param K=V`."""
+
+
+@template.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def template_list(as_json: bool) -> None:
+    """List the step templates; a broken template file is reported and skipped."""
+    found: list[Template] = []
+    for path in template_files(default_templates_dir()):
+        try:
+            found.append(parse_template(path))
+        except BadInput as exc:
+            click.echo(f"workerpool: warning: skipped {exc}", err=True)
+    if as_json:
+        emit_json([to_json(t, with_script=False) for t in found])
+        return
+    table(["TEMPLATE", "NAME", "SYNTAX", "PARAMETERS", "DESCRIPTION"],
+          [[t.slug, t.name, t.syntax, ", ".join(p.name + ("*" if p.required else "")
+                                                 for p in t.parameters),
+            _short(t.description)] for t in found])
+
+
+@template.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+def template_show(name: str, as_json: bool) -> None:
+    """Show a template: parameters (description, default, required, sensitive), packages,
+    syntax and script."""
+    found = load_template(name)
+    if as_json:
+        emit_json(to_json(found))
+        return
+    click.echo(f"{found.name} ({found.slug}), {found.syntax}, from {found.source}")
+    if found.description:
+        click.echo(found.description)
+    click.echo("\nParameters:")
+    table(["NAME", "REQUIRED", "SENSITIVE", "DEFAULT", "DESCRIPTION"],
+          [[p.name, "yes" if p.required else "", "yes" if p.sensitive else "",
+            "" if p.default is None else p.default, p.description] for p in found.parameters])
+    if found.packages or found.slots:
+        click.echo("\nPackages:")
+        for line in _package_text(found):
+            click.echo(f"  {line}")
+    click.echo("\nScript:")
+    click.echo(found.script.rstrip("\n"))
