@@ -1,5 +1,6 @@
-"""``workerpool bench``: its smallest plan end to end (real Redis, real workers), and its
-refusal to flush a database that holds anything. Asserts the output's shape, never timings."""
+"""``workerpool bench``: its smallest plan end to end (real Redis, real workers, a real
+`workerpool server` running a deployment), and its refusal to flush a database that holds
+anything. Asserts the output's shape, never timings."""
 
 from __future__ import annotations
 
@@ -33,7 +34,9 @@ def test_tiny_plan_prints_every_figure_and_writes_the_docs(tmp_path: Path) -> No
     for number, title in FIGURES.items():
         assert f"{number} {title}" in done.stdout
     for metric in ("enqueue -> start p50", "steps per second", "backlog parked",
-                   "efficiency (ideal / wall)", "Redis memory per queued step",
+                   "deployment: submit -> end vs ideal", "efficiency (ideal / wall)",
+                   "first run start -> last run end", "individual steps",
+                   "plain Celery tasks vs ideal", "Redis memory per queued step",
                    "`workerpool status` (CLI)", "spawn `bash -c true` p50"):
         assert metric in done.stdout
     assert "goals met" in done.stdout
@@ -41,7 +44,8 @@ def test_tiny_plan_prints_every_figure_and_writes_the_docs(tmp_path: Path) -> No
     assert "## Machine" in doc and "| cores |" in doc and "| date |" in doc
     assert "| Celery |" in doc and "| Redis server |" in doc
     assert "![" in doc and "benchmarks.png" in doc
-    assert "individual steps" in doc  # fan-out is not yet measured with deployments
+    assert "`worker-per-target` step" in doc and "`workerpool server`" in doc  # figure 4
+    assert "until deployments" not in doc
     assert (out / "benchmarks.png").read_bytes().startswith(PNG_SIGNATURE)
     assert processes_mentioning(str(tmp_path)) == [], "the bench left processes running"
     assert list((tmp_path / "tmp").glob("workerpool-bench-*")) == [], "the bench left files"

@@ -1,13 +1,15 @@
 """Measurements that need running workers: latency, throughput, isolation, fan-out.
 
-Each function drives real steps (or real baseline Celery tasks) and returns raw samples; the
-runner turns them into medians and ratios. Timestamps are wall-clock seconds on this machine,
-taken by the bench (enqueue, result) and by the script itself (start).
+Each function drives real steps, real deployments (or real baseline Celery tasks) and returns
+raw samples; the runner turns them into medians and ratios. Timestamps are wall-clock seconds on
+this machine, taken by the bench (enqueue, submit, result), by the script itself (start), and by
+the workers and the orchestrator in the records they write (claim, end).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -22,10 +24,14 @@ from workerpool import keys
 from workerpool.bench import baseline
 from workerpool.bench.harness import BenchFailed, wait_until
 from workerpool.client import Client
+from workerpool.deployments import FAILED, SUCCESS, Deployments
+from workerpool.processes import Process, load_process
 from workerpool.routing import Route
 from workerpool.steps import ScriptStep
+from workerpool.targets import TargetRegistry
 
 WAIT = 120.0
+FANOUT_ENVIRONMENT, FANOUT_ROLE = "Bench", "bench-fan-out"
 STAMP_STEP = ScriptStep(script=baseline.STAMP_SCRIPT, name="bench latency")
 TRUE_STEP = ScriptStep(script="true", name="bench true")
 
@@ -228,3 +234,78 @@ def baseline_fanout(app: Celery, count: int, seconds: float) -> float:
     for result in results:
         result.get(timeout=WAIT + count * seconds)
     return time.perf_counter() - began
+
+
+# -- fan-out as a deployment: one worker-per-target step, orchestrated by `workerpool server` ---
+
+
+def add_targets(client: Client, count: int) -> None:
+    """Register *count* deployment targets in the bench's environment, all with its one role."""
+    registry = TargetRegistry(client.redis)
+    for n in range(1, count + 1):
+        registry.add(f"bench-target-{n:03d}", FANOUT_ENVIRONMENT, (FANOUT_ROLE,))
+
+
+def fanout_process(path: Path, pool: str, parallelism: int, seconds: float) -> Process:
+    """Write a process file with one ``worker-per-target`` step of ``sleep SECONDS`` on *pool*
+    for every target of the bench's role, at most *parallelism* at once; load it."""
+    path.write_text(
+        "name: Bench fan-out\n"
+        "steps:\n"
+        "  - name: Fan out\n"
+        "    location: worker-per-target\n"
+        f"    pool: {json.dumps(pool)}\n"
+        f"    roles: [{json.dumps(FANOUT_ROLE)}]\n"
+        f"    max_parallelism: {parallelism}\n"
+        f"    script: sleep {seconds:g}\n")
+    return load_process(path)
+
+
+@dataclass(frozen=True)
+class DeploymentFanout:
+    wall: float  # submit -> the end the orchestrator recorded on the deployment (s)
+    runs: float  # first run's claim -> last run's end, from the run records (s)
+    to_first_dispatch: float  # submit -> the first run enqueued by the orchestrator (s)
+    after_last_run: float  # last run's end -> the deployment's recorded end (s)
+    overhead: list[float]  # per run: claim to end recorded, minus the script's own time
+    handoff: list[float]  # per worker: end of one run to the claim of its next
+    reaction: list[float]  # the i-th run to end -> the (max_parallelism + i)-th run enqueued
+
+
+def deployment_fanout(client: Client, process: Process, count: int,
+                      seconds: float) -> DeploymentFanout:
+    """Submit *process* (one ``worker-per-target`` step over *count* targets) and wait for the
+    orchestrator to record its end; then read every run's record."""
+    deployments = Deployments(client)
+    submitted = time.time()
+    deployment_id = deployments.submit(process, FANOUT_ENVIRONMENT)
+    key = keys.deployment(deployment_id)
+    # One HGET per 10 ms: Deployments.wait() reads every run's record each 200 ms, which would
+    # load Redis during the measurement and round the end up; the end is the recorded time.
+    wait_until(lambda: client.redis.hget(key, "state") in (SUCCESS, FAILED),
+               WAIT + count * seconds, f"deployment {deployment_id} to end", interval=0.01)
+    ended = float(cast(str, client.redis.hget(key, "finished_at")))
+    result = deployments.result(deployment_id)
+    runs = [run for step in result.steps for run in step.runs]
+    failed = [run for run in runs if run.state != SUCCESS]
+    if result.state != SUCCESS or failed or len(runs) != count:
+        detail = f"; a run ended {failed[0].state}" if failed else ""
+        raise BenchFailed(f"the fan-out deployment ended {result.state} with {len(runs)} of "
+                          f"{count} runs{detail} {result.message}".rstrip())
+    records = [client.store.record(run.id) for run in runs]
+    claimed = sorted(float(r["started_at"]) for r in records)
+    finished = sorted(float(r["finished_at"]) for r in records)
+    queued = sorted(float(r["queued_at"]) for r in records)
+    by_worker: dict[str, list[tuple[float, float]]] = {}
+    for record in records:
+        by_worker.setdefault(record["worker"], []).append(
+            (float(record["started_at"]), float(record["finished_at"])))
+    handoff = [nxt[0] - prev[1] for spans in by_worker.values()
+               for prev, nxt in itertools.pairwise(sorted(spans))]
+    limit = process.steps[0].max_parallelism
+    return DeploymentFanout(
+        wall=ended - submitted, runs=finished[-1] - claimed[0],
+        to_first_dispatch=queued[0] - submitted, after_last_run=ended - finished[-1],
+        overhead=[float(r["finished_at"]) - float(r["started_at"]) - seconds for r in records],
+        handoff=handoff,
+        reaction=[queued[limit + i] - finished[i] for i in range(len(queued) - limit)])

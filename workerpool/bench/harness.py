@@ -1,5 +1,6 @@
-"""Everything the bench starts: Redis (embedded, or an empty database the user names) and worker
-processes. All of it is stopped on exit, on errors and on Ctrl-C."""
+"""Everything the bench starts: Redis (embedded, or an empty database the user names), worker
+processes and ``workerpool server`` (the deployment orchestrator). All of it is stopped on exit,
+on errors and on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -19,12 +20,14 @@ from typing import cast
 
 import redis
 
+from workerpool import keys
 from workerpool.bench import baseline
 from workerpool.client import Client
 from workerpool.cluster import read_snapshot
 from workerpool.connection import connect, guarded, redact, validate_url
 from workerpool.embedded import EmbeddedRedis
 from workerpool.errors import Infrastructure, Refused
+from workerpool.pools import slugify
 from workerpool.settings import Settings
 
 PR_SET_PDEATHSIG = 1
@@ -62,7 +65,8 @@ def pin(pids: Iterable[int], cpus: set[int], children: bool = True) -> None:
 
 
 class Harness:
-    """Owns the bench's Redis database and child processes; use as a context manager."""
+    """Owns the bench's Redis database and child processes (workers, baseline workers and
+    ``workerpool server``); use as a context manager."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -70,6 +74,7 @@ class Harness:
         self.server: EmbeddedRedis | None = None
         self.url = ""
         self.children: list[subprocess.Popen[bytes]] = []
+        self._logs: dict[int, Path] = {}  # child pid -> its output
         self._raw: redis.Redis | None = None
         self._owns_database = False  # flushed at the end only once known to hold nothing else
 
@@ -135,19 +140,23 @@ class Harness:
     def _spawn(self, argv: list[str], label: str) -> subprocess.Popen[bytes]:
         logs = self.workdir / "logs"
         logs.mkdir(exist_ok=True)
-        with open(logs / f"{label}-{len(self.children)}.log", "wb") as out:
+        path = logs / f"{slugify(label)}-{len(self.children)}.log"
+        with open(path, "wb") as out:
             proc = subprocess.Popen(argv, env=self._env(), stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True,
                                     preexec_fn=_die_with_parent)
         self.children.append(proc)
+        self._logs[proc.pid] = path
         return proc
 
     def _check_alive(self, procs: list[subprocess.Popen[bytes]]) -> None:
         for proc in procs:
             if proc.poll() is not None:
-                logs = sorted((self.workdir / "logs").glob("*.log"))
-                tail = "".join(p.read_text(errors="replace")[-1500:] for p in logs[-1:])
-                raise BenchFailed(f"a bench worker exited with code {proc.returncode}:\n{tail}")
+                path = self._logs.get(proc.pid)
+                tail = path.read_text(errors="replace")[-1500:] if path else ""
+                what = path.stem if path else str(proc.pid)
+                raise BenchFailed(f"a bench process ({what}) exited with code "
+                                  f"{proc.returncode}:\n{tail}")
 
     def start_workers(self, pool: str, count: int, concurrency: int) -> list[int]:
         """Start *count* real workerpool workers on *pool*; return once all are Healthy."""
@@ -178,8 +187,22 @@ class Harness:
         wait_until(ready, READY_TIMEOUT, f"{count} baseline Celery worker(s)", interval=0.05)
         return [p.pid for p in procs]
 
+    def start_server(self) -> int:
+        """Start ``workerpool server`` (the orchestrator, with its built-in worker and reaper);
+        return once its heartbeat says it orchestrates."""
+        self.raw.delete(keys.SERVER_HEARTBEAT)
+        proc = self._spawn([sys.executable, "-m", "workerpool", "server"], "server")
+
+        def ready() -> bool:
+            self._check_alive([proc])
+            return bool(self.raw.exists(keys.SERVER_HEARTBEAT))
+
+        wait_until(ready, READY_TIMEOUT, "`workerpool server` (its heartbeat)", interval=0.05)
+        return proc.pid
+
     def stop_workers(self, grace: float = 15.0) -> None:
-        """Warm-stop every child (SIGTERM), then SIGKILL what is left."""
+        """Warm-stop every child (SIGTERM; the server stops its built-in worker), then SIGKILL
+        what is left."""
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
             for proc in self.children:
                 if proc.poll() is None:
@@ -192,6 +215,7 @@ class Harness:
             if all(p.poll() is not None for p in self.children):
                 break
         self.children.clear()
+        self._logs.clear()
 
     @contextlib.contextmanager
     def split_cpus(self, apart: list[int], together: list[int]) -> Iterator[None]:

@@ -35,8 +35,9 @@ class Plan:
     throughput_steps: int
     backlog: int
     isolation_steps: int
-    fanout_steps: int
+    fanout_targets: int
     fanout_workers: int
+    fanout_parallelism: int  # the deployment step's max_parallelism
     scale_pools: int
     scale_workers: int
     scale_steps: int
@@ -47,15 +48,16 @@ class Plan:
 
 
 FULL = Plan("full", runs=5, latency_steps=500, throughput_steps=2000, backlog=10_000,
-            isolation_steps=500, fanout_steps=250, fanout_workers=6, scale_pools=200,
-            scale_workers=1000, scale_steps=100_000, samples=200,
+            isolation_steps=500, fanout_targets=250, fanout_workers=6, fanout_parallelism=12,
+            scale_pools=200, scale_workers=1000, scale_steps=100_000, samples=200,
             redis_benchmark_requests=100_000)
 QUICK = Plan("quick", runs=3, latency_steps=100, throughput_steps=400, backlog=2000,
-             isolation_steps=100, fanout_steps=60, fanout_workers=6, scale_pools=200,
-             scale_workers=1000, scale_steps=10_000, samples=30, redis_benchmark_requests=20_000)
+             isolation_steps=100, fanout_targets=24, fanout_workers=6, fanout_parallelism=12,
+             scale_pools=200, scale_workers=1000, scale_steps=10_000, samples=30,
+             redis_benchmark_requests=20_000)
 TINY = Plan("tiny", runs=1, latency_steps=3, throughput_steps=10, backlog=50, isolation_steps=3,
-            fanout_steps=4, fanout_workers=2, scale_pools=5, scale_workers=10, scale_steps=200,
-            samples=3, redis_benchmark_requests=1000)
+            fanout_targets=4, fanout_workers=2, fanout_parallelism=4, scale_pools=5,
+            scale_workers=10, scale_steps=200, samples=3, redis_benchmark_requests=1000)
 PLANS = {p.name: p for p in (FULL, QUICK, TINY)}
 
 
@@ -245,34 +247,76 @@ def _phase_fanout(harness: Harness, plan: Plan, report: Report,
                   progress: Callable[[str], None]) -> None:
     client = harness.client()
     client.pools.add(POOL_FAN, "bench")
-    workers = plan.fanout_workers
+    workers, count, seconds = plan.fanout_workers, plan.fanout_targets, plan.fanout_seconds
     progress(f"starting workers: {workers} x {POOL_FAN} and {workers} x Celery baseline "
-             "(concurrency 1)")
+             "(concurrency 1), and `workerpool server`")
     harness.start_workers(POOL_FAN, workers, 1)
     harness.start_baseline(workers, 1)
+    harness.start_server()
+    figures.add_targets(client, count)
+    process, at_slots = (
+        figures.fanout_process(harness.workdir / f"fan-out-{limit}.yaml", POOL_FAN, limit,
+                               seconds)
+        for limit in (plan.fanout_parallelism, workers))
     app = baseline.make_baseline_app(harness.url)
-    ideal = plan.fanout_steps * plan.fanout_seconds / workers
-    ours: list[figures.Fanout] = []
+    ours: list[figures.DeploymentFanout] = []
+    slotted: list[figures.DeploymentFanout] = []
+    steps: list[float] = []
     theirs: list[float] = []
-    for n in range(plan.runs):
-        progress(f"4/6 fan-out, run {n + 1}/{plan.runs}: {plan.fanout_steps} steps of "
-                 f"{plan.fanout_seconds * MS:g} ms on {workers} workers, then as Celery tasks")
-        ours.append(figures.fanout(client, POOL_FAN, plan.fanout_steps, plan.fanout_seconds))
-        theirs.append(figures.baseline_fanout(app, plan.fanout_steps, plan.fanout_seconds))
-    app.close()
-    client.close()
+    measures: list[Callable[[], None]] = [
+        lambda: ours.append(figures.deployment_fanout(client, process, count, seconds)),
+        lambda: slotted.append(figures.deployment_fanout(client, at_slots, count, seconds)),
+        lambda: steps.append(figures.fanout(client, POOL_FAN, count, seconds).wall),
+        lambda: theirs.append(figures.baseline_fanout(app, count, seconds))]
+    try:
+        for n in range(plan.runs):
+            progress(f"4/6 fan-out, run {n + 1}/{plan.runs}: {count} x {seconds * MS:g} ms on "
+                     f"{workers} workers as a deployment over {count} targets (max_parallelism "
+                     f"{plan.fanout_parallelism}, then {workers}), as steps, as Celery tasks")
+            first = n % len(measures)  # rotate who goes first
+            for measure in measures[first:] + measures[:first]:
+                measure()
+    finally:
+        app.close()
+        client.close()
+    _fanout_rows(plan, report, ours, slotted, steps, theirs)
+
+
+def _fanout_rows(plan: Plan, report: Report, ours: list[figures.DeploymentFanout],
+                 slotted: list[figures.DeploymentFanout], steps: list[float],
+                 theirs: list[float]) -> None:
+    workers = plan.fanout_workers
+    ideal = [plan.fanout_targets * plan.fanout_seconds / workers] * len(ours)
+    shape = f"{plan.fanout_targets} x {plan.fanout_seconds * MS:g} ms / {workers}"
     walls = [run.wall for run in ours]
-    shape = f"{plan.fanout_steps} x {plan.fanout_seconds * MS:g} ms / {workers}"
-    report.add(compared(4, f"wall time vs ideal ({shape})", "s", walls, [ideal] * len(walls)))
-    report.add(Row(4, "efficiency (ideal / wall)", "%", median([ideal / w * 100 for w in walls]),
+
+    def p50(runs: list[figures.DeploymentFanout], attr: str) -> float | None:
+        """Median over runs of each run's p50 (None when no run has a sample, e.g. with no
+        more targets than workers)."""
+        each = [median(getattr(run, attr)) * MS for run in runs if getattr(run, attr)]
+        return median(each) if each else None
+
+    report.add(compared(4, f"deployment: submit -> end vs ideal ({shape})", "s", walls, ideal))
+    report.add(Row(4, "deployment efficiency (ideal / wall)", "%",
+                   median([i / w * 100 for i, w in zip(ideal, walls, strict=True)]),
                    goal=Goal(">=", 90, on_ratio=False)))
-    report.add(compared(4, "wall time vs plain Celery, same shape", "s", walls, theirs))
-    report.add(Row(4, "Celery's efficiency, same shape", "%",
-                   median([ideal / w * 100 for w in theirs])))
-    report.add(Row(4, "per step: claim -> end, minus script p50", "ms",
-                   median([median(run.overhead) * MS for run in ours])))
-    report.add(Row(4, "per step: end -> same worker's next claim p50", "ms",
-                   median([median(run.handoff) * MS for run in ours if run.handoff])))
+    report.add(compared(4, "deployment: first run start -> last run end vs ideal", "s",
+                        [run.runs for run in ours], ideal))
+    report.add(Row(4, "orchestrator: submit -> first run enqueued", "ms",
+                   median([run.to_first_dispatch * MS for run in ours])))
+    report.add(Row(4, "orchestrator: last run end -> deployment end", "ms",
+                   median([run.after_last_run * MS for run in ours])))
+    report.add(Row(4, "per run: claim -> end, minus script p50", "ms", p50(ours, "overhead")))
+    report.add(Row(4, "per run: end -> same worker's next claim p50", "ms",
+                   p50(ours, "handoff")))
+    report.add(compared(4, f"max_parallelism {workers} (= slots): submit -> end vs ideal", "s",
+                        [run.wall for run in slotted], ideal))
+    report.add(Row(4, f"max_parallelism {workers}: a run's end -> next run enqueued p50",
+                   "ms", p50(slotted, "reaction")))
+    report.add(compared(4, "individual steps (Client.run, no orchestrator) vs ideal", "s",
+                        steps, ideal))
+    report.add(compared(4, "plain Celery tasks vs ideal", "s", theirs, ideal))
+    report.add(compared(4, "deployment vs plain Celery tasks, same shape", "s", walls, theirs))
 
 
 # -- figure 5: scale ------------------------------------------------------------------
@@ -326,10 +370,11 @@ def notes(plan: Plan, embedded: bool) -> list[str]:
         f"Broker: {where}; every comparison is a ratio of two measurements taken in the same "
         "run on the same server. Each figure is the median over runs; a ratio is the median "
         "of the per-run ratios.",
-        "Baseline (figures 1-2): a plain Celery task that runs bash through `subprocess`, on "
-        "workers started exactly like workerpool's (`make_app`: JSON, late ack, prefetch "
-        "disabled; threads pool, same concurrency, no mingle or gossip), on another queue of "
-        "the same Redis, with the Redis result backend so its caller can wait for a result.",
+        "Baseline (figures 1, 2 and 4): a plain Celery task that runs bash through "
+        "`subprocess`, on workers started exactly like workerpool's (`make_app`: JSON, late "
+        "ack, prefetch disabled; threads pool, same concurrency, no mingle or gossip), on "
+        "another queue of the same Redis, with the Redis result backend so its caller can "
+        "wait for a result.",
         "Figure 1 runs one step at a time on an idle pool of 2 workers x 2. Both sides run "
         "`echo $EPOCHREALTIME` in bash (a bash step; `bash -c` through `subprocess` for the "
         "baseline): 'start' is the time bash printed minus the time before `Client.run` / "
@@ -347,9 +392,24 @@ def notes(plan: Plan, embedded: bool) -> list[str]:
         f"scripts) to the first core and {POOL_B}'s worker, Redis and the caller to the "
         "others, as if the pools ran on machines of their own (embedded Redis only). "
         "'Parked' queues the backlog on a pool no worker consumes: the broker alone.",
-        "Figure 4 is measured with individual steps until deployments (`worker-per-target`) "
-        f"exist: {plan.fanout_steps} steps of `sleep {plan.fanout_seconds:g}` enqueued at "
-        f"once on a pool of {plan.fanout_workers} workers of concurrency 1.",
+        f"Figure 4 runs a real deployment: {plan.fanout_targets} targets registered in one "
+        "environment with one role, and a process file with one `worker-per-target` step "
+        f"(`sleep {plan.fanout_seconds:g}`, `max_parallelism: {plan.fanout_parallelism}`) on a "
+        f"pool of {plan.fanout_workers} workers of concurrency 1, submitted with "
+        "`Deployments.submit` to a `workerpool server` the bench starts. Its wall time runs "
+        "from submit to the end the orchestrator records on the deployment (seen by polling "
+        "one field every 10 ms); 'first run start -> last run end' reads the runs' own records "
+        "(claim and end times), so the difference is the orchestrator's overhead. The ideal is "
+        f"{plan.fanout_targets} x {plan.fanout_seconds:g} s / {plan.fanout_workers} slots. "
+        f"max_parallelism is {plan.fanout_parallelism}, more than the "
+        f"{plan.fanout_workers} slots, so a run is always queued on the pool when a slot "
+        f"frees; with exactly {plan.fanout_workers}, every slot waits after each run for the "
+        "orchestrator to see the end and enqueue the next target, which the 'max_parallelism "
+        f"{plan.fanout_workers}' rows measure. For comparison, the same "
+        f"{plan.fanout_targets} scripts as individual steps enqueued at once with "
+        f"`Client.run` (no orchestrator), and as plain Celery tasks (the baseline, on "
+        f"{plan.fanout_workers} baseline workers of concurrency 1). The four go first in "
+        "turn from run to run.",
         f"Figure 5 simulates {plan.scale_workers} workers (registry records and live "
         "heartbeats written in the documented key layout) over "
         f"{plan.scale_pools - 1} of {plan.scale_pools} pools, and queues {plan.scale_steps} "
