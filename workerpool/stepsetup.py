@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from workerpool.substitution import resolve_all, substitute
 from workerpool.syntaxes import SYNTAXES, Syntax, syntax_for_path
 
 EXTRACT_MAX_BYTES = 4 * 1024**3
+PROGRESS_EVERY = 1.0  # seconds between download progress lines
 EXTRACT_MAX_ENTRIES = 200_000
 
 
@@ -90,7 +92,14 @@ class StepSetup:
 
     def _place(self, ref: PackageRef, workdir: Path,
                log: Callable[[str], None]) -> CachedPackage:
+        last = [0.0]
+
         def progress(done: int, total: int | None) -> None:
+            """At most one line a second, and the last one."""
+            now = time.monotonic()
+            if now - last[0] < PROGRESS_EVERY and done != total:
+                return
+            last[0] = now
             size = f" of {total / 1e6:.1f} MB" if total else ""
             log(f"downloading {ref.package_id} {ref.version}: {done / 1e6:.1f} MB{size}")
 

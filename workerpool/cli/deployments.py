@@ -9,7 +9,7 @@ import click
 
 from workerpool.cli import cli
 from workerpool.cli.output import client, emit_json, table
-from workerpool.deployments import DeploymentResult, Deployments
+from workerpool.deployments import DeploymentResult, Deployments, StepOutcome
 from workerpool.processes import load_process
 from workerpool.settings import Settings
 from workerpool.steps import parse_assignment
@@ -75,10 +75,14 @@ def agent_start(target_name: str, concurrency: int, loglevel: str) -> None:
 
 
 class Progress:
-    """Prints each change of a step or of one of its runs (per target), once."""
+    """Deployment progress on stderr. Not a terminal: one plain line per change of the
+    deployment, a step, or a run (per target). A terminal: step changes and runs that did not
+    succeed as lines, and one live line counting the current step's runs."""
 
-    def __init__(self) -> None:
+    def __init__(self, tty: bool | None = None) -> None:
+        self.tty = sys.stderr.isatty() if tty is None else tty
         self.seen: dict[str, str] = {}
+        self.live = ""
 
     def __call__(self, result: DeploymentResult) -> None:
         self._say(result.id, f"deployment {result.id} {result.state}")
@@ -87,12 +91,30 @@ class Progress:
             for run in step.runs:
                 where = f"[{run.target}] " if run.target else ""
                 worker = f" on {run.worker}" if run.worker else ""
-                self._say(run.id, f"  {step.name} {where}{run.state}{worker}")
+                if not self.tty or run.state not in ("Queued", "Running", "Success"):
+                    self._say(run.id, f"  {step.name} {where}{run.state}{worker}")
+            if self.tty and step.state == "Running":
+                self._live(step)
+        if self.tty and result.done:
+            self._live(None)
+
+    def _live(self, step: StepOutcome | None) -> None:
+        text = ""
+        if step is not None:
+            states = [r.state for r in step.runs]
+            text = (f"  {step.name}: {states.count('Success')} done, "
+                    f"{states.count('Running')} running, {states.count('Queued')} queued")
+        if text != self.live:
+            click.echo(f"\r\x1b[K{text}", err=True, nl=False, color=True)
+            self.live = text
 
     def _say(self, key: str, line: str) -> None:
         if self.seen.get(key) != line:
             self.seen[key] = line
-            click.echo(f"workerpool: {line}", err=True)
+            prefix = "\r\x1b[K" if self.tty and self.live else ""
+            click.echo(f"{prefix}workerpool: {line}", err=True, color=self.tty or None)
+            if self.tty and self.live:
+                click.echo(self.live, err=True, nl=False)
 
 
 @cli.command()
