@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import math
 import os
 import random
@@ -44,10 +43,12 @@ from pathlib import Path
 from types import FrameType
 
 from workerpool import Client, ScriptStep
+from workerpool.bench.harness import BenchFailed, wait_until
 from workerpool.cluster import read_snapshot
 from workerpool.embedded import EmbeddedRedis
 from workerpool.packages import FeedRegistry, PackageCache, PackageRef, extract, push
 from workerpool.settings import Settings
+from workerpool.stack import die_with_parent
 from workerpool.steps import LogEntry, StepResult
 
 POOL = "Cache Hit Bench"
@@ -57,12 +58,7 @@ TARGET = 1.05
 WORDS = ["deploy", "database", "schema", "migration", "customer", "order", "invoice", "worker",
          "pool", "step", "package", "feed", "cache", "extract", "variable", "release", "tenant",
          "environment", "production", "staging"]
-PR_SET_PDEATHSIG = 1
 STEP_TIMEOUT = 120.0
-
-
-class BenchFailed(RuntimeError):
-    pass
 
 
 # -- the package -------------------------------------------------------------------------------
@@ -107,17 +103,6 @@ def build_zip(tree: Path, out: Path) -> Path:
 
 # -- Redis and the worker ----------------------------------------------------------------------
 
-def _die_with_parent() -> None:
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def wait_until(condition: Callable[[], object], timeout: float, what: str,
-               interval: float = 0.005) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise BenchFailed(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass
@@ -155,7 +140,7 @@ class Stack:
                 [sys.executable, "-m", "workerpool", "worker", "start", "--pool", POOL,
                  "--concurrency", "1", "--loglevel", "INFO"],
                 env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=_die_with_parent)
+                start_new_session=True, preexec_fn=die_with_parent)
         client, worker = self.client, self.worker
 
         def healthy() -> bool:

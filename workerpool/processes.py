@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
@@ -26,6 +26,7 @@ from workerpool.templates import (
     default_templates_dir,
     load_template,
     name_list,
+    parse_field,
     parse_packages,
     read_yaml,
     text_value,
@@ -173,21 +174,22 @@ def _step(raw: object, templates: Path, declared: set[str]) -> ProcessStep:
         raise BadInput(f"field 'location': unknown location {location!r} (use one of "
                        f"{', '.join(LOCATIONS)})")
     pool, pool_variable = _pool(raw, location, declared)
-    roles: tuple[str, ...] = _field(raw, "roles", lambda r: name_list(r, "it"), ())
+    roles: tuple[str, ...] = parse_field(raw, "roles", lambda r: name_list(r, "it"), ())
     _check_roles(location, roles)
     script, syntax, script_file, template, parameters, packages, variables, secret = \
         _body(raw, templates)
-    features: dict[str, tuple[str, ...]] = _field(raw, "features", _features, {})
+    features: dict[str, tuple[str, ...]] = parse_field(raw, "features", _features, {})
     return ProcessStep(
         name=name, location=location, pool=pool, pool_variable=pool_variable, roles=roles,
         script=script, syntax=syntax, script_file=script_file, template=template,
         parameters=parameters, packages=packages, variables=variables,
         sensitive_variables=secret, substitute=features.get("substitute", ()),
-        structured=features.get("structured", ()), timeout=_field(raw, "timeout", _timeout, None),
-        max_parallelism=_field(raw, "max_parallelism", _max_parallelism,
-                               DEFAULT_MAX_PARALLELISM),
+        structured=features.get("structured", ()),
+        timeout=parse_field(raw, "timeout", _timeout, None),
+        max_parallelism=parse_field(raw, "max_parallelism", _max_parallelism,
+                                    DEFAULT_MAX_PARALLELISM),
         condition=_choice(raw, "condition", CONDITIONS),
-        retries=_field(raw, "retries", _retries, 0))
+        retries=parse_field(raw, "retries", _retries, 0))
 
 
 def _step_name(raw: dict[str, Any]) -> str:
@@ -201,7 +203,7 @@ def _step_name(raw: dict[str, Any]) -> str:
 
 def _pool(raw: dict[str, Any], location: str,
           declared: set[str]) -> tuple[str | None, str | None]:
-    pool = _field(raw, "pool", lambda r: validate_name(text_value(r, "it")), None)
+    pool = parse_field(raw, "pool", lambda r: validate_name(text_value(r, "it")), None)
     pool_variable = _text(raw, "pool_variable").strip() or None
     if pool and pool_variable:
         raise BadInput("field 'pool_variable': give pool or pool_variable, not both")
@@ -239,10 +241,10 @@ def _body(raw: dict[str, Any], templates: Path) -> _Body:
         what = "neither" if not given else "both " + " and ".join(given)
         raise BadInput(f"field {(given or ['script'])[-1]!r}: a step has exactly one of script, "
                        f"script_file or template, not {what}")
-    packages: tuple[PackageRef, ...] | None = _field(raw, "packages", parse_packages, None)
+    packages: tuple[PackageRef, ...] | None = parse_field(raw, "packages", parse_packages, None)
     syntax = _choice(raw, "syntax", tuple(SYNTAXES), default="")
     no_variables: tuple[dict[str, str], dict[str, str]] = ({}, {})
-    variables, secret = _field(raw, "variables", _step_variables, no_variables)
+    variables, secret = parse_field(raw, "variables", _step_variables, no_variables)
     if "parameters" in raw and "template" not in raw:
         raise BadInput("field 'parameters': only a template step takes parameters (use "
                        "variables: for a script step)")
@@ -250,7 +252,7 @@ def _body(raw: dict[str, Any], templates: Path) -> _Body:
     parameters: dict[str, str] = {}
     if "template" in raw:
         template = _text(raw, "template", required=True)
-        parameters = _field(raw, "parameters", _parameters, {})
+        parameters = parse_field(raw, "parameters", _parameters, {})
         script, template_syntax, template_packages, from_template, sensitive_names = \
             _instantiate(template, parameters, templates)
         syntax = syntax or template_syntax
@@ -386,18 +388,8 @@ def _shown(raw: object) -> str:
     return str(raw).lower() if isinstance(raw, bool) else repr(raw)
 
 
-def _field(data: Mapping[str, Any], key: str, parse: Callable[[Any], T], default: T) -> T:
-    """``parse(data[key])`` with errors prefixed by the field, or *default* when absent."""
-    if data.get(key) is None:
-        return default
-    try:
-        return parse(data[key])
-    except BadInput as exc:
-        raise BadInput(f"field {key!r}: {exc}") from None
-
-
 def _text(data: Mapping[str, Any], key: str, required: bool = False) -> str:
-    value = _field(data, key, lambda raw: text_value(raw, "the value"), "")
+    value = parse_field(data, key, lambda raw: text_value(raw, "the value"), "")
     if required and not value.strip():
         raise BadInput(f"field {key!r}: missing or empty (every process and step needs one)"
                        if key == "name" else f"field {key!r}: missing or empty")

@@ -29,7 +29,8 @@ from workerpool.settings import Settings
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """``preexec_fn`` for children: the kernel sends them SIGTERM if their parent dies."""
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
@@ -111,7 +112,7 @@ class Stack:
             [sys.executable, "-m", "workerpool", "worker", "start", *args,
              "--loglevel", self.loglevel],
             env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=output,
-            start_new_session=True, preexec_fn=_die_with_parent)
+            start_new_session=True, preexec_fn=die_with_parent)
         if output is not None:
             output.close()  # the child holds its own copy
         self.children.append(proc)

@@ -16,10 +16,10 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import ruamel.yaml
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
@@ -33,6 +33,7 @@ from workerpool.syntaxes import SYNTAXES
 MAX_FILE_BYTES = 1_000_000
 # Nodes a document may hold once every alias is expanded; real files hold a few thousand.
 MAX_NODES = 100_000
+T = TypeVar("T")
 TEMPLATES_ENV = "WORKERPOOL_TEMPLATES"
 TEMPLATE_KEYS = ("name", "description", "syntax", "parameters", "script", "packages")
 PARAMETER_KEYS = ("name", "description", "default", "required", "sensitive")
@@ -364,14 +365,16 @@ def _template(path: Path, data: dict[str, Any]) -> Template:
     check_keys(data, TEMPLATE_KEYS, "template")
     name = _required_text(data, "name")
     script = _required_text(data, "script")
-    syntax = _field(data, "syntax", lambda raw: text_value(raw, "it"), "bash")
+    syntax = parse_field(data, "syntax", lambda raw: text_value(raw, "it"), "bash")
     if syntax not in SYNTAXES:
         raise BadInput(f"field 'syntax': unknown syntax {syntax!r}; use one of "
                        f"{', '.join(SYNTAXES)}")
-    description = _field(data, "description", lambda raw: text_value(raw, "it"), "")
-    parameters = _field(data, "parameters", _parameters, ())
-    packages, slots = _field(data, "packages", lambda raw: _template_packages(raw, parameters),
-                             ((), ()))
+    description = parse_field(data, "description", lambda raw: text_value(raw, "it"), "")
+    no_parameters: tuple[Parameter, ...] = ()
+    parameters = parse_field(data, "parameters", _parameters, no_parameters)
+    no_packages: tuple[tuple[PackageRef, ...], tuple[PackageSlot, ...]] = ((), ())
+    packages, slots = parse_field(data, "packages",
+                                  lambda raw: _template_packages(raw, parameters), no_packages)
     return Template(path.stem, name, description, syntax, parameters, script, packages,
                     str(path), slots)
 
@@ -412,7 +415,8 @@ def _placeholders(item: object, declared: set[str]) -> object:
     return copy
 
 
-def _field(data: dict[str, Any], key: str, parse: Any, default: Any) -> Any:
+def parse_field(data: Mapping[str, Any], key: str, parse: Callable[[Any], T], default: T) -> T:
+    """``parse(data[key])`` with errors prefixed by the field, or *default* when absent."""
     if data.get(key) is None:
         return default
     try:
@@ -422,7 +426,7 @@ def _field(data: dict[str, Any], key: str, parse: Any, default: Any) -> Any:
 
 
 def _required_text(data: dict[str, Any], key: str) -> str:
-    value = _field(data, key, lambda raw: text_value(raw, "it"), "")
+    value = parse_field(data, key, lambda raw: text_value(raw, "it"), "")
     if not str(value).strip():
         raise BadInput(f"field {key!r}: missing or empty; every template needs one")
     return str(value)

@@ -5,7 +5,6 @@ on errors and on Ctrl-C."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
@@ -29,17 +28,13 @@ from workerpool.embedded import EmbeddedRedis
 from workerpool.errors import Infrastructure, Refused
 from workerpool.pools import slugify
 from workerpool.settings import Settings
+from workerpool.stack import die_with_parent
 
-PR_SET_PDEATHSIG = 1
 READY_TIMEOUT = 120.0
 
 
 class BenchFailed(Infrastructure):
     """The bench could not measure something (a worker did not start, a step did not succeed)."""
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str,
@@ -144,7 +139,7 @@ class Harness:
         with open(path, "wb") as out:
             proc = subprocess.Popen(argv, env=self._env(), stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True,
-                                    preexec_fn=_die_with_parent)
+                                    preexec_fn=die_with_parent)
         self.children.append(proc)
         self._logs[proc.pid] = path
         return proc
