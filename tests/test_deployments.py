@@ -18,14 +18,14 @@ from workerpool.targets import TargetRegistry
 
 @pytest.fixture
 def server(env: dict[str, str], raw,
-           tmp_path: Path) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
+           tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
     """Factory: start `workerpool server` and wait until it orchestrates."""
     started: list[subprocess.Popen[bytes]] = []
 
-    def start() -> subprocess.Popen[bytes]:
+    def start(*args: str) -> subprocess.Popen[bytes]:
         raw.delete(keys.SERVER_HEARTBEAT)
         log = open(tmp_path / f"server-{len(started)}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen([sys.executable, "-m", "workerpool", "server"], env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "workerpool", "server", *args], env=env,
                                 stdout=log, stderr=subprocess.STDOUT)
         started.append(proc)
         wait_for(lambda: raw.exists(keys.SERVER_HEARTBEAT), 60, "server heartbeat")
@@ -311,3 +311,43 @@ steps:
     assert all(t["agent"] == "none" for t in status["targets"])
     assert all(not p["workers"] or p["workers"][0]["pool"] == p["slug"]
                for p in status["pools"])
+
+
+def test_the_server_runs_at_most_cap_deployments_at_once(client, start_worker, server, cli,
+                                                         tmp_path):
+    client.pools.add("Database Worker Pool")
+    start_worker("Database Worker Pool", concurrency=2)
+    server("--cap", "1")
+    gates = [tmp_path / f"gate-{n}" for n in range(2)]
+    started = [tmp_path / f"started-{n}" for n in range(2)]
+    ids = []
+    for n in range(2):
+        process = tmp_path / f"process-{n}.yaml"
+        process.write_text(f"""
+name: Gated {n}
+steps:
+  - name: Wait
+    pool: Database Worker Pool
+    script: |
+      touch {started[n]}
+      while [ ! -e {gates[n]} ]; do sleep 0.05; done
+""")
+        ids.append(cli("deploy", str(process), "--environment", "Test", "--detach"
+                       ).stdout.strip())
+
+    def state(deployment_id: str) -> str:
+        return json.loads(cli("deployments", "show", deployment_id, "--json").stdout)["state"]
+
+    def running() -> list[int]:
+        return [n for n in range(2) if started[n].exists()]
+
+    [first] = wait_for(running, 30, "one deployment to start")  # type: ignore[misc]
+    other = 1 - first
+    # A free worker slot is there, but the cap keeps the second deployment queued.
+    assert state(ids[other]) == "Queued" and running() == [first]
+    gates[first].touch()
+    wait_for(lambda: state(ids[other]) == "Running" and started[other].exists(), 30,
+             "the second deployment to start after the first")
+    assert state(ids[first]) == "Success"
+    gates[other].touch()
+    wait_for(lambda: state(ids[other]) == "Success", 30, "the second deployment to end")
