@@ -141,6 +141,9 @@ class Runtime:
         self.stopping = threading.Event()
         # Replaced whole (never mutated), so readers in other threads see a consistent pair.
         self.health = health.HEALTHY
+        # Whether the worker consumes its queue now; only the queue gate changes it. The state
+        # others see follows this, so Unhealthy means the worker takes nothing.
+        self.consuming = True
         self.pools = PoolRegistry(self.redis)
         self._health_lock = threading.Lock()
         self._beat_lock = threading.Lock()
@@ -170,8 +173,9 @@ class Runtime:
         # state never overwrites a newer one.
         with self._beat_lock:
             status = self.health
-            state = STARTING if not self.ready else HEALTHY if status.healthy else UNHEALTHY
-            hb = Heartbeat(time=time.time(), state=state, running=running, reason=status.reason)
+            state = STARTING if not self.ready else HEALTHY if self.consuming else UNHEALTHY
+            hb = Heartbeat(time=time.time(), state=state, running=running,
+                           reason=status.reason if state == UNHEALTHY else "")
             self.redis.set(keys.heartbeat(self.identity.instance), hb.to_json(),
                            px=int(self.settings.heartbeat_ttl * 1000))
 

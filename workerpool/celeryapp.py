@@ -7,6 +7,7 @@ import socket
 import warnings
 from typing import Any
 
+import redis
 from celery import Celery, bootsteps
 from celery.exceptions import SecurityWarning
 from celery.signals import worker_ready, worker_shutting_down
@@ -61,6 +62,8 @@ def bind(app: Celery, runtime: Runtime) -> None:
         runtime.execute(step_id, attempt)
 
 
+log = logging.getLogger("workerpool.worker")
+
 # Seconds between the queue gate's looks at the runtime's health: how soon after a change the
 # worker stops (or resumes) consuming.
 GATE_PERIOD = 0.2
@@ -85,11 +88,20 @@ def queue_gate(runtime: Runtime) -> type[bootsteps.StartStopStep]:
         listed = any(q.name == queue for q in consumer.task_consumer.queues)
         if not runtime.health.healthy and listed:
             consumer.cancel_task_queue(queue)
-            cancelled = True
+            cancelled, listed = True, False
         elif runtime.health.healthy and cancelled:
             cancelled = False
             if not listed:
                 consumer.add_task_queue(queue)
+                listed = True
+        if runtime.consuming != listed:
+            # Publish only now: Unhealthy is seen once nothing more is fetched, Healthy once
+            # fetching resumed.
+            runtime.consuming = listed
+            try:
+                runtime.beat()
+            except redis.RedisError as exc:
+                log.warning("could not publish the worker's state yet: %s", exc)
 
     class QueueGate(bootsteps.StartStopStep):
         requires = (Tasks,)
