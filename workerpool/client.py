@@ -25,8 +25,6 @@ from workerpool.workers import WorkerInfo
 if TYPE_CHECKING:
     from workerpool.deployments import DeploymentResult
     from workerpool.processes import Process
-else:
-    from workerpool.processes import Process
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -82,7 +80,7 @@ class Client:
         from workerpool.deployments import Deployments
         from workerpool.processes import load_process
 
-        if not isinstance(process, Process):
+        if isinstance(process, (str, Path)):
             process = load_process(Path(process))
         deployments = Deployments(self)
         deployment_id = deployments.submit(process, environment, variables)

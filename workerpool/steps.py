@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from workerpool.errors import BadInput
-from workerpool.packages import PackageRef
+from workerpool.packageref import PackageRef
 from workerpool.syntaxes import SYNTAXES
 
 QUEUED = "Queued"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Any
 
@@ -14,8 +15,28 @@ EXIT_USAGE = 2
 EXIT_REDIS = 3
 
 
+# Each command's module, loaded only when the command runs (or help lists them all), so a quick
+# command such as `status` does not import deployments, packages, Flower or the benchmarks.
+COMMAND_MODULES = {
+    "pool": "pools", "builtin-worker": "pools", "worker": "workers", "status": "workers",
+    "run": "steps", "logs": "steps", "cancel": "steps", "artifacts": "steps", "up": "stack",
+    "server": "stack", "demo": "stack", "feed": "packages", "package": "packages",
+    "target": "deployments", "agent": "deployments", "deploy": "deployments",
+    "deployments": "deployments", "template": "templates", "flower": "flower", "bench": "bench",
+}
+
+
 class Group(click.Group):
-    """Turns workerpool errors into one line on stderr and the documented exit code."""
+    """Loads commands on demand; turns workerpool errors into one line on stderr and the
+    documented exit code."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMAND_MODULES:
+            importlib.import_module(f"workerpool.cli.{COMMAND_MODULES[cmd_name]}")
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(COMMAND_MODULES))
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -41,18 +62,6 @@ def cli() -> None:
 
 
 def main() -> None:
-    from workerpool.cli import (  # noqa: F401  (register commands)
-        bench,
-        deployments,
-        flower,
-        packages,
-        pools,
-        stack,
-        steps,
-        templates,
-        workers,
-    )
-
     try:
         code = cli.main(prog_name="workerpool", standalone_mode=False)
     except click.UsageError as exc:
