@@ -218,7 +218,8 @@ class Runtime:
         while not self.stopping.wait(self.settings.heartbeat_interval):
             try:
                 self.beat()
-                self.leases.reap(self.settings.heartbeat_interval / 4)
+                self.leases.reap(self.settings.heartbeat_interval / 4,
+                                 2 * self.settings.heartbeat_ttl)
                 self._check_leases()
             except redis.RedisError as exc:
                 log.warning("heartbeat failed (will retry): %s", exc)

@@ -67,6 +67,7 @@ log = logging.getLogger("workerpool.worker")
 # Seconds between the queue gate's looks at the runtime's health: how soon after a change the
 # worker stops (or resumes) consuming.
 GATE_PERIOD = 0.2
+RESTART_DELAY = 1.0  # seconds before a worker whose Celery side failed consumes again
 
 
 def queue_gate(runtime: Runtime) -> type[bootsteps.StartStopStep]:
@@ -152,7 +153,10 @@ def serve(settings: Settings, pool: str | None, name: str | None, concurrency: i
             print(f"{identity.name} is Unhealthy ({status.reason}); it consumes {identity.queue} "
                   f"({pool_name}) once its health check passes", flush=True)
 
+    stop_requested: list[bool] = []
+
     def on_shutting_down(**_: Any) -> None:
+        stop_requested.append(True)
         runtime.begin_shutdown()
 
     worker_ready.connect(on_ready, weak=False)
@@ -162,11 +166,20 @@ def serve(settings: Settings, pool: str | None, name: str | None, concurrency: i
     try:
         runtime.start_threads()  # heartbeats go on while the first health check runs
         guarded(runtime.check_health, url)  # before the queue gate's first look
-        worker = app.Worker(hostname=f"{identity.name}@{socket.gethostname()}",
-                            queues=[identity.queue], concurrency=concurrency,
-                            pool_cls="threads", without_mingle=True, without_gossip=True,
-                            loglevel=loglevel, quiet=True, no_color=True)
-        worker.start()
+        while True:
+            worker = app.Worker(hostname=f"{identity.name}@{socket.gethostname()}",
+                                queues=[identity.queue], concurrency=concurrency,
+                                pool_cls="threads", without_mingle=True, without_gossip=True,
+                                loglevel=loglevel, quiet=True, no_color=True)
+            worker.start()
+            if stop_requested or not worker.exitcode:
+                break
+            # Celery gives up on some broker failures (a reconnect racing kombu's restore of
+            # unacknowledged messages raises inside kombu); the registration, heartbeats and
+            # running steps are ours and go on, so start consuming again.
+            log.error("the Celery worker stopped unexpectedly (exit code %s); starting it again",
+                      worker.exitcode)
+            runtime.stopping.wait(RESTART_DELAY)
     finally:
         runtime.shutdown()
     return int(worker.exitcode or 0)

@@ -90,7 +90,7 @@ class Client:
 
     def reap(self) -> int:
         every = self.settings.heartbeat_interval / 4
-        return self.guard(lambda: self.leases.reap(every))
+        return self.guard(lambda: self.leases.reap(every, 2 * self.settings.heartbeat_ttl))
 
     def close(self) -> None:
         self.redis.close()

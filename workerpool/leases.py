@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import redis
 
@@ -117,15 +117,24 @@ class Leases:
             self.redis.publish(keys.control(instance), step_id)
         return str(state)
 
-    def reap(self, every: float = 0.0) -> int:
+    def reap(self, every: float = 0.0, restart_grace: float = 0.0) -> int:
         """End steps whose worker stopped heartbeating and steps past their lease deadline.
 
         With *every* > 0, at most one process in the cluster reaps per that many seconds (a
-        lock with that expiry), so workers and waiting clients do not all scan every lease."""
+        lock with that expiry), so workers and waiting clients do not all scan every lease.
+        For *restart_grace* seconds after Redis starts, no worker is judged lost: heartbeat
+        keys lapse while Redis is down, and live workers need a moment to beat again."""
         if every > 0 and not self.redis.set(keys.REAPER_LOCK, "1", nx=True,
                                             px=max(1, int(every * 1000))):
             return 0
-        return self._reap_lost() + self._reap_overdue()
+        lost = 0
+        if restart_grace <= 0 or self._redis_uptime() >= restart_grace:
+            lost = self._reap_lost()
+        return lost + self._reap_overdue()
+
+    def _redis_uptime(self) -> float:
+        info: dict[str, Any] = self.redis.info("server")
+        return float(info["uptime_in_seconds"])
 
     def _reap_lost(self) -> int:
         ended = 0

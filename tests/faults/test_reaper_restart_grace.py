@@ -1,0 +1,33 @@
+"""After Redis restarts, heartbeat keys have lapsed: no worker is judged lost until live workers
+had time to beat again."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import redis
+
+from workerpool import keys
+from workerpool.embedded import EmbeddedRedis
+from workerpool.leases import Leases
+from workerpool.store import StepStore
+
+
+def test_lost_workers_are_judged_only_after_the_restart_grace(tmp_path: Path):
+    server = EmbeddedRedis(tmp_path / "redis")
+    server.start()  # a fresh server: its uptime is below any grace we ask for
+    try:
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        store = StepStore(client)
+        leases = Leases(client, store)
+        client.hset(keys.step("s1"), mapping={"state": "Running", "instance": "gone",
+                                              "worker": "w-01", "attempt": 0, "retry": 0})
+        client.zadd(keys.RUNNING, {"s1": time.time()})
+        assert leases.reap(restart_grace=3600) == 0  # heartbeat missing, but Redis just started
+        assert client.hget(keys.step("s1"), "state") == "Running"
+        assert leases.reap(restart_grace=0) == 1
+        assert client.hget(keys.step("s1"), "state") == "WorkerLost"
+        client.close()
+    finally:
+        server.stop()
