@@ -14,6 +14,7 @@ Layout (``P`` is ``workerpool:``)::
     P pending                 zset   step id -> lease deadline (steps in state Queued)
     P running                 zset   step id -> start time (steps in state Running; their leases)
     P reaper                  string held by the process reaping now (expires: one reap per period)
+    P requeue-check:<run id>  string the check for messages lost in a restart ran in this Redis run
     P control:<instance>      pubsub cancel requests for the steps a worker instance runs
     P feeds                   hash   feed name -> feed JSON {type, uri} (``builtin`` is implicit)
     P builtin-packages        hash   "<id>/<version>" -> built-in package JSON {id, version, ext,
@@ -93,6 +94,11 @@ def step_artifacts(step_id: str) -> str:
 
 def step_artifact(step_id: str, name: str) -> str:
     return f"{PREFIX}step:{step_id}:artifact:{name}"
+
+
+def requeue_check(run_id: str) -> str:
+    """Set once per Redis run by the reaper that checked queued steps for lost messages."""
+    return f"{PREFIX}requeue-check:{run_id}"
 
 
 def control(instance: str) -> str:

@@ -128,13 +128,35 @@ class Leases:
                                             px=max(1, int(every * 1000))):
             return 0
         lost = 0
-        if restart_grace <= 0 or self._redis_uptime() >= restart_grace:
+        server: dict[str, Any] = self.redis.info("server") if restart_grace > 0 else {}
+        if not server or float(server["uptime_in_seconds"]) >= restart_grace:
             lost = self._reap_lost()
+        if server and self.redis.set(keys.requeue_check(str(server["run_id"])), "1", nx=True,
+                                     ex=86400):
+            self._requeue_missing()  # once per Redis run, by whoever reaps first
         return lost + self._reap_overdue()
 
-    def _redis_uptime(self) -> float:
-        info: dict[str, Any] = self.redis.info("server")
-        return float(info["uptime_in_seconds"])
+    def _requeue_missing(self) -> int:
+        """Once after Redis starts: push again the message of every Queued step whose message
+        is not in its queue. Around a restart a message can be popped with its reply lost, or
+        held by a worker whose connection then died (kombu would only restore it after the
+        visibility timeout). A duplicate is harmless: only one claim can succeed."""
+        pushed = 0
+        for step_id in cast(list[str], self.redis.zrange(keys.PENDING, 0, -1)):
+            record = self.store.record(step_id)
+            if record.get("state") != QUEUED:
+                continue
+            attempt = int(record.get("attempt", 0))
+            message = messages.for_record(step_id, attempt, record)
+            queue = record.get("queue", "")
+            if self.redis.lpos(queue, message) is not None:
+                continue
+            self.redis.rpush(queue, message)  # the consuming end: it goes first, as it was
+            pushed += 1
+        if pushed:
+            log.warning("re-queued %d step(s) whose message was lost with a Redis restart",
+                        pushed)
+        return pushed
 
     def _reap_lost(self) -> int:
         ended = 0

@@ -1,0 +1,87 @@
+"""Redis stopped and restarted (AOF on) with steps queued on three pools and workers running."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import HEARTBEAT, wait_for
+
+from workerpool import Client, ScriptStep
+from workerpool.embedded import EmbeddedRedis
+from workerpool.routing import route
+from workerpool.settings import Settings
+from workerpool.steps import TERMINAL
+
+POOLS = ("Pool A", "Pool B", "Pool C")
+STEPS = 500
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path):
+    server = EmbeddedRedis(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_all_queued_steps_run_exactly_once_after_a_redis_restart(own_redis, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKERPOOL_")}
+    env.update(WORKERPOOL_REDIS_URL=own_redis.url, WORKERPOOL_HOME=str(tmp_path / "home"),
+               WORKERPOOL_HEARTBEAT_INTERVAL=str(HEARTBEAT), WORKERPOOL_KILL_GRACE="1")
+    client = Client(settings=Settings.from_env(env))
+    for name in POOLS:
+        client.pools.add(name)
+    logs = [open(tmp_path / f"worker-{n}.log", "wb") for n in range(3)]  # noqa: SIM115
+    workers = [subprocess.Popen([sys.executable, "-m", "workerpool", "worker", "start",
+                                 "--pool", name, "--concurrency", "2", "--loglevel", "INFO"],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+               for name, log in zip(POOLS, logs, strict=True)]
+    try:
+        wait_for(lambda: sum(w.state == "Healthy" for w in client.workers.list()) == 3, 60,
+                 "three workers")
+        runs = tmp_path / "runs"
+        snapshot = client.snapshot()
+        ids = []
+        for n in range(STEPS):
+            step = ScriptStep(script=f'echo "$WORKERPOOL_STEP_ID" >> {runs}; sleep 0.01',
+                              pool=POOLS[n % 3])
+            ids.append(client.store.enqueue(step, route(step, snapshot), 600, 60))
+        # Stop Redis while most steps are queued and some run; SIGTERM writes the AOF out.
+        own_redis.stop()
+        during = subprocess.run([sys.executable, "-m", "workerpool", "run", "--pool", "Pool A",
+                                 "--script", "true"], env=env, capture_output=True, text=True,
+                                timeout=60)
+        assert during.returncode == 3 and "unreachable" in during.stderr
+        assert len(during.stderr.strip().splitlines()) == 1
+        time.sleep(3 * HEARTBEAT)  # long enough for every heartbeat key to have expired
+        own_redis.start()
+
+        def states() -> Counter[str]:
+            pipe = client.redis.pipeline(transaction=False)
+            for step_id in ids:
+                pipe.hget(f"workerpool:step:{step_id}", "state")
+            return Counter(pipe.execute())
+
+        wait_for(lambda: set(states()) <= TERMINAL, 60, "every step to end")
+        assert states() == Counter({"Success": STEPS})
+        ran = Counter(runs.read_text().split())
+        assert len(ran) == STEPS and set(ran.values()) == {1}, ran.most_common(3)
+        wait_for(lambda: sum(w.state == "Healthy" for w in client.workers.list()) == 3, 30,
+                 "workers reconnected by themselves")
+    finally:
+        for proc in workers:
+            proc.terminate()
+        for proc in workers:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for log in logs:
+            log.close()
+        client.close()
