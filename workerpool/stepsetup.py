@@ -9,15 +9,20 @@ Failed with one line, before the script runs.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from workerpool.errors import ArchiveError, BadInput, PackageError
+from workerpool.errors import BadInput
 from workerpool.features import apply_features
-from workerpool.packages import CachedPackage, FeedRegistry, PackageCache, PackageRef, extract
+from workerpool.packages import (
+    FeedRegistry,
+    PackageCache,
+    PackageRef,
+    PreparedPackage,
+    prepare,
+)
 from workerpool.substitution import resolve_all, substitute
 from workerpool.syntaxes import SYNTAXES, Syntax, syntax_for_path
 
@@ -31,11 +36,11 @@ class Prepared:
     script: str
     syntax: Syntax
     variables: dict[str, str]
-    held: tuple[CachedPackage, ...] = ()  # cached files kept from eviction while the step runs
+    held: tuple[PreparedPackage, ...] = ()  # kept from cache eviction while the step runs
 
     def release(self) -> None:
-        for cached in self.held:
-            cached.release()
+        for package in self.held:
+            package.release()
 
 
 def system_variables(step_id: str, record: dict[str, str], worker: str,
@@ -48,19 +53,6 @@ def system_variables(step_id: str, record: dict[str, str], worker: str,
     }
 
 
-def package_variables(ref: PackageRef, cached: CachedPackage, workdir: Path) -> dict[str, str]:
-    prefix = f"Package[{ref.name}]"
-    placed = workdir / ref.name if ref.extract else workdir / cached.file_name
-    return {
-        f"{prefix}.PackageId": ref.package_id, f"{prefix}.PackageVersion": ref.version,
-        f"{prefix}.FeedId": ref.feed, f"{prefix}.PackageFileName": cached.file_name,
-        f"{prefix}.PackageFilePath": str(workdir / cached.file_name if not ref.extract
-                                         else cached.path),
-        f"{prefix}.ExtractedPath": str(placed) if ref.extract else "",
-        f"{prefix}.Sha256": cached.sha256,
-    }
-
-
 class StepSetup:
     """Everything before the script: shared by all steps of one worker process."""
 
@@ -70,12 +62,12 @@ class StepSetup:
 
     def prepare(self, workdir: Path, record: dict[str, str], variables: dict[str, str],
                 log: Callable[[str], None]) -> Prepared:
-        held: list[CachedPackage] = []
+        held: list[PreparedPackage] = []
         try:
             for raw in json.loads(record.get("packages") or "[]"):
-                cached = self._place(PackageRef.from_json(raw), workdir, log)
-                held.append(cached)
-                variables.update(package_variables(PackageRef.from_json(raw), cached, workdir))
+                package = self._place(PackageRef.from_json(raw), workdir, log)
+                held.append(package)
+                variables.update(package.variables())
             # Values may refer to other variables (#{Other}); the environment gets them resolved.
             variables = resolve_all(variables)
             script, syntax = self._script(workdir, record)
@@ -85,13 +77,13 @@ class StepSetup:
             apply_features(workdir, variables, json.loads(record.get("substitute") or "[]"),
                            json.loads(record.get("structured") or "[]"), log)
         except BaseException:
-            for cached in held:
-                cached.release()
+            for package in held:
+                package.release()
             raise
         return Prepared(script, syntax, variables, tuple(held))
 
     def _place(self, ref: PackageRef, workdir: Path,
-               log: Callable[[str], None]) -> CachedPackage:
+               log: Callable[[str], None]) -> PreparedPackage:
         last = [0.0]
 
         def progress(done: int, total: int | None) -> None:
@@ -103,24 +95,13 @@ class StepSetup:
             size = f" of {total / 1e6:.1f} MB" if total else ""
             log(f"downloading {ref.package_id} {ref.version}: {done / 1e6:.1f} MB{size}")
 
-        cached = self.cache.fetch(ref, self.feeds.get(ref.feed), progress)
-        how = "downloaded" if cached.downloaded else "from cache"
-        try:
-            if ref.extract:
-                try:
-                    extract(cached.path, workdir / ref.name, EXTRACT_MAX_BYTES,
-                            EXTRACT_MAX_ENTRIES)
-                except ArchiveError as exc:
-                    raise PackageError(ref.package_id, ref.version, ref.feed, str(exc)) from None
-                log(f"package {ref.package_id} {ref.version} ({how}) extracted to ./{ref.name}/")
-            else:
-                shutil.copyfile(cached.path, workdir / cached.file_name)
-                log(f"package {ref.package_id} {ref.version} ({how}) placed at "
-                    f"./{cached.file_name}")
-        except BaseException:
-            cached.release()
-            raise
-        return cached
+        package = prepare(ref, self.feeds, self.cache, workdir, EXTRACT_MAX_BYTES,
+                          EXTRACT_MAX_ENTRIES, progress)
+        how = "downloaded" if package.cached.downloaded else "from cache"
+        placed = f"extracted to ./{ref.name}/" if ref.extract else \
+            f"placed at ./{package.cached.file_name}"
+        log(f"package {ref.package_id} {ref.version} ({how}) {placed}")
+        return package
 
     @staticmethod
     def _script(workdir: Path, record: dict[str, str]) -> tuple[str, Syntax]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -22,13 +23,14 @@ class PreparedPackage:
     ref: PackageRef
     cached: CachedPackage
     extracted_path: Path | None
+    file_path: Path  # the package file: in the cache, or its copy in the working directory
 
     def variables(self) -> dict[str, str]:
         """The step variables ``Package[NAME].*`` that describe this package."""
         prefix = f"Package[{self.ref.name}]."
         values = {"PackageId": self.ref.package_id, "PackageVersion": self.ref.version,
-                  "FeedName": self.ref.feed, "PackageFilePath": str(self.cached.path),
-                  "PackageFileName": self.cached.file_name, "PackageSha256": self.cached.sha256,
+                  "FeedId": self.ref.feed, "PackageFilePath": str(self.file_path),
+                  "PackageFileName": self.cached.file_name, "Sha256": self.cached.sha256,
                   "ExtractedPath": str(self.extracted_path or "")}
         return {prefix + key: value for key, value in values.items()}
 
@@ -46,16 +48,20 @@ class PreparedPackage:
 def prepare(ref: PackageRef, feeds: FeedRegistry, cache: PackageCache, workdir: Path,
             max_bytes: int = DEFAULT_MAX_BYTES, max_entries: int = DEFAULT_MAX_ENTRIES,
             progress: Progress | None = None) -> PreparedPackage:
-    """Fetch *ref* and, if it asks for it, extract it into ``workdir/<ref.name>``.
+    """Fetch *ref* and extract it into ``workdir/<ref.name>``, or (``extract=false``) copy the
+    file into *workdir*.
 
     Raises UnknownFeed for a feed nobody added, and PackageError (one line naming the package,
     version and feed) for everything else that stops the package from being used.
     """
     cached = cache.fetch(ref, feeds.get(ref.feed), progress)
-    if not ref.extract:
-        return PreparedPackage(ref, cached, None)
     target = workdir / ref.name
     try:
+        if not ref.extract:
+            workdir.mkdir(parents=True, exist_ok=True)
+            copy = workdir / cached.file_name
+            shutil.copyfile(cached.path, copy)
+            return PreparedPackage(ref, cached, None, copy)
         extract(cached.path, target, max_bytes, max_entries)
     except ArchiveError as exc:
         cached.release()
@@ -63,4 +69,4 @@ def prepare(ref: PackageRef, feeds: FeedRegistry, cache: PackageCache, workdir: 
     except BaseException:
         cached.release()
         raise
-    return PreparedPackage(ref, cached, target)
+    return PreparedPackage(ref, cached, target, cached.path)
