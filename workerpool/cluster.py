@@ -97,5 +97,23 @@ def read_snapshot(client: redis.Redis, detail: bool = False) -> Snapshot:
                     queue_depths=depth_map, leases=leases)
 
 
-def pools_json(snapshot: Snapshot) -> list[dict[str, object]]:
-    return [p.to_json() for p in snapshot.pools.values()]
+def _worker_json(worker: WorkerInfo, leases: list[Lease]) -> dict[str, object]:
+    return {**worker.to_json(), "leases": [le.step_id for le in leases if le.worker == worker.name]}
+
+
+def status_view(snap: Snapshot) -> dict[str, object]:
+    """Pools (default first, then by name) with queue depth, running leases and workers, the
+    built-in worker, and all leases: ``status --json`` and the pools page's ``/api/pools``."""
+    pools = sorted(snap.pools.values(), key=lambda p: (not p.is_default, p.name.lower()))
+
+    def section(slug: str) -> dict[str, object]:
+        leases = [le for le in snap.leases if le.pool == slug]
+        return {"queued": snap.queue_depths.get(slug, 0), "running": len(leases),
+                "workers": [_worker_json(w, leases) for w in snap.workers_in(slug)],
+                "leases": [le.to_json() for le in leases]}
+
+    return {"pools": [{**p.to_json(), **section(p.slug)} for p in pools],
+            "builtin_worker": {"enabled": snap.builtin_enabled, "queue": keys.BUILTIN_QUEUE,
+                               **section(keys.BUILTIN_POOL)},
+            "leases": [le.to_json() for le in snap.leases]}
+

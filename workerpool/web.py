@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import redis
 
 from workerpool import keys
-from workerpool.cluster import Lease, Snapshot, read_snapshot
+from workerpool.cluster import Lease, Snapshot, read_snapshot, status_view
 from workerpool.connection import connect, guarded
 from workerpool.errors import BadInput, Infrastructure
 from workerpool.pools import Pool
@@ -34,27 +34,6 @@ from workerpool.workers import WorkerInfo
 REFRESH_SECONDS = 5
 
 # --- what the page shows (pure functions of a snapshot) ------------------------------------
-
-
-def _worker_json(worker: WorkerInfo, leases: list[Lease]) -> dict[str, object]:
-    return {**worker.to_json(), "leases": [le.step_id for le in leases if le.worker == worker.name]}
-
-
-def pools_view(snap: Snapshot) -> dict[str, object]:
-    """The page's data, shaped like ``workerpool status --json`` (pools, built-in worker,
-    leases): the default pool first, then by name."""
-    pools = sorted(snap.pools.values(), key=lambda p: (not p.is_default, p.name.lower()))
-
-    def section(slug: str) -> dict[str, object]:
-        leases = [le for le in snap.leases if le.pool == slug]
-        return {"queued": snap.queue_depths.get(slug, 0), "running": len(leases),
-                "workers": [_worker_json(w, leases) for w in snap.workers_in(slug)],
-                "leases": [le.to_json() for le in leases]}
-
-    return {"pools": [{**p.to_json(), **section(p.slug)} for p in pools],
-            "builtin_worker": {"enabled": snap.builtin_enabled, "queue": keys.BUILTIN_QUEUE,
-                               **section(keys.BUILTIN_POOL)},
-            "leases": [le.to_json() for le in snap.leases]}
 
 
 def _ago(timestamp: float | None, now: float) -> str:
@@ -214,7 +193,7 @@ class PoolsHandler(BaseHTTPRequestHandler):
             self._send_error(path, str(exc), include_body)
             return
         if path == "/api/pools":
-            self._send(200, "application/json", json.dumps(pools_view(snap)).encode(),
+            self._send(200, "application/json", json.dumps(status_view(snap)).encode(),
                        include_body)
         else:
             self._send(200, "text/html; charset=utf-8",

@@ -9,7 +9,7 @@ import click
 
 from workerpool.cli import cli
 from workerpool.cli.output import ago, client, emit_json, table
-from workerpool.cluster import Snapshot
+from workerpool.cluster import Snapshot, status_view
 from workerpool.settings import Settings
 from workerpool.targets import TargetRegistry
 from workerpool.workers import WorkerInfo
@@ -76,23 +76,13 @@ def status(as_json: bool) -> None:
     agents = {w.pool: w for w in snap.workers}
     target_rows = [{**t.to_json(), "agent": agents[t.pool_key].state if t.pool_key in agents
                     else "none", "running": leases_of(snap, t.pool_key)} for t in targets]
+    if as_json:
+        emit_json({**status_view(snap), "targets": target_rows})
+        return
     pools = sorted(snap.pools.values(), key=lambda p: (not p.is_default, p.name.lower()))
     leases_by_pool: dict[str, int] = {}
     for lease in snap.leases:
         leases_by_pool[lease.pool] = leases_by_pool.get(lease.pool, 0) + 1
-    if as_json:
-        emit_json({
-            "pools": [{**p.to_json(), "queued": snap.queue_depths.get(p.slug, 0),
-                       "running": leases_by_pool.get(p.slug, 0),
-                       "workers": [w.to_json() for w in snap.workers_in(p.slug)]}
-                      for p in pools],
-            "builtin_worker": {"enabled": snap.builtin_enabled,
-                               "queued": snap.queue_depths.get("builtin", 0),
-                               "running": leases_by_pool.get("builtin", 0),
-                               "workers": [w.to_json() for w in snap.workers_in("builtin")]},
-            "targets": target_rows,
-            "leases": [lease.to_json() for lease in snap.leases]})
-        return
     rows = []
     for p in pools:
         members = snap.workers_in(p.slug)
