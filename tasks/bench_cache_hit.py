@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import math
 import os
-import random
 import shutil
 import signal
 import statistics
@@ -42,6 +41,8 @@ from functools import partial
 from pathlib import Path
 from types import FrameType
 
+from bench_packages import build_tree  # this folder is on sys.path when run as a script
+
 from workerpool import Client, ScriptStep
 from workerpool.bench.harness import BenchFailed, wait_until
 from workerpool.cluster import read_snapshot
@@ -55,44 +56,10 @@ POOL = "Cache Hit Bench"
 PACKAGE_ID, VERSION = "Bench.CacheHit", "1.0.0"
 ZIP_NAME = f"{PACKAGE_ID}.{VERSION}.zip"
 TARGET = 1.05
-WORDS = ["deploy", "database", "schema", "migration", "customer", "order", "invoice", "worker",
-         "pool", "step", "package", "feed", "cache", "extract", "variable", "release", "tenant",
-         "environment", "production", "staging"]
 STEP_TIMEOUT = 120.0
 
 
 # -- the package -------------------------------------------------------------------------------
-
-def build_tree(root: Path, seed: int = 11) -> tuple[int, int]:
-    """Mixed content whose zip is about 50 MB: (bytes, files)."""
-    rng = random.Random(seed)
-    total = files = 0
-
-    def write(rel: str, data: bytes, mode: int = 0o644) -> None:
-        nonlocal total, files
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        path.chmod(mode)
-        total += len(data)
-        files += 1
-
-    for i in range(12):  # binaries, images: already compressed
-        write(f"bin/lib{i:02d}.so", rng.randbytes(3 * 1024 * 1024), 0o755)
-    for i in range(40):
-        write(f"wwwroot/img/asset{i:02d}.png", rng.randbytes(rng.randint(20_000, 120_000)))
-    for i in range(10):  # logs, SQL, data files: compress about 4:1
-        lines = (" ".join(rng.choices(WORDS, k=12)) + f" {rng.random():.6f}\n"
-                 for _ in range(30_000))
-        write(f"data/seed-{i:02d}.sql", "".join(lines).encode())
-    for i in range(3000):  # source files, configs: small
-        body = "\n".join(" ".join(rng.choices(WORDS, k=rng.randint(4, 14)))
-                         for _ in range(rng.randint(10, 120)))
-        write(f"src/module{i // 100:02d}/file{i:04d}.py", body.encode())
-    for i in range(40):
-        write(f"scripts/step{i:02d}.sh", b"#!/bin/sh\necho step\n", 0o755)
-    return total, files
-
 
 def build_zip(tree: Path, out: Path) -> Path:
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
@@ -356,7 +323,7 @@ def main() -> int:
     stack = Stack(scratch)
     try:
         with sigterm_as_interrupt():
-            content, files = build_tree(scratch / "tree")
+            content, files = build_tree(scratch / "tree", seed=11, images=40)
             archive = build_zip(scratch / "tree", scratch / ZIP_NAME)
             shutil.rmtree(scratch / "tree")
             client = stack.start()

@@ -32,21 +32,25 @@ WORDS = ["deploy", "database", "schema", "migration", "customer", "order", "invo
 GOAL = 0.8
 
 
-def build_tree(root: Path, seed: int = 7) -> int:
-    """Mixed content, about 65 MB: what a deployment package of a service tends to hold."""
+def build_tree(root: Path, seed: int = 7, images: int = 0) -> tuple[int, int]:
+    """Mixed content, about 65 MB (plus *images* of 20-120 KB): what a deployment package of a
+    service tends to hold. Returns (bytes, files)."""
     rng = random.Random(seed)
-    total = 0
+    total = files = 0
 
     def write(rel: str, data: bytes, mode: int = 0o644) -> None:
-        nonlocal total
+        nonlocal total, files
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         path.chmod(mode)
         total += len(data)
+        files += 1
 
     for i in range(12):  # binaries, images: already compressed
         write(f"bin/lib{i:02d}.so", rng.randbytes(3 * 1024 * 1024), 0o755)
+    for i in range(images):
+        write(f"wwwroot/img/asset{i:02d}.png", rng.randbytes(rng.randint(20_000, 120_000)))
     for i in range(10):  # logs, SQL, data files: compress about 4:1
         lines = (" ".join(rng.choices(WORDS, k=12)) + f" {rng.random():.6f}\n"
                  for _ in range(30_000))
@@ -57,7 +61,7 @@ def build_tree(root: Path, seed: int = 7) -> int:
         write(f"src/module{i // 100:02d}/file{i:04d}.py", body.encode())
     for i in range(40):
         write(f"scripts/step{i:02d}.sh", b"#!/bin/sh\necho step\n", 0o755)
-    return total
+    return total, files
 
 
 def build_archives(tree: Path, out: Path) -> tuple[Path, Path]:
@@ -118,7 +122,7 @@ def main() -> int:
     ensure_unzip()
     scratch = Path(tempfile.mkdtemp(prefix="bench-packages-", dir=args.dir))
     try:
-        content = build_tree(scratch / "tree")
+        content, _ = build_tree(scratch / "tree")
         zip_path, tgz_path = build_archives(scratch / "tree", scratch)
         print(f"content {content / 1e6:.1f} MB in {sum(1 for _ in (scratch / 'tree').rglob('*'))}"
               f" paths; zip {zip_path.stat().st_size / 1e6:.1f} MB, tar.gz "

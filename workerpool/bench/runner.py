@@ -95,9 +95,6 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _ms(values: list[float]) -> list[float]:
-    return [v * MS for v in values]
-
 
 def compared(figure: int, metric: str, unit: str, ours: list[float], theirs: list[float],
              goal: Goal | None = None) -> Row:

@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 import redis
 
 from workerpool import keys, messages
-from workerpool.bench.figures import TRUE_STEP, median, on_pool, percentile
+from workerpool.bench.figures import TRUE_STEP, on_pool
 from workerpool.client import Client
 from workerpool.cluster import read_snapshot
 from workerpool.pools import Pool
@@ -158,6 +158,3 @@ def redis_benchmark(url: str, requests: int) -> RedisBenchmark:
                               f"{(done.stderr or done.stdout).strip()[:200]}")
     return RedisBenchmark(rates.get("LPUSH"), rates.get("RPOP"))
 
-
-def p50_p99(samples: list[float]) -> tuple[float, float]:
-    return median(samples), percentile(samples, 99)
