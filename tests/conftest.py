@@ -20,11 +20,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from workerpool import Client
+from workerpool import Client, keys
 from workerpool.embedded import EmbeddedRedis
+from workerpool.sealing import new_key
 from workerpool.settings import Settings
 
 HEARTBEAT = 0.5
+SECRET_KEY = new_key()  # every component of a test shares it, as a deployment's would
 DATABASES = 512
 _db_numbers = itertools.count(1)
 
@@ -73,6 +75,7 @@ def env(redis_url: str, tmp_path: Path) -> dict[str, str]:
     """Environment for workerpool subprocesses: this test's database, fast heartbeats."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("WORKERPOOL_")}
     return {**base, "WORKERPOOL_REDIS_URL": redis_url, "WORKERPOOL_HOME": str(tmp_path / "home"),
+            "WORKERPOOL_SECRET_KEY": SECRET_KEY,
             "WORKERPOOL_HEARTBEAT_INTERVAL": str(HEARTBEAT), "WORKERPOOL_KILL_GRACE": "1"}
 
 
@@ -157,3 +160,26 @@ def cli(env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[str]]:
                               timeout=timeout, stdin=subprocess.DEVNULL)
 
     return run
+
+
+@pytest.fixture
+def server(env: dict[str, str], raw,
+           tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Factory: start `workerpool server` and wait until it orchestrates."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(*args: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        raw.delete(keys.SERVER_HEARTBEAT)
+        log = open(tmp_path / f"server-{len(started)}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen([sys.executable, "-m", "workerpool", "server", *args],
+                                env={**env, **(extra_env or {})}, stdout=log,
+                                stderr=subprocess.STDOUT)
+        started.append(proc)
+        wait_for(lambda: raw.exists(keys.SERVER_HEARTBEAT), 60, "server heartbeat")
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)

@@ -3,39 +3,14 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pytest
 from conftest import wait_for
 
 from workerpool import keys
 from workerpool.targets import TargetRegistry
-
-
-@pytest.fixture
-def server(env: dict[str, str], raw,
-           tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    """Factory: start `workerpool server` and wait until it orchestrates."""
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(*args: str) -> subprocess.Popen[bytes]:
-        raw.delete(keys.SERVER_HEARTBEAT)
-        log = open(tmp_path / f"server-{len(started)}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen([sys.executable, "-m", "workerpool", "server", *args], env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
-        started.append(proc)
-        wait_for(lambda: raw.exists(keys.SERVER_HEARTBEAT), 60, "server heartbeat")
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -302,7 +277,7 @@ steps:
 
     result = client.deploy(load_process(process), "Test", {"Region": "ap", "Token": "x"})
     assert result.state == "Success"
-    assert set(result.to_json()) == {"id", "state", "environment", "steps"}
+    assert set(result.to_json()) == {"id", "state", "environment", "message", "steps"}
     run_logs = [client.step(r.id).logs()[0].text for r in result.steps[0].runs]
     assert sorted(run_logs) == ["web-01 ap x", "web-02 ap x"]
 

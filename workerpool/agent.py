@@ -26,6 +26,7 @@ from workerpool.execution import STOP_ABORT, STOP_CANCEL, STOP_TIMEOUT, ScriptPr
 from workerpool.leases import Leases
 from workerpool.packages import FeedRegistry, PackageCache
 from workerpool.pools import PoolRegistry, worker_type
+from workerpool.sealing import Keyring, SealError
 from workerpool.settings import Settings
 from workerpool.steplog import StepLog
 from workerpool.steps import CANCELLED, FAILED, RUNNING, SUCCESS, TIMED_OUT, WORKER_LOST
@@ -133,7 +134,7 @@ class Runtime:
         self.settings = settings
         self.identity = identity
         self.redis = connect(url)
-        self.store = StepStore(self.redis, settings.result_ttl)
+        self.store = StepStore(self.redis, settings.result_ttl, Keyring.load(settings))
         self.leases = Leases(self.redis, self.store)
         self.running: dict[str, ScriptProcess] = {}
         self.lock = threading.Lock()
@@ -343,7 +344,12 @@ class Runtime:
             self._finish(step_id, FAILED, message="refused: the built-in worker is disabled, so "
                          "it runs nothing; `workerpool builtin-worker enable` or use a pool")
             return
-        secrets: dict[str, str] = json.loads(record.get("secrets") or "{}")
+        try:
+            secrets = self.store.keyring.open_map(record.get("secrets", ""), "this worker")
+        except SealError as exc:
+            log.error("step %s: %s", step_id, exc)
+            self._finish(step_id, FAILED, message=str(exc))
+            return
         variables: dict[str, str] = json.loads(record.get("variables") or "{}")
         steplog = StepLog(self.redis, step_id, Masker(secrets.values()),
                           self.settings.log_max_lines, self.settings.log_max_line_bytes)

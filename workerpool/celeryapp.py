@@ -19,6 +19,7 @@ from workerpool.cluster import read_snapshot
 from workerpool.connection import connect, guarded, resolve_url
 from workerpool.messages import TASK_NAME
 from workerpool.pools import find
+from workerpool.sealing import Keyring
 from workerpool.settings import Settings
 from workerpool.targets import TargetRegistry
 
@@ -124,6 +125,7 @@ def serve(settings: Settings, pool: str | None, name: str | None, concurrency: i
           loglevel: str = "WARNING", target: str | None = None) -> int:
     """Run a worker for *pool* (``None``: the built-in worker), or a target's agent, until it is
     told to stop."""
+    Keyring.load(settings).check()
     url = resolve_url(settings)
     client = connect(url)
     if target is not None:

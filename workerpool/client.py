@@ -17,6 +17,7 @@ from workerpool.errors import StepWaitTimeout, UnknownStep
 from workerpool.leases import Leases
 from workerpool.pools import PoolRegistry
 from workerpool.routing import route
+from workerpool.sealing import Keyring
 from workerpool.settings import Settings
 from workerpool.steps import TERMINAL, LogEntry, ScriptStep, StepResult
 from workerpool.store import StepStore
@@ -39,7 +40,8 @@ class Client:
             self.settings = self.settings.with_redis_url(redis_url)
         self.url = resolve_url(self.settings)
         self.redis: redis.Redis = connect(self.url)
-        self.store = StepStore(self.redis, self.settings.result_ttl)
+        self.store = StepStore(self.redis, self.settings.result_ttl,
+                               Keyring.load(self.settings))
         self.leases = Leases(self.redis, self.store)
         self.pools = PoolRegistry(self.redis)
         self.workers = WorkerDirectory(self)

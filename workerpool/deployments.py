@@ -13,7 +13,8 @@ import logging
 import secrets
 import threading
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from typing import Any, cast
 
 from workerpool import keys
@@ -24,6 +25,7 @@ from workerpool.packages import PackageRef
 from workerpool.processes import Process, ProcessStep, ProjectVariable
 from workerpool.projectvars import Target, pool_for, variables_for
 from workerpool.routing import Route, route
+from workerpool.sealing import SealError
 from workerpool.steps import LOCATION_SERVER, LOCATION_WORKER, TERMINAL, ScriptStep
 from workerpool.targets import TargetInfo, TargetRegistry, matching
 
@@ -38,6 +40,24 @@ PER_TARGET = ("worker-per-target", "target")
 
 def process_to_json(process: Process) -> str:
     return json.dumps(asdict(process), default=str)
+
+
+def reseal(process: Process, extra: dict[str, str], change: Callable[[str], str]
+           ) -> tuple[Process, dict[str, str]]:
+    """*process* and *extra* with *change* applied to every sensitive value: sealing them
+    before the deployment record is stored, opening them in the server that runs it."""
+    secret = {v.name.casefold() for v in process.variables if v.sensitive}
+    variables = tuple(replace(v, value=change(v.value)) if v.sensitive else v
+                      for v in process.variables)
+    steps = []
+    for step in process.steps:
+        names = {n.casefold() for n in step.sensitive_variables}
+        steps.append(replace(
+            step, sensitive_variables={k: change(v) for k, v in step.sensitive_variables.items()},
+            parameters={k: change(v) if k.casefold() in names else v
+                        for k, v in step.parameters.items()}))
+    extra = {k: change(v) if k.strip().casefold() in secret else v for k, v in extra.items()}
+    return replace(process, variables=variables, steps=tuple(steps)), extra
 
 
 def process_from_json(raw: str) -> Process:
@@ -95,7 +115,7 @@ class DeploymentResult:
 
     def to_json(self) -> dict[str, object]:
         return {"id": self.id, "state": self.state, "environment": self.environment,
-                "steps": [s.to_json() for s in self.steps]}
+                "message": self.message, "steps": [s.to_json() for s in self.steps]}
 
 
 def _run(rid: str, target: str | None, rec: dict[str, str]) -> Run:
@@ -128,8 +148,10 @@ class Deployments:
             raise NoWorker("no workerpool server is running to orchestrate the deployment; "
                            "start `workerpool server` (or `workerpool up`)")
         deployment_id = "d" + secrets.token_hex(7)
-        record = {"process": process_to_json(process), "environment": environment,
-                  "extra": json.dumps(extra or {}), "state": QUEUED, "name": process.name,
+        keyring = self.client.store.keyring
+        sealed, sealed_extra = reseal(process, extra or {}, keyring.seal)
+        record = {"process": process_to_json(sealed), "environment": environment,
+                  "extra": json.dumps(sealed_extra), "state": QUEUED, "name": process.name,
                   "created_at": time.time(), "steps": json.dumps({})}
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(keys.deployment(deployment_id), mapping=record)  # type: ignore[arg-type]
@@ -217,6 +239,7 @@ class Orchestrator:
         self.cap = cap
         self.targets = TargetRegistry(client.redis)
         self.slots = threading.Semaphore(cap)
+        self.keyring = client.store.keyring
 
     def serve(self, stop: threading.Event) -> None:
         for deployment_id in sorted(cast(set[str], self.redis.smembers(keys.DEPLOYMENTS_ACTIVE))):
@@ -251,9 +274,15 @@ class Orchestrator:
 
     def run(self, deployment_id: str) -> None:
         record = cast(dict[str, str], self.redis.hgetall(keys.deployment(deployment_id)))
-        process = process_from_json(record["process"])
         environment = record["environment"]
-        extra: dict[str, str] = json.loads(record.get("extra") or "{}")
+        try:
+            process, extra = reseal(process_from_json(record["process"]),
+                                    json.loads(record.get("extra") or "{}"),
+                                    lambda value: self.keyring.open(value, "the server"))
+        except SealError as exc:
+            log.error("deployment %s: %s", deployment_id, exc)
+            self._end(deployment_id, FAILED, str(exc))
+            return
         steps_state: dict[str, Any] = json.loads(record.get("steps") or "{}")
         self.redis.hset(keys.deployment(deployment_id), "state", RUNNING)
         outputs: dict[str, str] = {}

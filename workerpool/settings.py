@@ -56,6 +56,8 @@ class Settings:
     shutdown_grace: float = 10.0
     keep_workdirs: bool = False
     package_cache_bytes: int = 10 * 1024**3
+    # Seals sensitive values (workerpool.sealing); kept out of repr so it never reaches a log.
+    secret_key: str | None = field(default=None, repr=False)
 
     @property
     def heartbeat_ttl(self) -> float:
@@ -79,6 +81,7 @@ class Settings:
             kill_grace=_float(env, "KILL_GRACE", cls.kill_grace),
             shutdown_grace=_float(env, "SHUTDOWN_GRACE", cls.shutdown_grace),
             package_cache_bytes=_int(env, "PACKAGE_CACHE_BYTES", cls.package_cache_bytes),
+            secret_key=env.get(ENV_PREFIX + "SECRET_KEY") or None,
             keep_workdirs=env.get(ENV_PREFIX + "KEEP_WORKDIRS", "").lower() in ("1", "true", "yes"),
         )
 

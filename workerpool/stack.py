@@ -24,6 +24,7 @@ from workerpool.client import Client
 from workerpool.connection import validate_url
 from workerpool.embedded import EmbeddedRedis, clear_state, publish_state
 from workerpool.errors import BadInput, Infrastructure, PoolConflict
+from workerpool.sealing import Keyring, ensure_local_key
 from workerpool.settings import Settings
 
 PR_SET_PDEATHSIG = 1
@@ -80,9 +81,11 @@ class Stack:
         return Client(redis_url=self.url, settings=self.settings)
 
     def start(self, ready_timeout: float = 90.0) -> None:
+        Keyring.load(self.settings).check()
         if self.settings.redis_url:
             self.url = validate_url(self.settings.redis_url)
         else:
+            ensure_local_key(self.settings)  # every component of this home shares it
             self.redis_server = EmbeddedRedis(self.settings.home / "redis")
             self.redis_server.start()
             self.url = self.redis_server.url

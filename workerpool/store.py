@@ -11,6 +11,7 @@ import redis
 
 from workerpool import keys, messages
 from workerpool.routing import Route
+from workerpool.sealing import Keyring
 from workerpool.steps import QUEUED, LogEntry, ScriptStep, StepResult
 
 # KEYS: step, log, running, pending. ARGV: instance ('' = any holder), expected states (",A,B,"),
@@ -60,9 +61,11 @@ def new_step_id() -> str:
 class StepStore:
     """All reads and writes of step records; connections are passed in, never created here."""
 
-    def __init__(self, client: redis.Redis, result_ttl: int = 7 * 24 * 3600) -> None:
+    def __init__(self, client: redis.Redis, result_ttl: int = 7 * 24 * 3600,
+                 keyring: Keyring | None = None) -> None:
         self.redis = client
         self.result_ttl = result_ttl
+        self.keyring = keyring or Keyring(None, "WORKERPOOL_SECRET_KEY")
         self._finish = client.register_script(FINISH)
 
     def enqueue(self, step: ScriptStep, route: Route, lease_timeout: float,
@@ -78,7 +81,7 @@ class StepStore:
             "pool": route.pool, "pool_name": route.pool_name, "queue": route.queue,
             "state": QUEUED, "attempt": 0, "retry": int(step.retry_on_worker_lost),
             "script": step.script, "variables": json.dumps(step.variables),
-            "secrets": json.dumps(step.sensitive_variables),
+            "secrets": self.keyring.seal_map(step.sensitive_variables),
             "timeout": step.timeout or step_timeout, "lease_timeout": lease_timeout,
             "queued_at": now, "deadline": deadline, "target": target,
             **step.to_record(),

@@ -20,7 +20,8 @@ EXIT_REDIS = 3
 COMMAND_MODULES = {
     "pool": "pools", "builtin-worker": "pools", "worker": "workers", "status": "workers",
     "run": "steps", "logs": "steps", "cancel": "steps", "artifacts": "steps", "up": "stack",
-    "server": "stack", "demo": "stack", "feed": "packages", "package": "packages",
+    "server": "stack", "demo": "stack", "secret-key": "stack", "feed": "packages",
+    "package": "packages",
     "target": "deployments", "agent": "deployments", "deploy": "deployments",
     "deployments": "deployments", "template": "templates", "flower": "flower", "bench": "bench",
 }

@@ -85,7 +85,8 @@ class Progress:
         self.live = ""
 
     def __call__(self, result: DeploymentResult) -> None:
-        self._say(result.id, f"deployment {result.id} {result.state}")
+        ending = f": {result.message}" if result.message else ""
+        self._say(result.id, f"deployment {result.id} {result.state}{ending}")
         for step in result.steps:
             self._say(step.name, f"step {step.name!r}: {step.state}")
             for run in step.runs:

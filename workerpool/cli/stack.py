@@ -73,3 +73,15 @@ def demo() -> None:
     from workerpool.demo import run_demo
 
     sys.exit(run_demo())
+
+
+@cli.command("secret-key")
+def secret_key() -> None:
+    """Print a new key for WORKERPOOL_SECRET_KEY, which seals sensitive variables.
+
+    Give every client, worker and server the same key. To rotate, set "NEW,OLD": the first
+    seals, any opens.
+    """
+    from workerpool.sealing import new_key
+
+    click.echo(new_key())
