@@ -137,6 +137,8 @@ class Runtime:
         self.store = StepStore(self.redis, settings.result_ttl, Keyring.load(settings))
         self.leases = Leases(self.redis, self.store)
         self.running: dict[str, ScriptProcess] = {}
+        # Celery delivery tag of each step this worker has claimed, refreshed at every beat.
+        self.deliveries: dict[str, str] = {}
         self.lock = threading.Lock()
         self.ready = False
         self.stopping = threading.Event()
@@ -170,6 +172,7 @@ class Runtime:
     def beat(self) -> None:
         with self.lock:
             running = len(self.running)
+            tags = list(self.deliveries.values())
         # Reading the state and writing it are one step, so a beat carrying an older health
         # state never overwrites a newer one.
         with self._beat_lock:
@@ -177,8 +180,12 @@ class Runtime:
             state = STARTING if not self.ready else HEALTHY if self.consuming else UNHEALTHY
             hb = Heartbeat(time=time.time(), state=state, running=running,
                            reason=status.reason if state == UNHEALTHY else "")
-            self.redis.set(keys.heartbeat(self.identity.instance), hb.to_json(),
-                           px=int(self.settings.heartbeat_ttl * 1000))
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.set(keys.heartbeat(self.identity.instance), hb.to_json(),
+                     px=int(self.settings.heartbeat_ttl * 1000))
+            for tag in tags:  # XX: never re-adds a message acked meanwhile
+                pipe.zadd(keys.KOMBU_UNACKED_INDEX, {tag: hb.time}, xx=True)
+            pipe.execute()
 
     # -- health ---------------------------------------------------------------------------
 
@@ -308,11 +315,16 @@ class Runtime:
             log.warning("discarded message for step %s: %s (state %s)", step_id, claim.outcome,
                         claim.record.get("state"))
             return
+        with self.lock:
+            self.deliveries[step_id] = messages.task_id(step_id, attempt)
         try:
             self._run_claimed(step_id, claim.record)
         except Exception as exc:
             log.exception("step %s failed inside the worker", step_id)
             self._finish(step_id, FAILED, message=f"worker error: {exc}")
+        finally:
+            with self.lock:
+                self.deliveries.pop(step_id, None)
 
     def _hand_back(self, step_id: str, attempt: int) -> None:
         """Give back, unclaimed, a step that reached this worker while it is unhealthy.

@@ -17,16 +17,14 @@ from workerpool import keys
 from workerpool.agent import Runtime, register
 from workerpool.cluster import read_snapshot
 from workerpool.connection import connect, guarded, resolve_url
+from workerpool.errors import BadInput
 from workerpool.messages import TASK_NAME
 from workerpool.pools import find
 from workerpool.sealing import Keyring
 from workerpool.settings import Settings
 from workerpool.targets import TargetRegistry
 
-VISIBILITY_TIMEOUT = 24 * 3600
-
-
-def make_app(url: str) -> Celery:
+def make_app(url: str, visibility_timeout: float = Settings.visibility_timeout) -> Celery:
     """A Celery app for workerpool's queues: JSON only, late ack, no prefetch, no results."""
     app = Celery("workerpool", broker=url, set_as_current=False)
     app.conf.update(
@@ -42,9 +40,10 @@ def make_app(url: str) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_connection_retry=True,
         broker_connection_max_retries=None,
-        # Redelivery after this is harmless (the claim refuses a step that is not Queued), but
-        # a long timeout keeps Redis from resending messages of steps that are still running.
-        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
+        # A worker refreshes the delivery time of the steps it runs at every heartbeat, so a
+        # running step's message is never redelivered; one that is (its worker died) is
+        # discarded by the claim, since the step is no longer Queued at that attempt.
+        broker_transport_options={"visibility_timeout": visibility_timeout},
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
         task_create_missing_queues=True,
@@ -126,6 +125,9 @@ def serve(settings: Settings, pool: str | None, name: str | None, concurrency: i
     """Run a worker for *pool* (``None``: the built-in worker), or a target's agent, until it is
     told to stop."""
     Keyring.load(settings).check()
+    if settings.visibility_timeout <= 2 * settings.heartbeat_interval:
+        raise BadInput("WORKERPOOL_VISIBILITY_TIMEOUT must be more than twice "
+                       "WORKERPOOL_HEARTBEAT_INTERVAL, or running steps would be redelivered")
     url = resolve_url(settings)
     client = connect(url)
     if target is not None:
@@ -139,7 +141,7 @@ def serve(settings: Settings, pool: str | None, name: str | None, concurrency: i
         slug, pool_name = found.slug, found.name
     identity = guarded(lambda: register(client, settings, slug, pool_name, name, concurrency), url)
     runtime = Runtime(settings, url, identity)
-    app = make_app(url)
+    app = make_app(url, settings.visibility_timeout)
     bind(app, runtime)
     if identity.checks_health:
         app.steps["consumer"].add(queue_gate(runtime))

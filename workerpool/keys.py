@@ -34,6 +34,8 @@ Layout (``P`` is ``workerpool:``)::
     P deployment:<id>         hash   deployment record: process JSON, environment, state, steps
     P deployment:<id>:done    list   ids of its runs as they finish (finish pushes them)
     P server:hb               string the orchestrator's heartbeat, expiring
+    unacked_index             zset   kombu's: delivery tag -> delivery time of unacked messages;
+                                     a worker refreshes the time of the steps it runs
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ TARGET_QUEUE_PREFIX = "workerpool.target."
 BUILTIN_QUEUE = "workerpool.builtin"
 BUILTIN_POOL = "builtin"
 POOL_QUEUE_PREFIX = "workerpool.pool."
+# kombu redelivers a message whose time here is older than the visibility timeout.
+KOMBU_UNACKED_INDEX = "unacked_index"
 
 
 def pool_queue(slug: str) -> str:

@@ -56,6 +56,9 @@ class Settings:
     shutdown_grace: float = 10.0
     keep_workdirs: bool = False
     package_cache_bytes: int = 10 * 1024**3
+    step_max_processes: int | None = None  # per-step cap (pids cgroup); None: no cap
+    # kombu redelivers a message unacked for this long; a worker refreshes the ones it runs.
+    visibility_timeout: float = 24 * 3600.0
     # Seals sensitive values (workerpool.sealing); kept out of repr so it never reaches a log.
     secret_key: str | None = field(default=None, repr=False)
 
@@ -80,7 +83,9 @@ class Settings:
             result_ttl=_int(env, "RESULT_TTL", cls.result_ttl),
             kill_grace=_float(env, "KILL_GRACE", cls.kill_grace),
             shutdown_grace=_float(env, "SHUTDOWN_GRACE", cls.shutdown_grace),
+            visibility_timeout=_float(env, "VISIBILITY_TIMEOUT", cls.visibility_timeout),
             package_cache_bytes=_int(env, "PACKAGE_CACHE_BYTES", cls.package_cache_bytes),
+            step_max_processes=_int(env, "STEP_MAX_PROCESSES", 0) or None,
             secret_key=env.get(ENV_PREFIX + "SECRET_KEY") or None,
             keep_workdirs=env.get(ENV_PREFIX + "KEEP_WORKDIRS", "").lower() in ("1", "true", "yes"),
         )
