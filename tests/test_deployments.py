@@ -185,43 +185,6 @@ steps:
             proc.wait(30)
 
 
-def test_killed_server_resumes_without_running_a_step_twice(client, start_worker, server, cli,
-                                                            tmp_path, raw):
-    client.pools.add("Database Worker Pool")
-    start_worker("Database Worker Pool")
-    first = server()
-    ran = tmp_path / "ran"
-    gate = tmp_path / "gate"
-    process = write(tmp_path, f"""
-name: Long
-steps:
-  - name: Migrate
-    pool: Database Worker Pool
-    script: |
-      echo migrate >> {ran}
-      while [ ! -e {gate} ]; do sleep 0.05; done
-  - name: After
-    pool: Database Worker Pool
-    script: echo after >> {ran}
-""")
-    deployment_id = cli("deploy", str(process), "--environment", "Test", "--detach"
-                        ).stdout.strip()
-    wait_for(lambda: ran.exists(), 30, "first step to start")
-    first.kill()
-    first.wait()
-    gate.touch()  # the step finishes while no server runs
-    server()
-    done = cli("deployments", "show", deployment_id, "--json")
-    result = json.loads(done.stdout)
-    result = wait_for(lambda: (r := json.loads(cli("deployments", "show", deployment_id,
-                                                   "--json").stdout))["state"] in
-                      ("Success", "Failed") and r, 60, "deployment to end")
-    assert result["state"] == "Success"
-    assert ran.read_text().splitlines() == ["migrate", "after"]
-    assert [len(s["runs"]) for s in result["steps"]] == [1, 1]
-    assert raw.scard(keys.DEPLOYMENTS_ACTIVE) == 0
-
-
 def test_invalid_process_is_refused_before_anything_runs(client, server, cli, tmp_path, raw):
     server()
     process = write(tmp_path, """
