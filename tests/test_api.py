@@ -11,6 +11,7 @@ import redis
 
 from workerpool import Client, ScriptStep
 from workerpool.errors import StepWaitTimeout, UnknownPool
+from workerpool.store import StepStore
 
 
 class CountingConnection(redis.Connection):
@@ -46,8 +47,8 @@ def test_enqueue_costs_two_round_trips(redis_url, settings):
     pool = redis.ConnectionPool.from_url(redis_url, decode_responses=True,
                                          connection_class=CountingConnection)
     client.redis = redis.Redis(connection_pool=pool)
-    client.store.redis = client.redis
-    client.redis.ping()
+    client.store = StepStore(client.redis, keyring=client.store.keyring)
+    client.run(ScriptStep(script="true", pool="Parked"))  # loads the Lua scripts if new
     CountingConnection.sent = 0
     client.run(ScriptStep(script="true", pool="Parked"))
     assert CountingConnection.sent == 2

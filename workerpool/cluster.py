@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,13 +75,20 @@ def _pairs(flat: list[Any]) -> dict[str, str]:
     return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
 
 
+# Sent once per connection as EVALSHA thereafter (redis-py reloads it after a restart).
+_snapshot_scripts: weakref.WeakKeyDictionary[redis.Redis, Any] = weakref.WeakKeyDictionary()
+
+
 def read_snapshot(client: redis.Redis, detail: bool = False) -> Snapshot:
     """Everything routing or status needs, in one round trip (creating the default pool if new)."""
     default_slug = slugify(DEFAULT_POOL_NAME)
-    reply = client.eval(
-        SNAPSHOT, 5, keys.POOLS, keys.DEFAULT_POOL, keys.BUILTIN_DISABLED, keys.WORKERS,
-        keys.RUNNING, default_slug, json.dumps({"name": DEFAULT_POOL_NAME, "description": ""}),
-        keys.PREFIX + "hb:", "1" if detail else "0")
+    script = _snapshot_scripts.get(client)
+    if script is None:
+        script = _snapshot_scripts[client] = client.register_script(SNAPSHOT)
+    reply = script(
+        keys=[keys.POOLS, keys.DEFAULT_POOL, keys.BUILTIN_DISABLED, keys.WORKERS, keys.RUNNING],
+        args=[default_slug, json.dumps({"name": DEFAULT_POOL_NAME, "description": ""}),
+              keys.PREFIX + "hb:", "1" if detail else "0"])
     raw_pools, default, disabled, raw_workers, beats, depths, raw_leases = reply
     pools = pools_from_hash(_pairs(raw_pools), default)
     records = list(_pairs(raw_workers).values())

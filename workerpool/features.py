@@ -28,6 +28,8 @@ def apply_features(workdir: Path, variables: Mapping[str, str], substitute_globs
     BadInput for a glob that leaves *workdir*, a variable cycle, or a structured file that does
     not parse; a glob matching nothing and a missing variable are warnings in the log.
     """
+    if not substitute_globs and not structured_globs:
+        return []
     changed: list[Path] = []
     resolver = Resolver(variables)
     for path, name in _matches(workdir, substitute_globs, log):

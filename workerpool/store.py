@@ -67,6 +67,7 @@ class StepStore:
         self.result_ttl = result_ttl
         self.keyring = keyring or Keyring(None, "WORKERPOOL_SECRET_KEY")
         self._finish = client.register_script(FINISH)
+        self._enqueue = client.register_script(ENQUEUE)
 
     def enqueue(self, step: ScriptStep, route: Route, lease_timeout: float,
                 step_timeout: float, *, step_id: str | None = None, notify: str = "",
@@ -90,8 +91,9 @@ class StepStore:
             record["notify"] = notify
         label = messages.label(step.name, route.pool_name, step_id, target=target)
         fields = [item for pair in record.items() for item in pair]
-        self.redis.eval(ENQUEUE, 3, keys.step(step_id), keys.PENDING, route.queue, deadline,
-                        step_id, messages.build(step_id, 0, route.queue, label), *fields)
+        self._enqueue(keys=[keys.step(step_id), keys.PENDING, route.queue],
+                      args=[deadline, step_id, messages.build(step_id, 0, route.queue, label),
+                            *fields])
         return step_id
 
     def record(self, step_id: str) -> dict[str, str]:
