@@ -2,7 +2,8 @@
 
 Its app is ``make_app`` (JSON, late ack, no prefetch) plus the Redis result backend, so callers
 can wait for a result; its worker is started exactly like a workerpool worker (threads pool,
-no mingle, no gossip). Run as ``python -m workerpool.bench.baseline URL CONCURRENCY NAME``.
+no mingle, no gossip). Run as ``python -m workerpool.bench.baseline URL CONCURRENCY NAME
+[QUEUE]``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from workerpool.celeryapp import make_app
 from workerpool.connection import connect
 
 QUEUE = "workerpool.bench.baseline"
+QUEUE_B = "workerpool.bench.baseline-b"  # a second queue, for the isolation comparison
 TASK_NAME = "workerpool.bench.run_bash"
 # Set by each baseline worker once it consumes; the bench's database is flushed afterwards.
 READY_PREFIX = "workerpool:bench:baseline-ready:"
@@ -46,7 +48,7 @@ def make_baseline_app(url: str) -> Celery:
     return app
 
 
-def serve(url: str, concurrency: int, name: str) -> int:
+def serve(url: str, concurrency: int, name: str, queue: str = QUEUE) -> int:
     app = make_baseline_app(url)
 
     def on_ready(**_: Any) -> None:
@@ -54,7 +56,7 @@ def serve(url: str, concurrency: int, name: str) -> int:
 
     worker_ready.connect(on_ready, weak=False)
     warnings.filterwarnings("ignore", category=SecurityWarning)
-    worker = app.Worker(hostname=f"{name}@{socket.gethostname()}", queues=[QUEUE],
+    worker = app.Worker(hostname=f"{name}@{socket.gethostname()}", queues=[queue],
                         concurrency=concurrency, pool_cls="threads", without_mingle=True,
                         without_gossip=True, loglevel="WARNING", quiet=True, no_color=True)
     worker.start()
@@ -62,4 +64,4 @@ def serve(url: str, concurrency: int, name: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(serve(sys.argv[1], int(sys.argv[2]), sys.argv[3]))
+    sys.exit(serve(sys.argv[1], int(sys.argv[2]), sys.argv[3], *sys.argv[4:5]))

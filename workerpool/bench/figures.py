@@ -93,13 +93,14 @@ def workerpool_latency(client: Client, pool: str, count: int, warmup: int = 3) -
     return latency
 
 
-def baseline_latency(app: Celery, count: int, warmup: int = 3) -> Latency:
+def baseline_latency(app: Celery, count: int, warmup: int = 3,
+                     queue: str = baseline.QUEUE) -> Latency:
     """The same, as plain Celery tasks waited for through the Redis result backend."""
     latency = Latency([], [])
     for index in range(warmup + count):
         enqueued = time.time()
         stamp = app.send_task(baseline.TASK_NAME, args=[baseline.STAMP_SCRIPT, True],
-                              queue=baseline.QUEUE).get(timeout=WAIT)
+                              queue=queue).get(timeout=WAIT)
         finished = time.time()
         if index >= warmup:
             latency.to_start.append(float(stamp) - enqueued)
@@ -184,6 +185,25 @@ def enqueue_backlog(client: Client, route: Route, count: int) -> None:
     settings = client.settings
     for _ in range(count):
         client.store.enqueue(step, route, settings.lease_timeout, settings.step_timeout)
+
+
+def enqueue_baseline_backlog(app: Celery, count: int) -> None:
+    """Queue *count* ``true`` baseline tasks (results ignored) on the baseline's main queue."""
+    with app.producer_or_acquire() as producer:
+        for _ in range(count):
+            app.send_task(baseline.TASK_NAME, args=["true", False], queue=baseline.QUEUE,
+                          ignore_result=True, producer=producer)
+
+
+def drop_baseline_backlog(raw: redis.Redis) -> int:
+    """Empty the baseline's main queue; wait for in-flight tasks (unacked) to end. Returns how
+    many were still queued."""
+    pipe = raw.pipeline(transaction=True)
+    pipe.llen(baseline.QUEUE)
+    pipe.delete(baseline.QUEUE)
+    left = int(pipe.execute()[0])
+    wait_until(lambda: not raw.hlen("unacked"), WAIT, "in-flight baseline tasks to end")
+    return left
 
 
 def drop_backlog(client: Client, route: Route) -> int:

@@ -72,6 +72,7 @@ class Harness:
         self._logs: dict[int, Path] = {}  # child pid -> its output
         self._raw: redis.Redis | None = None
         self._owns_database = False  # flushed at the end only once known to hold nothing else
+        self._baselines = 0  # baseline workers started so far (their names are numbered)
 
     def __enter__(self) -> Harness:
         try:
@@ -168,12 +169,16 @@ class Harness:
         wait_until(ready, READY_TIMEOUT, f"{count} worker(s) of {pool}", interval=0.05)
         return sorted(pids)
 
-    def start_baseline(self, count: int, concurrency: int) -> list[int]:
-        """Start *count* plain Celery workers for the baseline; return once all consume."""
+    def start_baseline(self, count: int, concurrency: int,
+                       queue: str = baseline.QUEUE) -> list[int]:
+        """Start *count* plain Celery workers for the baseline on *queue*; return once all
+        consume."""
+        first = self._baselines
+        self._baselines += count
+        labels = [f"baseline-{n + 1:02d}" for n in range(first, first + count)]
         procs = [self._spawn([sys.executable, "-m", "workerpool.bench.baseline", self.url,
-                              str(concurrency), f"baseline-{i + 1:02d}"], "baseline")
-                 for i in range(count)]
-        names = [baseline.ready_key(f"baseline-{i + 1:02d}") for i in range(count)]
+                              str(concurrency), label, queue], "baseline") for label in labels]
+        names = [baseline.ready_key(label) for label in labels]
 
         def ready() -> bool:
             self._check_alive(procs)
