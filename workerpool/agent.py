@@ -21,6 +21,7 @@ import redis
 from workerpool import health, keys, messages
 from workerpool.artifacts import collect
 from workerpool.connection import connect
+from workerpool.containment import Containment
 from workerpool.errors import WorkerConflict, WorkerPoolError
 from workerpool.execution import STOP_ABORT, STOP_CANCEL, STOP_TIMEOUT, ScriptProcess
 from workerpool.leases import Leases
@@ -155,6 +156,7 @@ class Runtime:
                              f"{identity.name}-{identity.instance[:8]}")
         self.workdir_root.mkdir(parents=True, exist_ok=True)
         self.watchdog = Watchdog(self.workdir_root)
+        self.containment = Containment(self.workdir_root, settings.step_max_processes)
         self.host = socket.gethostname()
         self.support_dir = install_helpers(self.workdir_root / "support")
         self.setup = StepSetup(FeedRegistry(self.redis),
@@ -223,13 +225,18 @@ class Runtime:
                 log.exception("health check loop error")
 
     def _heartbeat_loop(self) -> None:
-        while not self.stopping.wait(self.settings.heartbeat_interval):
+        pause = self.settings.heartbeat_interval
+        while not self.stopping.wait(pause):
+            pause = self.settings.heartbeat_interval
             try:
                 self.beat()
                 self.leases.reap(self.settings.heartbeat_interval / 4,
                                  2 * self.settings.heartbeat_ttl)
                 self._check_leases()
             except redis.RedisError as exc:
+                # The key outlives the last beat by only one more interval: a beat lost to a
+                # brief network cut is retried soon, not a whole interval later.
+                pause = self.settings.heartbeat_interval / 4
                 log.warning("heartbeat failed (will retry): %s", exc)
             except Exception:  # a bug here must not stop the heartbeat
                 log.exception("heartbeat loop error")
@@ -406,7 +413,7 @@ class Runtime:
             "WORKERPOOL_WORKER_NAME": self.identity.name, "WORKERPOOL_POOL": self.identity.pool})
         process = ScriptProcess(argv, workdir, env, steplog,
                                 float(record.get("timeout") or self.settings.step_timeout),
-                                self.settings.kill_grace)
+                                self.settings.kill_grace, self.containment)
         with self.lock:
             self.running[step_id] = process
         if record.get("cancel"):

@@ -16,7 +16,7 @@ from celery.worker.consumer.tasks import Tasks
 from workerpool import keys
 from workerpool.agent import Runtime, register
 from workerpool.cluster import read_snapshot
-from workerpool.connection import connect, guarded, resolve_url
+from workerpool.connection import connect, guarded, resolve_url, tls_options, without_query
 from workerpool.errors import BadInput
 from workerpool.messages import TASK_NAME
 from workerpool.pools import find
@@ -24,10 +24,15 @@ from workerpool.sealing import Keyring
 from workerpool.settings import Settings
 from workerpool.targets import TargetRegistry
 
+
 def make_app(url: str, visibility_timeout: float = Settings.visibility_timeout) -> Celery:
     """A Celery app for workerpool's queues: JSON only, late ack, no prefetch, no results."""
-    app = Celery("workerpool", broker=url, set_as_current=False)
+    # TLS options reach kombu as parsed by workerpool, not from the URL: kombu would otherwise
+    # default a bare rediss:// to no certificate check, and read its options differently.
+    tls = tls_options(url)
+    app = Celery("workerpool", broker=without_query(url) if tls else url, set_as_current=False)
     app.conf.update(
+        broker_use_ssl=tls or False,
         task_serializer="json",
         accept_content=["json"],
         result_backend=None,

@@ -13,13 +13,13 @@ import redis
 from workerpool import keys
 from workerpool.cluster import Snapshot, read_snapshot
 from workerpool.connection import connect, guarded, resolve_url
-from workerpool.errors import StepWaitTimeout, UnknownStep
+from workerpool.errors import BadInput, StepWaitTimeout, UnknownStep
 from workerpool.leases import Leases
 from workerpool.pools import PoolRegistry
 from workerpool.routing import route
 from workerpool.sealing import Keyring
 from workerpool.settings import Settings
-from workerpool.steps import TERMINAL, LogEntry, ScriptStep, StepResult
+from workerpool.steps import TERMINAL, LogEntry, ScriptStep, StepResult, check_step
 from workerpool.store import StepStore
 from workerpool.workers import WorkerInfo
 
@@ -60,7 +60,7 @@ class Client:
 
     def run(self, step: ScriptStep) -> StepHandle:
         """Validate, route and enqueue *step*: two Redis round trips."""
-        step.validate()
+        step = check_step(step)
         chosen = route(step, self.snapshot())
         lease_timeout = step.lease_timeout or self.settings.lease_timeout
         step_id = self.guard(lambda: self.store.enqueue(
@@ -80,10 +80,13 @@ class Client:
         """Submit a deployment process (a loaded ``Process`` or a YAML path) to the server and,
         by default, wait for it; the result is what ``deploy --json`` prints."""
         from workerpool.deployments import Deployments
-        from workerpool.processes import load_process
+        from workerpool.processes import Process, load_process
 
         if isinstance(process, (str, Path)):
             process = load_process(Path(process))
+        elif not isinstance(process, Process):
+            raise BadInput(f"deploy() takes a Process or the path of a process file, not "
+                           f"{type(process).__name__}")
         deployments = Deployments(self)
         deployment_id = deployments.submit(process, environment, variables)
         if not wait:

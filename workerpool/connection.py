@@ -1,11 +1,20 @@
-"""Opening Redis: URL validation, the embedded server's address, and mapping failures to errors."""
+"""Opening Redis: URL validation, the embedded server's address, and mapping failures to errors.
+
+Every component (client, CLI, workers' Celery side, server, Flower) reads the one URL the same
+way. TLS options are query parameters of a ``rediss://`` URL, parsed here once for redis-py and
+for kombu alike: ``ssl_ca_certs`` (CA file), ``ssl_cert_reqs`` (``required``, the default, or
+``optional``/``none``), ``ssl_check_hostname`` (``true``, the default, or ``false``), and
+``ssl_certfile``/``ssl_keyfile`` (a client certificate).
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import ssl
 from collections.abc import Callable
-from typing import TypeVar
-from urllib.parse import urlparse
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlparse, urlunparse
 
 import redis
 
@@ -14,6 +23,10 @@ from workerpool.settings import Settings
 
 T = TypeVar("T")
 SCHEMES = ("redis", "rediss", "unix")
+CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
+BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+TLS_OPTIONS = ("ssl_cert_reqs", "ssl_check_hostname", *TLS_FILES)
 
 
 def validate_url(url: str) -> str:
@@ -30,7 +43,55 @@ def validate_url(url: str) -> str:
         raise BadInput(f"Redis URL {redact(url)!r} has no host; use redis://host:port/db")
     if port == 0:
         raise BadInput(f"Redis URL {redact(url)!r} has port 0")
+    tls_options(url)
     return url
+
+
+def _query(url: str) -> dict[str, str]:
+    """The URL's query options; BadInput for one we do not know or one given twice."""
+    parsed = urlparse(url)
+    known = {"unix": ("db",), "rediss": TLS_OPTIONS}.get(parsed.scheme, ())
+    pairs = parse_qsl(parsed.query, keep_blank_values=True)
+    options = dict(pairs)
+    for name, _ in pairs:
+        if name not in known:
+            hint = ("TLS options need a rediss:// URL" if name in TLS_OPTIONS
+                    else f"known options: {', '.join(TLS_OPTIONS)} (rediss://), db (unix://)")
+            raise BadInput(f"Redis URL {redact(url)!r} has option {name!r}: {hint}")
+    if len(options) != len(pairs):
+        raise BadInput(f"Redis URL {redact(url)!r} gives an option twice")
+    return options
+
+
+def tls_options(url: str) -> dict[str, Any]:
+    """The TLS settings of a ``rediss://`` URL as redis-py's SSLConnection takes them (empty for
+    other schemes); certificates are verified unless the URL says otherwise."""
+    options = _query(url)
+    if urlparse(url).scheme != "rediss":
+        return {}
+    found: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    for name, value in options.items():
+        if name == "ssl_cert_reqs":
+            if value not in CERT_REQS:
+                raise BadInput(f"Redis URL option ssl_cert_reqs={value!r} must be one of "
+                               f"{', '.join(CERT_REQS)}")
+            found[name] = CERT_REQS[value]
+        elif name == "ssl_check_hostname":
+            if value.lower() not in BOOLEANS:
+                raise BadInput(f"Redis URL option ssl_check_hostname={value!r} must be true or "
+                               "false")
+            found[name] = BOOLEANS[value.lower()]
+        else:
+            path = os.path.expanduser(value)
+            if not os.path.isfile(path) or not os.access(path, os.R_OK):
+                raise BadInput(f"Redis URL option {name}={value!r}: no readable file there")
+            found[name] = path
+    return found
+
+
+def without_query(url: str) -> str:
+    """The URL without its options (they are passed apart, as parsed by ``tls_options``)."""
+    return urlunparse(urlparse(url)._replace(query=""))
 
 
 def redact(url: str) -> str:
@@ -65,8 +126,9 @@ def resolve_url(settings: Settings) -> str:
 def connect(url: str) -> redis.Redis:
     """A client for *url* that decodes replies to str; no I/O happens until first use."""
     validate_url(url)
-    return redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5,
-                                health_check_interval=30)
+    options = tls_options(url)
+    return redis.Redis.from_url(without_query(url) if options else url, decode_responses=True,
+                                socket_connect_timeout=5, health_check_interval=30, **options)
 
 
 def guarded(action: Callable[[], T], url: str) -> T:
@@ -74,13 +136,48 @@ def guarded(action: Callable[[], T], url: str) -> T:
     try:
         return action()
     except redis.AuthenticationError as exc:
-        raise RedisUnavailable(f"Redis at {redact(url)} refused the credentials ({exc}); "
-                               "check the password in WORKERPOOL_REDIS_URL") from None
+        raise RedisUnavailable(_refused(url, exc)) from None
     except redis.ResponseError as exc:
         if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
-            raise RedisUnavailable(f"Redis at {redact(url)} needs a valid password ({exc}); "
-                                   "put it in WORKERPOOL_REDIS_URL") from None
+            raise RedisUnavailable(_refused(url, exc)) from None
         raise
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-        raise RedisUnavailable(f"Redis at {redact(url)} is unreachable ({exc}); "
-                               "start it (`workerpool up`) or fix WORKERPOOL_REDIS_URL") from None
+        raise RedisUnavailable(_unreachable(url, exc)) from None
+
+
+def _refused(url: str, exc: Exception) -> str:
+    parsed, why = urlparse(url), _one_line(exc)
+    if parsed.password is None and parsed.username is None:
+        return (f"Redis at {redact(url)} requires a password ({why}); put it in "
+                "WORKERPOOL_REDIS_URL: redis://:PASSWORD@host:port/db, or "
+                "redis://USER:PASSWORD@host:port/db for an ACL user")
+    who = f"user {parsed.username!r} with that password" if parsed.username else "the password"
+    return (f"Redis at {redact(url)} refused {who} ({why}); check the credentials in "
+            "WORKERPOOL_REDIS_URL")
+
+
+def _unreachable(url: str, exc: Exception) -> str:
+    why = _one_line(exc)
+    tls = _tls_error(exc)
+    if tls is not None:
+        return (f"the TLS handshake with Redis at {redact(url)} failed ({_one_line(tls)}); "
+                "check that the server speaks TLS and that ssl_ca_certs in WORKERPOOL_REDIS_URL "
+                "names the CA that signed its certificate")
+    hint = ("; a server that expects TLS closes plain connections: use rediss://"
+            if urlparse(url).scheme == "redis" and "closed by server" in why else "")
+    return (f"Redis at {redact(url)} is unreachable ({why}){hint}; start it (`workerpool up`) "
+            "or fix WORKERPOOL_REDIS_URL")
+
+
+def _tls_error(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS failure behind *exc*, if there is one (redis-py wraps it in ConnectionError)."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain is short; the bound only guards against a cycle
+        if seen is None or isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from workerpool.connection import embedded_state_file
 from workerpool.errors import Infrastructure
@@ -65,12 +67,17 @@ class EmbeddedRedis:
         self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float) -> None:
-        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        # No retries inside redis-py (its default backs off for seconds, even on a refused
+        # password): this loop is the retry.
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=1,
+                             retry=Retry(NoBackoff(), 0))
         deadline = time.monotonic() + timeout
         while True:
             try:
                 client.ping()
                 return
+            except redis.AuthenticationError:
+                return  # it answers, and wants a password (``--requirepass`` in extra_args)
             except (redis.ConnectionError, redis.ResponseError):
                 if self.process is not None and self.process.poll() is not None:
                     raise Infrastructure(

@@ -8,16 +8,21 @@ import selectors
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from workerpool.containment import Containment, StepProcesses
+from workerpool.servicemessages import PREFIX
 from workerpool.steplog import StepLog
 
 CHUNK = 65536
+DRAIN_CHUNKS = 16  # reads: more than a pipe holds (64 KiB by default, 1 MiB at most)
 STOP_TIMEOUT = "timeout"
 STOP_CANCEL = "cancel"
 STOP_ABORT = "abort"
+_PREFIX = PREFIX.encode()
 
 
 @dataclass(frozen=True)
@@ -26,20 +31,72 @@ class ProcessOutcome:
     stopped: str | None  # None, or why workerpool stopped the script
 
 
+def decode(raw: bytes) -> str:
+    """A line of output as text: invalid UTF-8 and NUL bytes become U+FFFD."""
+    return raw.decode("utf-8", "replace").replace("\x00", "\ufffd")
+
+
+class OutputStream:
+    """One of the script's pipes, cut into lines for the step log.
+
+    Memory stays bounded whatever the script writes: a line longer than the log keeps is stored
+    cut and the rest of it skipped, and once the log is full, lines are only counted (those
+    that may be service messages are still read).
+    """
+
+    def __init__(self, name: str, steplog: StepLog) -> None:
+        self.name = name
+        self.log = steplog
+        self._rest = b""
+        self._skipping = False  # inside a line already stored cut
+
+    def feed(self, data: bytes) -> None:
+        if self._skipping:
+            newline = data.find(b"\n")
+            if newline < 0:
+                return
+            self._skipping = False
+            data = data[newline + 1:]
+        data = self._rest + data
+        if self.log.full and _PREFIX not in data:
+            self.log.skip(data.count(b"\n"))
+            data = data[data.rfind(b"\n") + 1:]
+        else:
+            *lines, data = data.split(b"\n")
+            for raw in lines:
+                self.log.line(self.name, decode(raw.rstrip(b"\r")))
+        if len(data) > self.log.max_line_chars:
+            self.log.line(self.name, decode(data))
+            data, self._skipping = b"", True
+        self._rest = data
+
+    def close(self) -> None:
+        """End of the stream: a last line without a newline is still a line."""
+        if self._rest:
+            self.log.line(self.name, decode(self._rest.rstrip(b"\r")))
+        self._rest, self._skipping = b"", False
+
+
 class ScriptProcess:
-    """A script's process group; ``run`` returns when the leader exits or it is stopped."""
+    """A script's process group; ``run`` returns when the leader exits or it is stopped.
+
+    Whatever way the script ends, every process it started is killed before ``run`` returns:
+    its process group, and (found by the step's token, or in its cgroup) those that left it.
+    """
 
     def __init__(self, argv: list[str], workdir: Path, env: dict[str, str], steplog: StepLog,
-                 timeout: float, kill_grace: float) -> None:
+                 timeout: float, kill_grace: float,
+                 containment: Containment | None = None) -> None:
         self.argv = argv
         self.workdir = workdir
         self.env = env
         self.log = steplog
         self.timeout = timeout
         self.kill_grace = kill_grace
+        self.containment = containment
         self._wake_r, self._wake_w = os.pipe()
         self._stop_reason: str | None = None
-        self._buffers: dict[str, bytes] = {"stdout": b"", "stderr": b""}
+        self._streams = {name: OutputStream(name, steplog) for name in ("stdout", "stderr")}
 
     def stop(self, reason: str) -> None:
         """Ask the running script to stop (thread-safe); the first reason wins."""
@@ -51,20 +108,34 @@ class ScriptProcess:
     def run(self, watch: Callable[[str, int], None] = lambda sign, pgid: None) -> ProcessOutcome:
         """Start the script and supervise it; *watch* hears ``("+", pgid)`` and ``("-", pgid)``
         so a watchdog can kill the group should this process die first."""
-        proc = subprocess.Popen(self.argv, cwd=self.workdir, env=self.env,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True)
-        watch("+", proc.pid)
         try:
-            return self._supervise(proc)
+            processes = (self.containment.step() if self.containment is not None
+                         else StepProcesses(uuid.uuid4().hex))
+            try:
+                return self._run(processes, watch)
+            finally:
+                processes.close()
         finally:
-            self._kill_group(proc.pid, signal.SIGKILL)
-            proc.wait()
-            watch("-", proc.pid)
             for fd in (self._wake_r, self._wake_w):
                 os.close(fd)
 
-    def _supervise(self, proc: subprocess.Popen[bytes]) -> ProcessOutcome:
+    def _run(self, processes: StepProcesses, watch: Callable[[str, int], None]) -> ProcessOutcome:
+        proc = subprocess.Popen(processes.wrap(self.argv), cwd=self.workdir,
+                                env={**self.env, **processes.env}, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
+        processes.first_pid = proc.pid
+        watch("+", proc.pid)
+        try:
+            return self._supervise(proc, processes)
+        finally:
+            self._kill_group(proc.pid, signal.SIGKILL)
+            proc.wait()
+            processes.kill_all()  # those that left the group: setsid, job control
+            watch("-", proc.pid)
+
+    def _supervise(self, proc: subprocess.Popen[bytes],
+                   processes: StepProcesses) -> ProcessOutcome:
         assert proc.stdout is not None and proc.stderr is not None
         sel = selectors.DefaultSelector()
         sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
@@ -79,7 +150,7 @@ class ScriptProcess:
                 if self._stop_reason is None and time.monotonic() >= deadline:
                     self._stop_reason = STOP_TIMEOUT
                 if self._stop_reason is not None:
-                    self._terminate(proc)
+                    self._terminate(proc, processes)
                     self._drain(sel)
                     return ProcessOutcome(proc.returncode, self._stop_reason)
                 if open_streams == 0 and proc.poll() is not None:
@@ -109,47 +180,33 @@ class ScriptProcess:
     def _read(self, key: selectors.SelectorKey, sel: selectors.BaseSelector) -> bool:
         """Read what is available on one stream; False once it reaches end of file."""
         data = os.read(key.fd, CHUNK)
-        stream = str(key.data)
+        stream = self._streams[str(key.data)]
         if not data:
             sel.unregister(key.fileobj)
-            self._emit(stream, self._buffers[stream], final=True)
-            self._buffers[stream] = b""
+            stream.close()
             return False
-        self._buffers[stream] = self._emit(stream, self._buffers[stream] + data, final=False)
+        stream.feed(data)
         return True
 
-    def _emit(self, stream: str, data: bytes, final: bool) -> bytes:
-        *lines, rest = data.split(b"\n")
-        for raw in lines:
-            self.log.line(stream, raw.rstrip(b"\r").decode("utf-8", "replace"))
-        if len(rest) > self.log.max_line_chars:  # a huge line with no newline yet
-            self.log.line(stream, rest.decode("utf-8", "replace"))
-            rest = b""
-        if final and rest:
-            self.log.line(stream, rest.rstrip(b"\r").decode("utf-8", "replace"))
-            rest = b""
-        return rest
-
     def _drain(self, sel: selectors.BaseSelector) -> None:
-        """After the leader exits: take what is already in the pipes without waiting for
-        children that may still hold them open (they are killed next)."""
+        """After the leader exits: take what is already in the pipes (at most a full pipe's
+        worth) without waiting for processes that may still hold them open, or keep writing
+        to them (they are killed next)."""
         for key in list(sel.get_map().values()):
-            if key.data not in ("stdout", "stderr"):
+            if key.data not in self._streams:
                 continue
             os.set_blocking(key.fd, False)
-            try:
-                while self._read(key, sel):
-                    pass
-            except BlockingIOError:
-                pass
-            stream = str(key.data)
-            if self._buffers[stream]:
-                self._emit(stream, self._buffers[stream], final=True)
-                self._buffers[stream] = b""
+            with contextlib.suppress(BlockingIOError):
+                for _ in range(DRAIN_CHUNKS):
+                    if not self._read(key, sel):
+                        break
+            self._streams[str(key.data)].close()
 
-    def _terminate(self, proc: subprocess.Popen[bytes]) -> None:
-        """SIGTERM the whole group, then SIGKILL it after the grace period."""
+    def _terminate(self, proc: subprocess.Popen[bytes], processes: StepProcesses) -> None:
+        """SIGTERM the whole group (and the step's processes outside it), then SIGKILL the
+        group after the grace period."""
         self._kill_group(proc.pid, signal.SIGTERM)
+        processes.signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(self.kill_grace)
         self._kill_group(proc.pid, signal.SIGKILL)

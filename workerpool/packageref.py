@@ -21,28 +21,28 @@ EXAMPLE = "name=db,id=Acme.Database,version=1.2.0,feed=builtin,extract=true"
 
 def check_name(value: str) -> str:
     """The reference name, used as a directory and in ``Package[NAME]`` variables."""
-    if not NAME.fullmatch(value) or set(value) == {"."}:
+    if not isinstance(value, str) or not NAME.fullmatch(value) or set(value) == {"."}:
         raise BadInput(f"package reference name {value!r} must be letters, digits, '_', '.' or "
                        "'-' (not only dots), e.g. 'db'")
     return value
 
 
 def check_package_id(value: str) -> str:
-    if not PACKAGE_ID.fullmatch(value):
+    if not isinstance(value, str) or not PACKAGE_ID.fullmatch(value):
         raise BadInput(f"package id {value!r} must start with a letter, digit or '_' and hold "
                        "only letters, digits, '_', '.' or '-', e.g. 'Acme.Database'")
     return value
 
 
 def check_version(value: str) -> str:
-    if not VERSION.fullmatch(value):
+    if not isinstance(value, str) or not VERSION.fullmatch(value):
         raise BadInput(f"package version {value!r} must start with a digit and hold only "
                        "letters, digits, '.', '-', '+' or '_', e.g. '1.2.0'")
     return value
 
 
 def check_feed_name(value: str) -> str:
-    if not FEED_NAME.fullmatch(value) or len(value) > 100:
+    if not isinstance(value, str) or not FEED_NAME.fullmatch(value) or len(value) > 100:
         raise BadInput(f"feed name {value!r} must start with a letter or digit and hold only "
                        "letters, digits, '_', '.' or '-' (at most 100), e.g. 'acme-nuget'")
     return value
@@ -71,6 +71,8 @@ class PackageRef:
         check_package_id(self.package_id)
         check_version(self.version)
         check_feed_name(self.feed)
+        if not isinstance(self.extract, bool):
+            raise BadInput(f"package reference extract={self.extract!r} must be True or False")
 
     @classmethod
     def parse(cls, text: str) -> PackageRef:

@@ -47,6 +47,8 @@ def slugify(name: str) -> str:
 
 def validate_name(name: str) -> str:
     """The trimmed name, or BadInput explaining what a pool name must be."""
+    if not isinstance(name, str):
+        raise BadInput(f"pool name must be text (str), not {type(name).__name__}")
     name = name.strip()
     if not name:
         raise BadInput("pool name is empty; give a name such as 'Database Worker Pool'")

@@ -15,6 +15,11 @@ from workerpool.variables import Masker
 log = logging.getLogger(__name__)
 FLUSH_LINES = 200
 FLUSH_SECONDS = 0.05
+RETRY_SECONDS = 0.5  # between tries to write lines while Redis is away
+CLOSE_PATIENCE = 300.0  # as long as the worker tries to record the step's end
+REQUIRED = {"setVariable": "name", "createArtifact": "path"}  # each known message's must-have
+MAX_OUTPUTS = 1000  # output variables per step
+MAX_ARTIFACTS = 100  # artifacts per step (each up to artifacts.MAX_ARTIFACT_BYTES)
 
 
 class StepLog:
@@ -33,19 +38,28 @@ class StepLog:
         self.artifacts: dict[str, str] = {}  # name -> path relative to the working directory
         self._pending: list[dict[str, str]] = []
         self._first_pending = 0.0
+        self._retry_at = 0.0  # after a failed write, the next one waits until then
 
     def line(self, stream: str, text: str) -> None:
         """One line of script output (without its newline)."""
-        if text.startswith(PREFIX) and self._service_message(text):
-            return
-        self.append(stream, text)
+        if not (text.startswith(PREFIX) and self._service_message(text)):
+            self.append(stream, text)
+
+    @property
+    def full(self) -> bool:
+        """Whether the cap is reached: later output lines are only counted."""
+        return self.written >= self.max_lines
+
+    def skip(self, count: int) -> None:
+        """*count* output lines that were not stored (the log is full)."""
+        self.dropped += count
 
     def append(self, stream: str, text: str) -> None:
-        if len(text) > self.max_line_chars:
-            text = text[: self.max_line_chars] + f" [line cut at {self.max_line_chars} chars]"
-        if self.written >= self.max_lines:
+        if self.full:
             self.dropped += 1
             return
+        if len(text) > self.max_line_chars:
+            text = text[: self.max_line_chars] + f" [line cut at {self.max_line_chars} chars]"
         self.written += 1
         if not self._pending:
             self._first_pending = time.monotonic()
@@ -54,7 +68,7 @@ class StepLog:
             self._pending.append({"t": repr(time.time()), "s": "system",
                                   "x": f"[log capped at {self.max_lines} lines; later lines "
                                        "are not stored]"})
-        if len(self._pending) >= FLUSH_LINES:
+        if len(self._pending) >= FLUSH_LINES and time.monotonic() >= self._retry_at:
             self.flush()
 
     def system(self, text: str) -> None:
@@ -65,38 +79,72 @@ class StepLog:
         """Seconds until buffered lines must be written, or None when nothing is buffered."""
         if not self._pending:
             return None
-        return max(0.0, FLUSH_SECONDS - (time.monotonic() - self._first_pending))
+        now = time.monotonic()
+        return max(0.0, FLUSH_SECONDS - (now - self._first_pending), self._retry_at - now)
 
-    def flush(self) -> None:
+    def flush(self) -> bool:
+        """Write the buffered lines; False (and they stay buffered) if Redis is away."""
         if not self._pending:
-            return
+            return True
         try:
             pipe = self.redis.pipeline(transaction=False)
             for fields in self._pending:
                 pipe.xadd(self.key, fields)  # type: ignore[arg-type]
             pipe.execute()
-        except redis.RedisError as exc:  # keep the lines and try again on the next flush
+        except redis.RedisError as exc:  # keep the lines and try again a little later
             log.warning("could not write %d log lines yet: %s", len(self._pending), exc)
-            return
+            # Not due again at once: the script's output loop would spin on it.
+            self._retry_at = time.monotonic() + RETRY_SECONDS
+            return False
         self._pending.clear()
+        return True
 
-    def close(self) -> None:
+    def close(self, patience: float = CLOSE_PATIENCE) -> None:
+        """Write the last lines, waiting out a Redis outage or network cut of up to *patience*
+        seconds: the step's end is recorded next, and its log must be whole by then."""
         if self.dropped:
             self.system(f"[{self.dropped} more lines were not stored]")
-        self.flush()
+        deadline = time.monotonic() + patience
+        while not self.flush():
+            if time.monotonic() > deadline:
+                log.error("gave up writing %d log lines of %s", len(self._pending), self.key)
+                return
+            time.sleep(RETRY_SECONDS)
 
     def _service_message(self, text: str) -> bool:
+        """Act on a ``##workerpool[...]`` line; what cannot be acted on is noted in the log
+        (capped like output, so a flood of them cannot grow it)."""
         message = parse(text)
+        problem = None
         if message is None:
-            self.system(f"ignored a malformed service message: {text[:200]}")
-            return True
-        if message.kind == "setVariable" and "name" in message.attributes:
-            value = message.attributes.get("value", "")
-            self.outputs[message.attributes["name"]] = self.mask(value)
-            return True
-        if message.kind == "createArtifact" and "path" in message.attributes:
-            path = message.attributes["path"]
-            self.artifacts[message.attributes.get("name") or Path(path).name] = path
-            return True
-        self.system(f"ignored unknown service message {message.kind!r}")
+            problem = (f"ignored a malformed service message (expected "
+                       f"##workerpool[kind name='value' ...]): {text[:200]}")
+        elif message.kind not in REQUIRED:
+            problem = (f"ignored unknown service message {message.kind!r} (known: "
+                       f"{', '.join(REQUIRED)})")
+        elif not message.attributes.get(REQUIRED[message.kind]):
+            problem = f"ignored {message.kind} without a {REQUIRED[message.kind]}: {text[:200]}"
+        elif message.kind == "setVariable":
+            problem = self._set_output(message.attributes["name"],
+                                       message.attributes.get("value", ""))
+        else:
+            problem = self._add_artifact(message.attributes["path"],
+                                         message.attributes.get("name", ""))
+        if problem is not None:
+            self.append("system", problem)
         return True
+
+    def _set_output(self, name: str, value: str) -> str | None:
+        if name not in self.outputs and len(self.outputs) >= MAX_OUTPUTS:
+            return f"ignored setVariable {name!r}: a step sets at most {MAX_OUTPUTS} output " \
+                   "variables"
+        self.outputs[name] = self.mask(value)
+        return None
+
+    def _add_artifact(self, path: str, name: str) -> str | None:
+        name = name or Path(path).name
+        if name not in self.artifacts and len(self.artifacts) >= MAX_ARTIFACTS:
+            return f"ignored createArtifact {name!r}: a step publishes at most {MAX_ARTIFACTS} " \
+                   "artifacts"
+        self.artifacts[name] = path
+        return None

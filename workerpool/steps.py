@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -27,7 +28,15 @@ LOCATION_SERVER = "server"
 LOCATIONS = (LOCATION_WORKER, LOCATION_SERVER)
 
 MAX_SCRIPT_BYTES = 1_000_000
+MAX_NAME_CHARS = 200
+MAX_SECONDS = 365 * 24 * 3600.0  # a timeout longer than a year is a mistake
+# A variable reaches the script as one environment entry "NAME=value"; Linux takes at most
+# 128 KiB per entry (MAX_ARG_STRLEN) and about 2 MiB for all of them with the arguments.
+MAX_VARIABLE_BYTES = 128 * 1024 - 2
+MAX_VARIABLES_BYTES = 1024 * 1024
+MAX_VARIABLES = 10_000
 _VAR_NAME = re.compile(r"^[^\x00-\x1f=]{1,200}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,7 @@ class ScriptStep:
 
     def validate(self) -> ScriptStep:
         """Raise BadInput naming the first thing wrong with this step; return it unchanged."""
+        self._validate_types()
         self._validate_packages()
         if self.script_path is None and not self.script.strip():
             raise BadInput("the script is empty; pass --script TEXT or --script-file FILE")
@@ -65,13 +75,42 @@ class ScriptStep:
             raise BadInput(f"unknown location {self.location!r}; use one of {', '.join(LOCATIONS)}")
         if self.location == LOCATION_SERVER and self.pool:
             raise BadInput("a step runs either on the server or on a pool; drop --pool or --server")
+        if len(self.name) > MAX_NAME_CHARS or _CONTROL.search(self.name):
+            raise BadInput(f"the step name must be at most {MAX_NAME_CHARS} characters on one "
+                           f"line (got {len(self.name)} characters: {self.name[:40]!r})")
         for label, seconds in (("timeout", self.timeout), ("lease timeout", self.lease_timeout)):
-            if seconds is not None and not seconds > 0:
-                raise BadInput(f"the {label} must be a number of seconds greater than 0")
-        for name, value in {**self.variables, **self.sensitive_variables}.items():
-            check_variable(name, value)
+            if seconds is not None and not (0 < seconds <= MAX_SECONDS):
+                raise BadInput(f"the {label} must be a number of seconds greater than 0 and at "
+                               f"most {MAX_SECONDS:.0f} (a year); got {seconds}")
+        check_variables({**self.variables, **self.sensitive_variables})
         return self
 
+    def _validate_types(self) -> None:
+        """What a Python caller passed, checked field by field (the CLI cannot get these
+        wrong), so a mistake is one BadInput naming the field, not an AttributeError later."""
+        for label in ("script", "syntax", "location", "name"):
+            _expect(isinstance(getattr(self, label), str), label, "text (str)", self)
+        for label in ("pool", "script_path"):
+            value = getattr(self, label)
+            _expect(value is None or isinstance(value, str), label, "text (str) or None", self)
+        for label in ("variables", "sensitive_variables"):
+            _expect(isinstance(getattr(self, label), Mapping), label,
+                    "a dict of names to text values", self)
+            for name, item in getattr(self, label).items():
+                if not (isinstance(name, str) and isinstance(item, str)):
+                    raise BadInput(f"ScriptStep.{label}[{name!r}] must be text (str), not "
+                                   f"{type(item).__name__}; pass str(value)")
+        for label in ("timeout", "lease_timeout"):
+            value = getattr(self, label)
+            _expect(value is None or (isinstance(value, int | float) and
+                                      not isinstance(value, bool)),
+                    label, "a number of seconds or None", self)
+        _expect(isinstance(self.retry_on_worker_lost, bool), "retry_on_worker_lost",
+                "True or False", self)
+        _expect_items(self, "packages", PackageRef, "a tuple of PackageRef (e.g. "
+                      "PackageRef.parse('name=db,id=Acme,version=1.0'))")
+        for label in ("substitute", "structured"):
+            _expect_items(self, label, str, "a tuple of glob patterns (str)")
 
     def _validate_packages(self) -> None:
         names = [ref.name for ref in self.packages]
@@ -93,6 +132,50 @@ class ScriptStep:
                 "script_path": self.script_path or "",
                 "substitute": json.dumps(list(self.substitute)),
                 "structured": json.dumps(list(self.structured))}
+
+
+def _expect(ok: bool, label: str, what: str, step: ScriptStep) -> None:
+    if not ok:
+        value = getattr(step, label)
+        raise BadInput(f"ScriptStep.{label} must be {what}, not {type(value).__name__} "
+                       f"({value!r:.60})")
+
+
+def _expect_items(step: ScriptStep, label: str, kind: type, what: str) -> None:
+    value = getattr(step, label)
+    _expect(isinstance(value, tuple | list), label, what, step)
+    for index, item in enumerate(value):
+        if not isinstance(item, kind):
+            raise BadInput(f"ScriptStep.{label} must be {what}; item {index} is "
+                           f"{type(item).__name__} ({item!r:.60})")
+
+
+def check_step(step: object) -> ScriptStep:
+    """*step* validated; BadInput if it is not a ScriptStep at all (a Python caller's slip)."""
+    if not isinstance(step, ScriptStep):
+        raise BadInput(f"run() takes a ScriptStep, not {type(step).__name__}; e.g. "
+                       "client.run(ScriptStep(script='echo hi', pool='Database Worker Pool'))")
+    return step.validate()
+
+
+def check_variables(variables: Mapping[str, str]) -> None:
+    """Each name and value, then the sizes the script's environment can take."""
+    if len(variables) > MAX_VARIABLES:
+        raise BadInput(f"the step has {len(variables)} variables; the limit is {MAX_VARIABLES} "
+                       "(put bulk data in a package or a file instead)")
+    total = 0
+    for name, value in variables.items():
+        check_variable(name, value)
+        size = len(name.encode()) + len(value.encode()) + 1
+        if size > MAX_VARIABLE_BYTES:
+            raise BadInput(f"variable {name!r} is {size} bytes; the limit is {MAX_VARIABLE_BYTES} "
+                           "for a name and value (one environment entry); put large content "
+                           "in a package or a file instead")
+        total += size
+    if total > MAX_VARIABLES_BYTES:
+        raise BadInput(f"the step's variables total {total} bytes; the limit is "
+                       f"{MAX_VARIABLES_BYTES} (the script's environment); put large content "
+                       "in a package or a file instead")
 
 
 def check_variable(name: str, value: str) -> None:

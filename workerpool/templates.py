@@ -50,10 +50,13 @@ def read_yaml(path: Path, what: str = "file") -> Any:
     """Load one YAML document safely; BadInput ``PATH: ...`` on any problem, in one line."""
     try:
         size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise BadInput(f"{path}: the {what} is {size} bytes; the limit is {MAX_FILE_BYTES}"
-                           " (move large content into a package)")
-        text = path.read_bytes().decode("utf-8")
+        with path.open("rb") as fh:  # bounded: a device or pipe has no size to check first
+            data = fh.read(MAX_FILE_BYTES + 1)
+        if size > MAX_FILE_BYTES or len(data) > MAX_FILE_BYTES:
+            raise BadInput(f"{path}: the {what} is {max(size, len(data))}"
+                           f"{'' if size > MAX_FILE_BYTES else ' or more'} bytes; the limit is "
+                           f"{MAX_FILE_BYTES} (move large content into a package)")
+        text = data.decode("utf-8")
     except OSError as exc:
         raise BadInput(f"{path}: cannot read the {what}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:

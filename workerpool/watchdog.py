@@ -2,8 +2,10 @@
 
 A worker starts one watchdog (``python -m workerpool.watchdog ROOT``) and tells it, over a pipe,
 each script process group it starts (``+PGID``) and reaps (``-PGID``). When the pipe closes (the
-worker exited or was SIGKILLed), the watchdog kills every group still listed, so no script
-outlives its worker, then removes ROOT, the worker's directory of step working directories.
+worker exited or was SIGKILLed), the watchdog kills every group still listed, and every process
+that left its group but still carries one of the worker's step tokens or sits in one of its step
+cgroups (``workerpool.containment``), so no script outlives its worker; then it removes ROOT, the
+worker's directory of step working directories.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ import os
 import shutil
 import signal
 import sys
+from pathlib import Path
+
+from workerpool.containment import kill_worker_leftovers
 
 
 def main() -> None:
@@ -27,6 +32,7 @@ def main() -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
     if len(sys.argv) > 1:
+        kill_worker_leftovers(Path(sys.argv[1]))
         shutil.rmtree(sys.argv[1], ignore_errors=True)
 
 

@@ -7,13 +7,27 @@ intervals after its last heartbeat (see docs/health.md).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from workerpool.errors import BadInput
 
 STARTING = "Starting"
 HEALTHY = "Healthy"
 UNHEALTHY = "Unhealthy"
 OFFLINE = "Offline"
+# A worker's name is part of its Celery hostname (name@host) and of its directory of working
+# directories, so it is kept to characters that mean nothing to either.
+_WORKER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def validate_worker_name(name: str) -> str:
+    """*name* if it can name a worker, else BadInput saying what a worker name may hold."""
+    if not _WORKER_NAME.fullmatch(name):
+        raise BadInput(f"worker name {name[:120]!r} must be 1-100 letters, digits, '.', '_' or "
+                       "'-', starting with a letter or digit (e.g. database-worker-01)")
+    return name
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from workerpool.packages import PackageRef
 from workerpool.steps import (
     LOCATION_SERVER,
     LOCATION_WORKER,
+    MAX_SCRIPT_BYTES,
     TERMINAL,
     LogEntry,
     ScriptStep,
@@ -50,9 +51,20 @@ def read_script(script: str | None, script_file: str | None, syntax: str | None,
     if script_file is not None:
         path = Path(script_file)
         try:
-            script = path.read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise BadInput(f"cannot read --script-file {script_file!r}: {exc}") from None
+            with path.open("rb") as fh:  # never more than the limit, even from /dev/zero
+                data = fh.read(MAX_SCRIPT_BYTES + 1)
+            if len(data) > MAX_SCRIPT_BYTES:
+                raise BadInput(f"--script-file {script_file!r} is over the {MAX_SCRIPT_BYTES}-"
+                               "byte limit for a script; put large content in a package "
+                               "instead")
+            script = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadInput(f"--script-file {script_file!r} is not UTF-8 text (byte "
+                           f"0x{exc.object[exc.start]:02x} at offset {exc.start}); save it as "
+                           "UTF-8, or ship binary files in a package") from None
+        except OSError as exc:
+            raise BadInput(f"cannot read --script-file {script_file!r}: "
+                           f"{exc.strerror or exc}") from None
         syntax = syntax or syntax_for_path(script_file).name
     assert script is not None
     return script, syntax or "bash", None
@@ -144,7 +156,7 @@ def run(pool: str | None, server: bool, script: str | None, script_file: str | N
 def logs(step_id: str, follow: bool, as_json: bool) -> None:
     """Print a step's log, or every run's log of a deployment."""
     c = client()
-    if c.redis.exists(keys.deployment(step_id)):
+    if c.guard(lambda: c.redis.exists(keys.deployment(step_id))):
         _deployment_logs(c, step_id, follow, as_json)
         return
     handle = c.step(step_id)

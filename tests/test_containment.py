@@ -1,0 +1,157 @@
+"""A step's processes: found by token and killed, even outside their group; the pids cgroup
+behind WORKERPOOL_STEP_MAX_PROCESSES; output cut into bounded lines."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import pid_alive, wait_for
+
+from workerpool import containment
+from workerpool.containment import (
+    NO_CGROUP,
+    TOKEN_VAR,
+    Containment,
+    StepProcesses,
+    kill_worker_leftovers,
+    owner_tag,
+    pids_cgroup,
+    require_pids_cgroup,
+)
+from workerpool.errors import BadInput
+from workerpool.execution import OutputStream
+from workerpool.settings import Settings
+from workerpool.steplog import StepLog
+from workerpool.variables import Masker
+
+
+def escaper(token: str, tmp_path: Path) -> int:
+    """A process in a session of its own whose environment carries *token*; its pid."""
+    pid_file = tmp_path / f"{token[-6:]}.pid"
+    subprocess.Popen(["setsid", "sh", "-c", f"echo $$ > {pid_file}; exec sleep 300"],
+                     env={**os.environ, TOKEN_VAR: token}, start_new_session=True)
+    return int(str(wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 10)))
+
+
+def test_kill_all_kills_the_steps_processes_outside_its_group_and_only_them(tmp_path):
+    mine, other = escaper("owner.step-a", tmp_path), escaper("owner.step-b", tmp_path)
+    assert StepProcesses("owner.step-a").kill_all()
+    wait_for(lambda: not pid_alive(mine), 5, "the step's process to die")
+    assert pid_alive(other)
+    StepProcesses("owner.step-b").kill_all()
+
+
+def test_the_watchdog_kills_every_step_process_of_its_worker(tmp_path):
+    root = tmp_path / "worker-root"
+    ours = [escaper(f"{owner_tag(root)}.{n}", tmp_path) for n in ("s1", "s2")]
+    theirs = escaper(f"{owner_tag(tmp_path / 'another')}.s1", tmp_path)
+    kill_worker_leftovers(root)
+    for pid in ours:
+        wait_for(lambda pid=pid: not pid_alive(pid), 5, "a step process to die")
+    assert pid_alive(theirs)
+    kill_worker_leftovers(tmp_path / "another")
+
+
+def fake_proc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cgroup: str,
+              mountinfo: str) -> None:
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    (proc / "self" / "cgroup").write_text(cgroup)
+    (proc / "self" / "mountinfo").write_text(mountinfo)
+    monkeypatch.setattr(containment, "PROC", proc)
+
+
+def test_pids_cgroup_v2_needs_pids_enabled_for_children(tmp_path, monkeypatch):
+    mount = tmp_path / "cg2"
+    own = mount / "system.slice" / "worker.service"
+    own.mkdir(parents=True)
+    fake_proc(tmp_path, monkeypatch, "0::/system.slice/worker.service\n",
+              f"30 23 0:26 / {mount} rw - cgroup2 cgroup2 rw,nsdelegate\n")
+    assert pids_cgroup() is None
+    (own / "cgroup.subtree_control").write_text("cpu pids\n")
+    assert pids_cgroup() == (own, 2)
+
+
+def test_pids_cgroup_v1_inside_a_container_mount(tmp_path, monkeypatch):
+    mount = tmp_path / "pids"
+    mount.mkdir()
+    fake_proc(tmp_path, monkeypatch, "8:pids:/docker/abc\n1:cpu:/docker/abc\n",
+              f"39 31 0:36 /docker/abc {mount} rw - cgroup cgroup rw,pids\n")
+    assert pids_cgroup() == (mount, 1)
+
+
+def test_no_pids_cgroup_refuses_a_process_limit(tmp_path, monkeypatch):
+    fake_proc(tmp_path, monkeypatch, "0::/\n", "")
+    assert pids_cgroup() is None
+    require_pids_cgroup(None)
+    for refuse in (lambda: require_pids_cgroup(50), lambda: Containment(tmp_path, 50)):
+        with pytest.raises(BadInput, match="WORKERPOOL_STEP_MAX_PROCESSES needs a pids cgroup"):
+            refuse()
+    assert Containment(tmp_path).cgroups is None
+
+
+@pytest.mark.parametrize("raw,expected", [(None, None), ("", None), ("64", 64)])
+def test_step_max_processes_setting(raw, expected):
+    env = {} if raw is None else {"WORKERPOOL_STEP_MAX_PROCESSES": raw}
+    assert Settings.from_env(env).step_max_processes == expected
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "many"])
+def test_step_max_processes_refuses_bad_values(raw):
+    with pytest.raises(BadInput, match="STEP_MAX_PROCESSES"):
+        Settings.from_env({"WORKERPOOL_STEP_MAX_PROCESSES": raw})
+
+
+def test_worker_start_refuses_a_limit_it_cannot_enforce_where_there_is_no_cgroup(env):
+    """The worker runs in a mount namespace whose cgroup file systems are hidden by a tmpfs."""
+    hide = ("mount -t tmpfs none /sys/fs/cgroup && "
+            f"exec {sys.executable} -m workerpool worker start --builtin")
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", hide],
+                          env={**env, "WORKERPOOL_STEP_MAX_PROCESSES": "9"},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == f"workerpool: error: {NO_CGROUP}\n"
+
+
+# -- output lines -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def steplog(raw) -> StepLog:
+    return StepLog(raw, "0" * 16, Masker(()), max_lines=5, max_line_bytes=10)
+
+
+def test_output_lines_are_decoded_safely_and_long_lines_cut_once(steplog):
+    out = OutputStream("stdout", steplog)
+    for chunk in (b"a\0b\nbad \xff\n", b"x" * 25, b"y" * 25, b"z\nafter\nlast"):
+        out.feed(chunk)
+    out.close()
+    texts = [p["x"] for p in steplog._pending if p["s"] == "stdout"]
+    assert texts == ["a\ufffdb", "bad \ufffd", "x" * 10 + " [line cut at 10 chars]", "after",
+                     "last"]
+
+
+def test_a_full_log_only_counts_lines_but_still_reads_service_messages(steplog):
+    out = OutputStream("stdout", steplog)
+    out.feed(b"1\n2\n3\n4\n5\n" + b"more\n" * 100_000)
+    out.feed(b"##workerpool[setVariable name='Late' value='yes']\n" + b"tail\n" * 10)
+    out.close()
+    assert steplog.written == 5 and steplog.dropped == 100_010
+    assert steplog.outputs == {"Late": "yes"}
+
+
+def test_candidates_are_the_pids_handed_out_since_the_first_or_all_after_a_wrap():
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        since = list(containment.candidates(child.pid))
+        assert since[0] == child.pid and since == sorted(since)
+        assert os.getppid() not in since  # started before: not a candidate
+        wrapped = set(containment.candidates(containment.last_pid() + 1))  # pids wrapped
+        assert {os.getpid(), os.getppid(), child.pid} <= wrapped
+    finally:
+        child.kill()
+        child.wait()
