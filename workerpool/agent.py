@@ -373,6 +373,7 @@ class Runtime:
         steplog = StepLog(self.redis, step_id, Masker(secrets.values()),
                           self.settings.log_max_lines, self.settings.log_max_line_bytes)
         workdir = Path(tempfile.mkdtemp(prefix=f"{step_id}-", dir=self.workdir_root))
+        ending: Ending | None = None
         try:
             try:
                 ending = self._setup_and_run(step_id, record, workdir, steplog,
@@ -380,10 +381,12 @@ class Runtime:
             finally:
                 with self.lock:
                     self.running.pop(step_id, None)
-                steplog.close()  # every line is stored before the end marker
-            if ending is not None:
+                if ending is None:
+                    steplog.close()  # every line is stored before any end marker
+            if ending is not None:  # the last lines go with the end: one round trip
                 self._finish(step_id, ending.state, exit_code=ending.exit_code,
-                             outputs=steplog.outputs, message=steplog.mask(ending.message))
+                             outputs=steplog.outputs, message=steplog.mask(ending.message),
+                             lines=steplog.last_lines())
         finally:  # after the end is recorded: the caller need not wait for the removal
             if not self.settings.keep_workdirs:
                 shutil.rmtree(workdir, ignore_errors=True)
@@ -450,14 +453,15 @@ class Runtime:
             return False
 
     def _finish(self, step_id: str, state: str, exit_code: int | None = None,
-                outputs: dict[str, str] | None = None, message: str = "") -> None:
+                outputs: dict[str, str] | None = None, message: str = "",
+                lines: list[dict[str, str]] | None = None) -> None:
         """Record the end, retrying while Redis is away so the step is not left Running."""
         deadline = time.monotonic() + 300
         while True:
             try:
                 self.store.finish(step_id, state, expected=(RUNNING,),
                                   instance=self.identity.instance, exit_code=exit_code,
-                                  outputs=outputs, message=message)
+                                  outputs=outputs, message=message, lines=lines or ())
                 return
             except redis.RedisError as exc:
                 if time.monotonic() > deadline:

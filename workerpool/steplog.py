@@ -99,6 +99,15 @@ class StepLog:
         self._pending.clear()
         return True
 
+    def last_lines(self) -> list[dict[str, str]]:
+        """The lines not yet written, handed over to be stored with the step's end (in the same
+        Redis call: ``StepStore.finish``); the log holds nothing more afterwards."""
+        if self.dropped:
+            self.system(f"[{self.dropped} more lines were not stored]")
+            self.dropped = 0
+        lines, self._pending = self._pending, []
+        return lines
+
     def close(self, patience: float = CLOSE_PATIENCE) -> None:
         """Write the last lines, waiting out a Redis outage or network cut of up to *patience*
         seconds: the step's end is recorded next, and its log must be whole by then."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
 import redis
@@ -15,11 +15,16 @@ from workerpool.sealing import Keyring
 from workerpool.steps import QUEUED, LogEntry, ScriptStep, StepResult
 
 # KEYS: step, log, running, pending. ARGV: instance ('' = any holder), expected states (",A,B,"),
-# new state, exit code or '', outputs JSON or '', now, message, ttl seconds, step id.
-# The one way a step reaches a terminal state: stored, logged, lease released, end marked.
+# new state, exit code or '', outputs JSON or '', now, message, ttl seconds, step id, then the
+# script's last log lines as (time, stream, text) triples.
+# The one way a step reaches a terminal state: stored, logged, lease released, end marked. The
+# last lines are stored whatever the state (as a separate flush would), so they are never lost.
 FINISH = """
 local st = redis.call('HMGET', KEYS[1], 'state', 'instance')
 if not st[1] then return 0 end
+for i = 10, #ARGV, 3 do
+  redis.call('XADD', KEYS[2], '*', 't', ARGV[i], 's', ARGV[i + 1], 'x', ARGV[i + 2])
+end
 if not string.find(ARGV[2], ',' .. st[1] .. ',', 1, true) then return 0 end
 if ARGV[1] ~= '' and st[2] ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[3], 'finished_at', ARGV[6], 'message', ARGV[7])
@@ -131,14 +136,16 @@ class StepStore:
 
     def finish(self, step_id: str, state: str, *, expected: tuple[str, ...], instance: str = "",
                exit_code: int | None = None, outputs: dict[str, str] | None = None,
-               message: str = "") -> bool:
-        """Move the step to terminal *state* if it is in one of *expected*; True if it moved."""
+               message: str = "", lines: Sequence[dict[str, str]] = ()) -> bool:
+        """Move the step to terminal *state* if it is in one of *expected*; True if it moved.
+        *lines* (log entries ``{t, s, x}`` not yet written) are stored first, in the same call."""
         done = self._finish(
             keys=[keys.step(step_id), keys.step_log(step_id), keys.RUNNING, keys.PENDING],
             args=[instance, "," + ",".join(expected) + ",", state,
                   "" if exit_code is None else exit_code,
                   "" if outputs is None else json.dumps(outputs), time.time(), message,
-                  self.result_ttl, step_id])
+                  self.result_ttl, step_id,
+                  *(value for line in lines for value in (line["t"], line["s"], line["x"]))])
         return bool(done)
 
 
