@@ -73,6 +73,8 @@ class StepLog:
 
     def system(self, text: str) -> None:
         """A line from workerpool itself; never capped away."""
+        if not self._pending:
+            self._first_pending = time.monotonic()
         self._pending.append({"t": repr(time.time()), "s": "system", "x": self.mask(text)})
 
     def due_in(self) -> float | None:
