@@ -161,7 +161,8 @@ class Runtime:
         self.support_dir = install_helpers(self.workdir_root / "support")
         self.setup = StepSetup(FeedRegistry(self.redis),
                                PackageCache(settings.home / "package-cache",
-                                            settings.package_cache_bytes, self.redis))
+                                            settings.package_cache_bytes, self.redis),
+                               self.workdir_root / ".staged", settings.package_spares)
 
     # -- background threads -------------------------------------------------------------
 
@@ -302,6 +303,7 @@ class Runtime:
                             self.identity.name, self.identity.instance)
         except redis.RedisError as exc:
             log.warning("could not deregister: %s", exc)
+        self.setup.close()  # stops staging package copies before the watchdog removes the root
         self.watchdog.close()
 
     # -- running a step -----------------------------------------------------------------

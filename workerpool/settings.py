@@ -26,7 +26,7 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
     raw = env.get(ENV_PREFIX + name)
     if raw is None or raw == "":
         return default
@@ -34,8 +34,9 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise BadInput(f"{ENV_PREFIX}{name}={raw!r} is not a whole number") from None
-    if value <= 0:
-        raise BadInput(f"{ENV_PREFIX}{name} must be greater than 0 (got {raw})")
+    if value < minimum:
+        floor = "greater than 0" if minimum == 1 else f"at least {minimum}"
+        raise BadInput(f"{ENV_PREFIX}{name} must be {floor} (got {raw})")
     return value
 
 
@@ -56,6 +57,7 @@ class Settings:
     shutdown_grace: float = 10.0
     keep_workdirs: bool = False
     package_cache_bytes: int = 10 * 1024**3
+    package_spares: int = 1  # staged copies per recently used package version; 0: none
     step_max_processes: int | None = None  # per-step cap (pids cgroup); None: no cap
     # kombu redelivers a message unacked for this long; a worker refreshes the ones it runs.
     visibility_timeout: float = 24 * 3600.0
@@ -85,6 +87,7 @@ class Settings:
             shutdown_grace=_float(env, "SHUTDOWN_GRACE", cls.shutdown_grace),
             visibility_timeout=_float(env, "VISIBILITY_TIMEOUT", cls.visibility_timeout),
             package_cache_bytes=_int(env, "PACKAGE_CACHE_BYTES", cls.package_cache_bytes),
+            package_spares=_int(env, "PACKAGE_SPARES", cls.package_spares, minimum=0),
             step_max_processes=_int(env, "STEP_MAX_PROCESSES", 0) or None,
             secret_key=env.get(ENV_PREFIX + "SECRET_KEY") or None,
             keep_workdirs=env.get(ENV_PREFIX + "KEEP_WORKDIRS", "").lower() in ("1", "true", "yes"),

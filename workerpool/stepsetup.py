@@ -1,9 +1,9 @@
 """Preparing a step's working directory on the worker, before its script starts.
 
-Order: system variables; packages (download through the cache, extract or copy, package
-variables); ``#{...}`` substitution in the script body; configuration features on files; the
-script itself, inline or a file inside an extracted package. Any failure here ends the step
-Failed with one line, before the script runs.
+Order: system variables; packages (download through the cache, extract or copy, or take a copy
+staged in advance; package variables); ``#{...}`` substitution in the script body; configuration
+features on files; the script itself, inline or a file inside an extracted package. Any failure
+here ends the step Failed with one line, before the script runs.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from workerpool.packages import (
     PackageCache,
     PackageRef,
     PreparedPackage,
+    Spares,
     prepare,
 )
 from workerpool.substitution import resolve_all, substitute
@@ -54,15 +55,28 @@ def system_variables(step_id: str, record: dict[str, str], worker: str,
 
 
 class StepSetup:
-    """Everything before the script: shared by all steps of one worker process."""
+    """Everything before the script: shared by all steps of one worker process.
 
-    def __init__(self, feeds: FeedRegistry, cache: PackageCache) -> None:
+    With a *staging* directory (on the working directories' file system) and *spares* > 0, a
+    package a step used is staged again in the background, so the next step takes it by one
+    rename (``packages.spares``); ``close()`` stops that and removes the staged copies.
+    """
+
+    def __init__(self, feeds: FeedRegistry, cache: PackageCache, staging: Path | None = None,
+                 spares: int = 0) -> None:
         self.feeds = feeds
         self.cache = cache
+        self.spares = Spares(staging, cache, spares) if staging is not None and spares else None
+
+    def close(self) -> None:
+        if self.spares is not None:
+            self.spares.close()
 
     def prepare(self, workdir: Path, record: dict[str, str], variables: dict[str, str],
                 log: Callable[[str], None]) -> Prepared:
         held: list[PreparedPackage] = []
+        if self.spares is not None:
+            self.spares.step_starting()
         try:
             for raw in json.loads(record.get("packages") or "[]"):
                 package = self._place(PackageRef.from_json(raw), workdir, log)
@@ -96,11 +110,12 @@ class StepSetup:
             log(f"downloading {ref.package_id} {ref.version}: {done / 1e6:.1f} MB{size}")
 
         package = prepare(ref, self.feeds, self.cache, workdir, EXTRACT_MAX_BYTES,
-                          EXTRACT_MAX_ENTRIES, progress)
+                          EXTRACT_MAX_ENTRIES, progress, self.spares)
         how = "downloaded" if package.cached.downloaded else "from cache"
         placed = f"extracted to ./{ref.name}/" if ref.extract else \
             f"placed at ./{package.cached.file_name}"
-        log(f"package {ref.package_id} {ref.version} ({how}) {placed}")
+        staged = " from a staged copy" if package.staged else ""
+        log(f"package {ref.package_id} {ref.version} ({how}) {placed}{staged}")
         return package
 
     @staticmethod

@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import IO, cast
@@ -50,6 +50,9 @@ class CachedPackage:
     sha256: str
     downloaded: bool
     _use: IO[bytes] | None = field(default=None, repr=False, compare=False)
+    use_lock: Path | None = field(default=None, repr=False, compare=False)
+    # (inode, size, ctime) of the file when it was held: the same file, if it matches later
+    identity: tuple[int, int, int] | None = field(default=None, repr=False, compare=False)
 
     def release(self) -> None:
         if self._use is not None:
@@ -65,6 +68,14 @@ class CachedPackage:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.release()
+
+
+def file_identity(path: Path) -> tuple[int, int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_ino, info.st_size, info.st_ctime_ns
 
 
 @contextlib.contextmanager
@@ -119,12 +130,42 @@ class PackageCache:
             if meta is None:
                 meta = self._download(entry, feed, progress)
             os.utime(self._dir(entry) / ENTRY)  # its last use, for least-recently-used eviction
-            use = self._lock(entry, "use").open("ab")
-            fcntl.flock(use.fileno(), fcntl.LOCK_SH)  # evictors need both locks: never blocks
+            package = self._held(entry, meta, downloaded)
         if downloaded:
             self.evict()
+        return package
+
+    def hold(self, feed: str, package_id: str, version: str) -> CachedPackage | None:
+        """The package held as ``fetch()`` holds it (a use, for eviction), if it is cached;
+        never downloads. The worker's stager makes spare copies with it (``spares.py``)."""
+        entry = _Entry(feed, package_id, version)
+        with self._thread_lock(entry), _flock(self._lock(entry, "download")):
+            meta = self._cached(entry)
+            if meta is None:
+                return None
+            os.utime(self._dir(entry) / ENTRY)
+            return self._held(entry, meta, False)
+
+    @staticmethod
+    def rehold(known: CachedPackage) -> CachedPackage | None:
+        """Hold again the very file *known* held (checked when it was held: no Redis, no lock
+        on downloads), or None if that file has left the cache since. For a step's hot path."""
+        if known.use_lock is None:
+            return None
+        use = known.use_lock.open("ab")
+        fcntl.flock(use.fileno(), fcntl.LOCK_SH)  # an evictor holds it only while removing
+        if file_identity(known.path) != known.identity:
+            use.close()
+            return None
+        return replace(known, downloaded=False, _use=use)
+
+    def _held(self, entry: _Entry, meta: dict[str, str], downloaded: bool) -> CachedPackage:
+        lock = self._lock(entry, "use")
+        use = lock.open("ab")
+        fcntl.flock(use.fileno(), fcntl.LOCK_SH)  # evictors need both locks: never blocks
         path = self._dir(entry) / meta["file_name"]
-        return CachedPackage(path, meta["file_name"], meta["sha256"], downloaded, use)
+        return CachedPackage(path, meta["file_name"], meta["sha256"], downloaded, use, lock,
+                             file_identity(path))
 
     def _thread_lock(self, entry: _Entry) -> threading.Lock:
         with self._guard:

@@ -1,4 +1,5 @@
-"""Preparing a step's package on a worker: fetch through the cache, extract into the workdir."""
+"""Preparing a step's package on a worker: fetch through the cache, then extract into the workdir
+or take a spare copy staged in advance (``spares.py``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from workerpool.packages.feed import Progress
 from workerpool.packages.formats import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, extract
 from workerpool.packages.ref import PackageRef
 from workerpool.packages.registry import FeedRegistry
+from workerpool.packages.spares import Kind, Spares
 
 
 @dataclass
@@ -24,6 +26,7 @@ class PreparedPackage:
     cached: CachedPackage
     extracted_path: Path | None
     file_path: Path  # the package file: in the cache, or its copy in the working directory
+    staged: bool = False  # placed by taking a spare copy staged in advance (packages.spares)
 
     def variables(self) -> dict[str, str]:
         """The step variables ``Package[NAME].*`` that describe this package."""
@@ -47,26 +50,44 @@ class PreparedPackage:
 
 def prepare(ref: PackageRef, feeds: FeedRegistry, cache: PackageCache, workdir: Path,
             max_bytes: int = DEFAULT_MAX_BYTES, max_entries: int = DEFAULT_MAX_ENTRIES,
-            progress: Progress | None = None) -> PreparedPackage:
+            progress: Progress | None = None, spares: Spares | None = None) -> PreparedPackage:
     """Fetch *ref* and extract it into ``workdir/<ref.name>``, or (``extract=false``) copy the
-    file into *workdir*.
+    file into *workdir*; with *spares*, take a copy staged in advance when one is ready.
 
     Raises UnknownFeed for a feed nobody added, and PackageError (one line naming the package,
     version and feed) for everything else that stops the package from being used.
     """
-    cached = cache.fetch(ref, feeds.get(ref.feed), progress)
-    target = workdir / ref.name
+    feed = feeds.get(ref.feed)  # a removed feed fails the step, staged copies or not
+    kind = Kind.of(ref, max_bytes, max_entries)
+    if spares is not None:  # (a missing workdir makes take() fail: it is made below)
+        staged = spares.take(kind, workdir / ref.name if ref.extract else workdir)
+        if staged is not None:
+            spares.want(kind)
+            return _prepared(ref, staged, workdir, staged=True)
+    cached = cache.fetch(ref, feed, progress)
     try:
-        if not ref.extract:
-            workdir.mkdir(parents=True, exist_ok=True)
-            copy = workdir / cached.file_name
-            shutil.copyfile(cached.path, copy)
-            return PreparedPackage(ref, cached, None, copy)
-        extract(cached.path, target, max_bytes, max_entries)
+        _place(ref, cached, workdir, kind)
     except ArchiveError as exc:
         cached.release()
         raise PackageError(ref.package_id, ref.version, ref.feed, str(exc)) from None
     except BaseException:
         cached.release()
         raise
-    return PreparedPackage(ref, cached, target, cached.path)
+    if spares is not None:  # only once placed: an archive that fails is never staged
+        spares.want(kind)
+    return _prepared(ref, cached, workdir, staged=False)
+
+
+def _place(ref: PackageRef, cached: CachedPackage, workdir: Path, kind: Kind) -> None:
+    if ref.extract:
+        extract(cached.path, workdir / ref.name, kind.max_bytes, kind.max_entries)
+    else:
+        workdir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(cached.path, workdir / cached.file_name)
+
+
+def _prepared(ref: PackageRef, cached: CachedPackage, workdir: Path,
+              staged: bool) -> PreparedPackage:
+    if ref.extract:
+        return PreparedPackage(ref, cached, workdir / ref.name, cached.path, staged)
+    return PreparedPackage(ref, cached, None, workdir / cached.file_name, staged)
