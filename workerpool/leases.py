@@ -27,6 +27,8 @@ from workerpool.store import StepStore
 log = logging.getLogger(__name__)
 
 # KEYS: step, running, pending. ARGV: attempt, worker name, instance, now, worker's pool.
+BATCH = 1000  # step records read, or queue entries listed, per round trip when re-queuing
+
 CLAIM = """
 local st = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'pool')
 if not st[1] then return {'gone', ''} end
@@ -141,22 +143,40 @@ class Leases:
         is not in its queue. Around a restart a message can be popped with its reply lost, or
         held by a worker whose connection then died (kombu would only restore it after the
         visibility timeout). A duplicate is harmless: only one claim can succeed."""
+        fields = ("state", "attempt", "queue", "name", "pool_name", "target")
+        expected: dict[str, list[str]] = {}  # queue -> the messages its Queued steps need
+        ids = cast(list[str], self.redis.zrange(keys.PENDING, 0, -1))
+        for start in range(0, len(ids), BATCH):  # pipelined: one round trip per batch
+            pipe = self.redis.pipeline(transaction=False)
+            for step_id in ids[start:start + BATCH]:
+                pipe.hmget(keys.step(step_id), fields)
+            for step_id, values in zip(ids[start:start + BATCH], pipe.execute(), strict=True):
+                record = {k: v for k, v in zip(fields, values, strict=True) if v is not None}
+                if record.get("state") == QUEUED:
+                    message = messages.for_record(step_id, int(record.get("attempt", 0)), record)
+                    expected.setdefault(record.get("queue", ""), []).append(message)
         pushed = 0
-        for step_id in cast(list[str], self.redis.zrange(keys.PENDING, 0, -1)):
-            record = self.store.record(step_id)
-            if record.get("state") != QUEUED:
-                continue
-            attempt = int(record.get("attempt", 0))
-            message = messages.for_record(step_id, attempt, record)
-            queue = record.get("queue", "")
-            if self.redis.lpos(queue, message) is not None:
-                continue
-            self.redis.rpush(queue, message)  # the consuming end: it goes first, as it was
-            pushed += 1
+        for queue, wanted in expected.items():
+            present = self._queue_contents(queue)
+            missing = [m for m in wanted if m not in present]
+            for start in range(0, len(missing), BATCH):
+                self.redis.rpush(queue, *missing[start:start + BATCH])  # the consuming end
+            pushed += len(missing)
         if pushed:
             log.warning("re-queued %d step(s) whose message was lost with a Redis restart",
                         pushed)
         return pushed
+
+    def _queue_contents(self, queue: str) -> set[str]:
+        """Every message in *queue*, read in slices (one pass, never a reply of the whole list)."""
+        present: set[str] = set()
+        start = 0
+        while True:
+            chunk = cast(list[str], self.redis.lrange(queue, start, start + BATCH - 1))
+            present.update(chunk)
+            if len(chunk) < BATCH:
+                return present
+            start += BATCH
 
     def _reap_lost(self) -> int:
         ended = 0
