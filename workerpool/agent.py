@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ from workerpool.stepsetup import Prepared, StepSetup, system_variables
 from workerpool.store import StepStore
 from workerpool.syntaxes import available_syntaxes, install_helpers
 from workerpool.variables import Masker, script_environment
+from workerpool.watchdog import GROUPS_DIR
 from workerpool.workers import (
     DEREGISTER,
     HEALTHY,
@@ -108,23 +110,30 @@ def register(client: redis.Redis, settings: Settings, pool: str, pool_name: str,
 
 
 class Watchdog:
-    """The child that kills this worker's script groups if the worker dies without doing so."""
+    """The child that kills this worker's script groups if the worker dies without doing so.
+
+    It learns of the worker's end from its stdin (EOF); the groups running then are the files
+    in ``ROOT/.groups`` (one per process group, made and removed here), so telling it costs a
+    file create and remove per step, not a message that wakes it.
+    """
 
     def __init__(self, root: Path) -> None:
+        self.groups = root / GROUPS_DIR
+        self.groups.mkdir(parents=True, exist_ok=True)
         self._proc = subprocess.Popen([sys.executable, "-m", "workerpool.watchdog", str(root)],
                                       stdin=subprocess.PIPE, start_new_session=True, text=True)
-        self._lock = threading.Lock()
 
     def tell(self, sign: str, pgid: int) -> None:
-        assert self._proc.stdin is not None
-        with self._lock:
-            self._proc.stdin.write(f"{sign} {pgid}\n")
-            self._proc.stdin.flush()
+        path = self.groups / str(pgid)
+        if sign == "+":
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
     def close(self) -> None:
         assert self._proc.stdin is not None
-        with self._lock:
-            self._proc.stdin.close()
+        self._proc.stdin.close()
         self._proc.wait()
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from pathlib import Path
 
 from conftest import HEARTBEAT, pid_alive, wait_for
 
 from workerpool import ScriptStep
+
+WORKDIRS = Path(tempfile.gettempdir()) / "workerpool"  # each worker's root is in here
 
 # Appends "start <pid>" and notes an overlap if an earlier run of this step is still running.
 # A killed process can stay a zombie until init reaps it (about 1 s on some machines); a
@@ -123,3 +127,25 @@ def test_stopping_a_worker_lets_short_steps_finish_and_ends_long_ones(client, st
     output = (tmp_path / "worker-0.log").read_text()
     assert "Traceback" not in output
     assert client.workers.list("Graceful") == []  # deregistered on a clean stop
+
+
+def test_the_watchdog_kills_the_script_group_of_a_sigkilled_worker(client, start_worker,
+                                                                   tmp_path):
+    """A process that stays in the script's group but clears its environment carries no step
+    token: only the group, registered in the worker's root while it runs, finds it."""
+    client.pools.add("Database Worker Pool")
+    victim = start_worker("Database Worker Pool")
+    pid_file = tmp_path / "hidden"
+    handle = client.run(ScriptStep(pool="Database Worker Pool", script=(
+        f"env -i sh -c 'echo $$ > {pid_file}.tmp && mv {pid_file}.tmp {pid_file} && "
+        "exec sleep 300' &\nsleep 300\n")))
+    wait_for(pid_file.exists, 30, "the hidden process to start")
+    hidden = int(pid_file.read_text())
+    assert b"WORKERPOOL_STEP_TOKEN" not in Path(f"/proc/{hidden}/environ").read_bytes()
+    groups = list(WORKDIRS.glob(f"{victim.name}-*/.groups/*"))
+    assert [int(g.name) for g in groups] == [os.getpgid(hidden)]
+    victim.proc.kill()
+    wait_for(lambda: not pid_alive(hidden), 10, "the hidden process to be killed")
+    assert handle.wait(timeout=30).state == "WorkerLost"
+    wait_for(lambda: not list(WORKDIRS.glob(f"{victim.name}-*")), 10,
+             "the watchdog to remove the worker's directory")
