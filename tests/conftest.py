@@ -96,6 +96,16 @@ def raw(redis_url: str) -> redis.Redis:
     return redis.Redis.from_url(redis_url, decode_responses=True)
 
 
+class CountingConnection(redis.Connection):
+    """A real connection that counts request batches sent (one per round trip)."""
+
+    sent = 0
+
+    def send_packed_command(self, command, check_health=True):  # type: ignore[no-untyped-def]
+        CountingConnection.sent += 1
+        return super().send_packed_command(command, check_health)
+
+
 @dataclass
 class Worker:
     proc: subprocess.Popen[bytes]

@@ -8,20 +8,11 @@ import sys
 
 import pytest
 import redis
+from conftest import CountingConnection
 
 from workerpool import Client, ScriptStep
 from workerpool.errors import StepWaitTimeout, UnknownPool
 from workerpool.store import StepStore
-
-
-class CountingConnection(redis.Connection):
-    """A real connection that counts request batches sent (one per round trip)."""
-
-    sent = 0
-
-    def send_packed_command(self, command, check_health=True):  # type: ignore[no-untyped-def]
-        CountingConnection.sent += 1
-        return super().send_packed_command(command, check_health)
 
 
 def test_run_wait_logs_from_python(client, start_worker):

@@ -5,19 +5,12 @@ one command per step, or one scan of the queue per step)."""
 from __future__ import annotations
 
 import redis
+from conftest import CountingConnection
 
 from workerpool import ScriptStep, keys, messages
 from workerpool.leases import BATCH, Leases
 from workerpool.routing import Route
 from workerpool.store import StepStore
-
-
-class CountingConnection(redis.Connection):
-    sent = 0
-
-    def send_packed_command(self, command, check_health=True):  # type: ignore[no-untyped-def]
-        CountingConnection.sent += 1
-        return super().send_packed_command(command, check_health)
 
 
 def test_lost_messages_are_pushed_again_once_in_batches(client, redis_url):
