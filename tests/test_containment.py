@@ -145,13 +145,17 @@ def test_a_full_log_only_counts_lines_but_still_reads_service_messages(steplog):
 
 
 def test_candidates_are_the_pids_handed_out_since_the_first_or_all_after_a_wrap():
+    before = containment.forks()
     child = subprocess.Popen(["sleep", "30"])
     try:
-        since = list(containment.candidates(child.pid))
+        since = list(containment.candidates(child.pid, before))
         assert since[0] == child.pid and since == sorted(since)
         assert os.getppid() not in since  # started before: not a candidate
-        wrapped = set(containment.candidates(containment.last_pid() + 1))  # pids wrapped
+        wrapped = set(containment.candidates(containment.last_pid() + 1, before))  # a wrap
         assert {os.getpid(), os.getppid(), child.pid} <= wrapped
+        # So many pids handed out since that the counter may have come round: every process.
+        many = set(containment.candidates(child.pid, before - containment.PROBE_RANGE))
+        assert {os.getpid(), os.getppid(), child.pid} <= many
     finally:
         child.kill()
         child.wait()

@@ -125,7 +125,8 @@ class Watchdog:
 
     def tell(self, sign: str, pgid: int) -> None:
         path = self.groups / str(pgid)
-        if sign == "+":
+        if sign == "+":  # a step's script could have removed the directory: make it again
+            self.groups.mkdir(parents=True, exist_ok=True)
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         else:
             with contextlib.suppress(FileNotFoundError):

@@ -69,7 +69,8 @@ def tls_options(url: str) -> dict[str, Any]:
     options = _query(url)
     if urlparse(url).scheme != "rediss":
         return {}
-    found: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    # Explicit, not redis-py's default (which was off before redis-py 6).
+    found: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_check_hostname": True}
     for name, value in options.items():
         if name == "ssl_cert_reqs":
             if value not in CERT_REQS:
@@ -86,6 +87,11 @@ def tls_options(url: str) -> dict[str, Any]:
             if not os.path.isfile(path) or not os.access(path, os.R_OK):
                 raise BadInput(f"Redis URL option {name}={value!r}: no readable file there")
             found[name] = path
+    if found["ssl_cert_reqs"] == ssl.CERT_NONE:
+        if options.get("ssl_check_hostname", "").lower() in ("true", "1", "yes"):
+            raise BadInput("Redis URL option ssl_check_hostname=true needs a certificate: use "
+                           "ssl_cert_reqs=required (or optional)")
+        found["ssl_check_hostname"] = False  # nothing to check without a certificate
     return found
 
 

@@ -54,26 +54,37 @@ def last_pid() -> int | None:
         return None
 
 
-def candidates(first_pid: int | None) -> Iterator[int]:
-    """Pids that may belong to a step whose first process got *first_pid*: pids are handed out
-    in increasing order, so its descendants have pids from *first_pid* to the latest one (every
-    live process if unknown, or if pids wrapped around meanwhile). Checking a few pids instead
-    of every process keeps the end of a step cheap on a busy machine."""
-    last = last_pid()
-    if first_pid is not None and last is not None and first_pid <= last:
-        if last - first_pid < PROBE_RANGE:
-            yield from range(first_pid, last + 1)
-            return
-        for entry in os.scandir(PROC):
-            if entry.name.isdigit() and first_pid <= int(entry.name) <= last:
-                yield int(entry.name)
+def forks() -> int | None:
+    """Processes and threads created on this machine since it booted (each took a pid)."""
+    try:
+        with open(PROC / "stat", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"processes "):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def candidates(first_pid: int | None, forks_before: int | None = None) -> Iterator[int]:
+    """Pids that may belong to a step whose first process got *first_pid*, *forks_before*
+    being ``forks()`` just before it started. Pids are handed out in increasing order, so while
+    fewer than ``PROBE_RANGE`` were handed out since (no wrap-around possible), its descendants
+    have pids from *first_pid* to the latest one; otherwise (or if unknown) every live process
+    is a candidate. Probing a few pids instead of listing every process keeps the end of a step
+    cheap on a busy machine."""
+    last, now = last_pid(), forks()
+    if (first_pid is not None and last is not None and forks_before is not None
+            and now is not None and first_pid <= last and now - forks_before < PROBE_RANGE):
+        yield from range(first_pid, last + 1)
         return
     for entry in os.scandir(PROC):
         if entry.name.isdigit():
             yield int(entry.name)
 
 
-def tagged_processes(prefix: str, first_pid: int | None = None) -> Iterator[int]:
+def tagged_processes(prefix: str, first_pid: int | None = None,
+                     forks_before: int | None = None) -> Iterator[int]:
     """Pidfds of the live processes whose environment holds a token starting with *prefix*
     (among those started since *first_pid*, when given).
 
@@ -81,7 +92,7 @@ def tagged_processes(prefix: str, first_pid: int | None = None) -> Iterator[int]
     reach the process that was checked, never one that reused its pid meanwhile.
     """
     needle = _needle(prefix)
-    for pid in candidates(first_pid):
+    for pid in candidates(first_pid, forks_before):
         try:
             pidfd = os.pidfd_open(pid)
         except OSError:
@@ -98,10 +109,11 @@ def tagged_processes(prefix: str, first_pid: int | None = None) -> Iterator[int]
             os.close(pidfd)
 
 
-def signal_tagged(prefix: str, sig: signal.Signals, first_pid: int | None = None) -> int:
+def signal_tagged(prefix: str, sig: signal.Signals, first_pid: int | None = None,
+                  forks_before: int | None = None) -> int:
     """Send *sig* to every process tagged with *prefix*; how many there were."""
     count = 0
-    for pidfd in tagged_processes(prefix, first_pid):
+    for pidfd in tagged_processes(prefix, first_pid, forks_before):
         with contextlib.suppress(OSError):
             signal.pidfd_send_signal(pidfd, sig)
         os.close(pidfd)
@@ -209,6 +221,7 @@ class StepProcesses:
         self.token = token
         self.cgroup = cgroup
         self.first_pid: int | None = None  # the script's leader, once started
+        self.forks_before: int | None = None  # forks() just before the leader started
 
     @property
     def env(self) -> dict[str, str]:
@@ -227,7 +240,7 @@ class StepProcesses:
         for pid in self._cgroup_pids():
             with contextlib.suppress(OSError):
                 os.kill(pid, sig)
-        signal_tagged(self.token, sig, self.first_pid)
+        signal_tagged(self.token, sig, self.first_pid, self.forks_before)
 
     def kill_all(self) -> bool:
         """SIGKILL every process of the step until none is left; False if some survived
@@ -241,7 +254,8 @@ class StepProcesses:
             for pid in pids:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
-            if not signal_tagged(self.token, signal.SIGKILL, self.first_pid) and not pids:
+            if (not signal_tagged(self.token, signal.SIGKILL, self.first_pid, self.forks_before)
+                    and not pids):
                 return True
             time.sleep(0.01)
         log.warning("processes of step token %s survived %gs of killing", self.token,

@@ -49,13 +49,12 @@ def reseal(process: Process, extra: dict[str, str], change: Callable[[str], str]
     secret = {v.name.casefold() for v in process.variables if v.sensitive}
     variables = tuple(replace(v, value=change(v.value)) if v.sensitive else v
                       for v in process.variables)
-    steps = []
-    for step in process.steps:
-        names = {n.casefold() for n in step.sensitive_variables}
-        steps.append(replace(
-            step, sensitive_variables={k: change(v) for k, v in step.sensitive_variables.items()},
-            parameters={k: change(v) if k.casefold() in names else v
-                        for k, v in step.parameters.items()}))
+    # A template's parameters became the step's variables when the file was loaded; they are
+    # not kept (a sensitive one may have been overridden by a plain variable of the same name).
+    steps = [replace(step, parameters={},
+                     sensitive_variables={k: change(v)
+                                          for k, v in step.sensitive_variables.items()})
+             for step in process.steps]
     extra = {k: change(v) if k.strip().casefold() in secret else v for k, v in extra.items()}
     return replace(process, variables=variables, steps=tuple(steps)), extra
 

@@ -7,13 +7,14 @@ import os
 import selectors
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from workerpool.containment import Containment, StepProcesses
+from workerpool.containment import Containment, StepProcesses, forks
 from workerpool.servicemessages import PREFIX
 from workerpool.steplog import StepLog
 
@@ -95,6 +96,7 @@ class ScriptProcess:
         self.kill_grace = kill_grace
         self.containment = containment
         self._wake_r, self._wake_w = os.pipe()
+        self._wake_lock = threading.Lock()
         self._stop_reason: str | None = None
         self._streams = {name: OutputStream(name, steplog) for name in ("stdout", "stderr")}
 
@@ -102,8 +104,9 @@ class ScriptProcess:
         """Ask the running script to stop (thread-safe); the first reason wins."""
         if self._stop_reason is None:
             self._stop_reason = reason
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
+        with self._wake_lock, contextlib.suppress(OSError):
+            if self._wake_w >= 0:  # closed once run() returns: the number may be reused
+                os.write(self._wake_w, b"x")
 
     def run(self, watch: Callable[[str, int], None] = lambda sign, pgid: None) -> ProcessOutcome:
         """Start the script and supervise it; *watch* hears ``("+", pgid)`` and ``("-", pgid)``
@@ -116,17 +119,20 @@ class ScriptProcess:
             finally:
                 processes.close()
         finally:
-            for fd in (self._wake_r, self._wake_w):
-                os.close(fd)
+            with self._wake_lock:
+                for fd in (self._wake_r, self._wake_w):
+                    os.close(fd)
+                self._wake_r = self._wake_w = -1
 
     def _run(self, processes: StepProcesses, watch: Callable[[str, int], None]) -> ProcessOutcome:
+        processes.forks_before = forks()
         proc = subprocess.Popen(processes.wrap(self.argv), cwd=self.workdir,
                                 env={**self.env, **processes.env}, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True)
         processes.first_pid = proc.pid
-        watch("+", proc.pid)
         try:
+            watch("+", proc.pid)
             return self._supervise(proc, processes)
         finally:
             self._kill_group(proc.pid, signal.SIGKILL)

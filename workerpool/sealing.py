@@ -52,7 +52,10 @@ def ensure_local_key(settings: Settings) -> None:
     if path.exists():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another stack on this home made it first
+        return
     with os.fdopen(fd, "w") as fh:
         fh.write(new_key() + "\n")
 

@@ -22,6 +22,7 @@ from workerpool.steps import QUEUED, LogEntry, ScriptStep, StepResult
 FINISH = """
 local st = redis.call('HMGET', KEYS[1], 'state', 'instance')
 if not st[1] then return 0 end
+if st[1] == ARGV[3] and ARGV[1] ~= '' and st[2] == ARGV[1] then return 1 end  -- a retry of ours
 for i = 10, #ARGV, 3 do
   redis.call('XADD', KEYS[2], '*', 't', ARGV[i], 's', ARGV[i + 1], 'x', ARGV[i + 2])
 end

@@ -18,9 +18,22 @@ import signal
 import sys
 from pathlib import Path
 
-from workerpool.containment import kill_worker_leftovers
+from workerpool.containment import TOKEN_VAR, kill_worker_leftovers, owner_tag
 
 GROUPS_DIR = ".groups"
+
+
+def is_own_group(pgid: int, owner: str) -> bool:
+    """Whether *pgid* leads a group started by this worker: its leader carries one of the
+    worker's step tokens. A step can write into ``.groups``; a file it made, or one left for
+    a group whose number was reused, names no group of ours."""
+    try:
+        if os.getpgid(pgid) != pgid:
+            return False
+        with open(f"/proc/{pgid}/environ", "rb") as fh:
+            return f"\0{TOKEN_VAR}={owner}.".encode() in b"\0" + fh.read()
+    except OSError:
+        return False
 
 
 def main() -> None:
@@ -31,7 +44,7 @@ def main() -> None:
         pass
     with contextlib.suppress(FileNotFoundError):
         for entry in os.scandir(root / GROUPS_DIR):
-            if entry.name.isdigit():
+            if entry.name.isdigit() and is_own_group(int(entry.name), owner_tag(root)):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(int(entry.name), signal.SIGKILL)
     kill_worker_leftovers(root)

@@ -206,7 +206,11 @@ def test_url_options_are_read_once_for_redis_py_and_kombu(tmp_path):
     ca = tmp_path / "ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
     assert tls_options("redis://h:1/0") == {}
-    assert tls_options("rediss://h:1/0") == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    # Hostname checking is explicit: redis-py before 6 defaulted it to off.
+    assert tls_options("rediss://h:1/0") == {"ssl_cert_reqs": ssl.CERT_REQUIRED,
+                                             "ssl_check_hostname": True}
+    assert tls_options("rediss://h:1/0?ssl_cert_reqs=none") == {
+        "ssl_cert_reqs": ssl.CERT_NONE, "ssl_check_hostname": False}
     assert tls_options(f"rediss://:p@h:1/0?ssl_ca_certs={ca}&ssl_cert_reqs=optional"
                        "&ssl_check_hostname=false") == {
         "ssl_cert_reqs": ssl.CERT_OPTIONAL, "ssl_ca_certs": str(ca), "ssl_check_hostname": False}
@@ -222,6 +226,8 @@ def test_url_options_are_checked_before_anything_connects(tmp_path):
         ("rediss://127.0.0.1:1/0?ssl_check_hostname=maybe", "must be true or false"),
         ("rediss://127.0.0.1:1/0?socket_timeout=1", "has option 'socket_timeout'"),
         ("rediss://127.0.0.1:1/0?ssl_cert_reqs=none&ssl_cert_reqs=required", "twice"),
+        ("rediss://127.0.0.1:1/0?ssl_cert_reqs=none&ssl_check_hostname=true",
+         "ssl_check_hostname=true needs a certificate"),
     ]:
         with pytest.raises(BadInput, match=says):
             Client(redis_url=url)

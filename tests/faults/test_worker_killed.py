@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -144,8 +145,14 @@ def test_the_watchdog_kills_the_script_group_of_a_sigkilled_worker(client, start
     assert b"WORKERPOOL_STEP_TOKEN" not in Path(f"/proc/{hidden}/environ").read_bytes()
     groups = list(WORKDIRS.glob(f"{victim.name}-*/.groups/*"))
     assert [int(g.name) for g in groups] == [os.getpgid(hidden)]
+    # A group file a step could have written for a group that is not the worker's: ignored.
+    bystander = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    (groups[0].parent / str(bystander.pid)).touch()
     victim.proc.kill()
     wait_for(lambda: not pid_alive(hidden), 10, "the hidden process to be killed")
     assert handle.wait(timeout=30).state == "WorkerLost"
     wait_for(lambda: not list(WORKDIRS.glob(f"{victim.name}-*")), 10,
              "the watchdog to remove the worker's directory")
+    assert bystander.poll() is None, "the watchdog killed a group that was not the worker's"
+    bystander.kill()
+    bystander.wait()

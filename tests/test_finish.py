@@ -1,0 +1,31 @@
+"""StepStore.finish: the one way a step ends, with its last log lines, exactly once."""
+
+from __future__ import annotations
+
+from workerpool import ScriptStep
+from workerpool.routing import Route
+from workerpool.steps import RUNNING, SUCCESS
+
+
+def test_a_retried_finish_stores_the_last_lines_once(client):
+    client.pools.add("Parked")
+    pool = client.snapshot().pools["parked"]
+    step_id = client.store.enqueue(ScriptStep(script="true", pool="Parked"),
+                                   Route(pool.queue, pool.slug, pool.name), 3600, 3600)
+    client.redis.hset(f"workerpool:step:{step_id}", mapping={"state": RUNNING,
+                                                             "instance": "i1"})
+    lines = [{"t": "1.0", "s": "stdout", "x": "last words"}]
+    for _ in range(2):  # the second is a retry whose first reply was lost
+        assert client.store.finish(step_id, SUCCESS, expected=(RUNNING,), instance="i1",
+                                   exit_code=0, lines=lines)
+    result = client.step(step_id).result()
+    assert result.state == SUCCESS
+    assert [e.text for e in result.log] == ["last words"]
+    # A refused finish (its step ended otherwise meanwhile, e.g. WorkerLost) changes nothing
+    # but still keeps its script's last lines, as a flush would (docs/reliability.md).
+    late = [{"t": "2.0", "s": "stdout", "x": "late words"}]
+    assert not client.store.finish(step_id, "Failed", expected=(RUNNING,), instance="i2",
+                                   lines=late)
+    after = client.step(step_id).result()
+    assert after.state == SUCCESS
+    assert [e.text for e in after.log] == ["last words", "late words"]
