@@ -74,9 +74,7 @@ class Ending:
 class Identity:
     name: str
     pool: str  # pool slug, or "builtin"
-    pool_name: str
     instance: str
-    concurrency: int
 
     @property
     def checks_health(self) -> bool:
@@ -92,8 +90,8 @@ class Identity:
         return keys.pool_queue(self.pool)
 
 
-def register(client: redis.Redis, settings: Settings, pool: str, pool_name: str,
-             name: str | None, concurrency: int) -> Identity:
+def register(client: redis.Redis, settings: Settings, pool: str, name: str | None,
+             concurrency: int) -> Identity:
     """Reserve a worker name (``<type>-worker-NN`` unless given) and write the first heartbeat."""
     instance = uuid.uuid4().hex
     info = WorkerInfo(name="", pool=pool, instance=instance, host=socket.gethostname(),
@@ -106,7 +104,7 @@ def register(client: redis.Redis, settings: Settings, pool: str, pool_name: str,
     if not taken:
         raise WorkerConflict(f"a worker named {name!r} is already online; pick another --name "
                              "or stop that worker first")
-    return Identity(str(taken), pool, pool_name, instance, concurrency)
+    return Identity(str(taken), pool, instance)
 
 
 class Watchdog:
@@ -437,12 +435,12 @@ class Runtime:
         for line in collect(self.redis, step_id, workdir, steplog.artifacts,
                             self.settings.result_ttl):
             steplog.system(line)
-        return self._ending(step_id, outcome.exit_code, outcome.stopped, record)
+        return self._ending(step_id, outcome.exit_code, outcome.stopped, record, process.timeout)
 
     def _ending(self, step_id: str, exit_code: int | None, stopped: str | None,
-                record: dict[str, str]) -> Ending | None:
+                record: dict[str, str], timeout: float) -> Ending | None:
         if stopped == STOP_TIMEOUT:
-            return Ending(TIMED_OUT, exit_code, f"timed out after {float(record['timeout']):g}s;"
+            return Ending(TIMED_OUT, exit_code, f"timed out after {timeout:g}s;"
                           " the script's process group was killed")
         if stopped == STOP_CANCEL:
             return Ending(CANCELLED, exit_code, "cancelled; the script's process group was killed")

@@ -144,7 +144,7 @@ def serve(settings: Settings, pool: str | None, name: str | None, concurrency: i
     else:
         found = find(guarded(lambda: read_snapshot(client), url).pools, pool)
         slug, pool_name = found.slug, found.name
-    identity = guarded(lambda: register(client, settings, slug, pool_name, name, concurrency), url)
+    identity = guarded(lambda: register(client, settings, slug, name, concurrency), url)
     runtime = Runtime(settings, url, identity)
     app = make_app(url, settings.visibility_timeout)
     bind(app, runtime)

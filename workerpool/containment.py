@@ -42,7 +42,7 @@ def owner_tag(root: Path) -> str:
     return hashlib.sha256(str(root).encode()).hexdigest()[:16]
 
 
-def _needle(prefix: str) -> bytes:
+def needle(prefix: str) -> bytes:
     return b"\0" + f"{TOKEN_VAR}={prefix}".encode()
 
 
@@ -91,7 +91,7 @@ def tagged_processes(prefix: str, first_pid: int | None = None,
     The pidfd is opened before the environment is read, so a signal sent through it can only
     reach the process that was checked, never one that reused its pid meanwhile.
     """
-    needle = _needle(prefix)
+    wanted = needle(prefix)
     for pid in candidates(first_pid, forks_before):
         try:
             pidfd = os.pidfd_open(pid)
@@ -103,7 +103,7 @@ def tagged_processes(prefix: str, first_pid: int | None = None,
         except OSError:  # gone, a zombie, or someone else's
             os.close(pidfd)
             continue
-        if needle in b"\0" + environ:
+        if wanted in b"\0" + environ:
             yield pidfd
         else:
             os.close(pidfd)
@@ -237,9 +237,7 @@ class StepProcesses:
 
     def signal(self, sig: signal.Signals) -> None:
         """Send *sig* to every process of the step, in its process group or not."""
-        for pid in self._cgroup_pids():
-            with contextlib.suppress(OSError):
-                os.kill(pid, sig)
+        kill_pids(self._cgroup_pids(), sig)
         signal_tagged(self.token, sig, self.first_pid, self.forks_before)
 
     def kill_all(self) -> bool:
@@ -251,9 +249,7 @@ class StepProcesses:
                 with contextlib.suppress(OSError):
                     (self.cgroup / "cgroup.kill").write_text("1")
             pids = self._cgroup_pids()
-            for pid in pids:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
+            kill_pids(pids, signal.SIGKILL)
             if (not signal_tagged(self.token, signal.SIGKILL, self.first_pid, self.forks_before)
                     and not pids):
                 return True
@@ -269,6 +265,13 @@ class StepProcesses:
 
     def _cgroup_pids(self) -> list[int]:
         return cgroup_pids(self.cgroup) if self.cgroup is not None else []
+
+
+def kill_pids(pids: list[int], sig: signal.Signals) -> None:
+    """Send *sig* to each of *pids*, those already gone (or not ours) aside."""
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, sig)
 
 
 def cgroup_pids(cgroup: Path) -> list[int]:
@@ -291,9 +294,7 @@ def remove_cgroup(cgroup: Path) -> None:
             if time.monotonic() > deadline:
                 log.warning("could not remove cgroup %s: %s", cgroup, exc)
                 return
-            for pid in cgroup_pids(cgroup):
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
+            kill_pids(cgroup_pids(cgroup), signal.SIGKILL)
             time.sleep(0.01)
 
 

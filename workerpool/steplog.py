@@ -42,7 +42,9 @@ class StepLog:
 
     def line(self, stream: str, text: str) -> None:
         """One line of script output (without its newline)."""
-        if not (text.startswith(PREFIX) and self._service_message(text)):
+        if text.startswith(PREFIX):
+            self._service_message(text)
+        else:
             self.append(stream, text)
 
     @property
@@ -104,17 +106,14 @@ class StepLog:
     def last_lines(self) -> list[dict[str, str]]:
         """The lines not yet written, handed over to be stored with the step's end (in the same
         Redis call: ``StepStore.finish``); the log holds nothing more afterwards."""
-        if self.dropped:
-            self.system(f"[{self.dropped} more lines were not stored]")
-            self.dropped = 0
+        self._note_dropped()
         lines, self._pending = self._pending, []
         return lines
 
     def close(self, patience: float = CLOSE_PATIENCE) -> None:
         """Write the last lines, waiting out a Redis outage or network cut of up to *patience*
         seconds: the step's end is recorded next, and its log must be whole by then."""
-        if self.dropped:
-            self.system(f"[{self.dropped} more lines were not stored]")
+        self._note_dropped()
         deadline = time.monotonic() + patience
         while not self.flush():
             if time.monotonic() > deadline:
@@ -122,7 +121,13 @@ class StepLog:
                 return
             time.sleep(RETRY_SECONDS)
 
-    def _service_message(self, text: str) -> bool:
+    def _note_dropped(self) -> None:
+        """Say, once, how many output lines the cap kept out of the log."""
+        if self.dropped:
+            self.system(f"[{self.dropped} more lines were not stored]")
+            self.dropped = 0
+
+    def _service_message(self, text: str) -> None:
         """Act on a ``##workerpool[...]`` line; what cannot be acted on is noted in the log
         (capped like output, so a flood of them cannot grow it)."""
         message = parse(text)
@@ -143,7 +148,6 @@ class StepLog:
                                          message.attributes.get("name", ""))
         if problem is not None:
             self.append("system", problem)
-        return True
 
     def _set_output(self, name: str, value: str) -> str | None:
         if name not in self.outputs and len(self.outputs) >= MAX_OUTPUTS:

@@ -1,4 +1,4 @@
-"""Script syntaxes: each knows its interpreter, file extension and helper functions."""
+"""Script syntaxes: each knows its interpreter, how to run a script and its helper functions."""
 
 from __future__ import annotations
 
@@ -72,11 +72,10 @@ def install_helpers(directory: Path) -> Path:
 
 
 class Syntax:
-    """One script language; subclasses override the interpreter, extension and command."""
+    """One script language; subclasses override the interpreter and command."""
 
     name = ""
     program = ""
-    extension = ""
 
     def available(self) -> bool:
         return _which(self.program)
@@ -94,7 +93,7 @@ def _which(program: str) -> bool:
 
 
 class Bash(Syntax):
-    name, program, extension = "bash", "bash", ".sh"
+    name, program = "bash", "bash"
 
     def prepare(self, workdir: Path, script: str,
                 support: Path) -> tuple[list[str], dict[str, str]]:
@@ -104,7 +103,7 @@ class Bash(Syntax):
 
 
 class Sh(Syntax):
-    name, program, extension = "sh", "sh", ".sh"
+    name, program = "sh", "sh"
 
     def prepare(self, workdir: Path, script: str,
                 support: Path) -> tuple[list[str], dict[str, str]]:
@@ -114,7 +113,7 @@ class Sh(Syntax):
 
 
 class Python(Syntax):
-    name, program, extension = "python", "python", ".py"
+    name, program = "python", "python"
 
     def available(self) -> bool:
         return True  # the worker's own interpreter runs Python steps
@@ -127,7 +126,7 @@ class Python(Syntax):
 
 
 class PowerShell(Syntax):
-    name, program, extension = "powershell", "pwsh", ".ps1"
+    name, program = "powershell", "pwsh"
 
     def prepare(self, workdir: Path, script: str,
                 support: Path) -> tuple[list[str], dict[str, str]]:

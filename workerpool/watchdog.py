@@ -18,7 +18,7 @@ import signal
 import sys
 from pathlib import Path
 
-from workerpool.containment import TOKEN_VAR, kill_worker_leftovers, owner_tag
+from workerpool.containment import kill_worker_leftovers, needle, owner_tag
 
 GROUPS_DIR = ".groups"
 
@@ -31,7 +31,7 @@ def is_own_group(pgid: int, owner: str) -> bool:
         if os.getpgid(pgid) != pgid:
             return False
         with open(f"/proc/{pgid}/environ", "rb") as fh:
-            return f"\0{TOKEN_VAR}={owner}.".encode() in b"\0" + fh.read()
+            return needle(owner + ".") in b"\0" + fh.read()
     except OSError:
         return False
 
@@ -42,9 +42,10 @@ def main() -> None:
     root = Path(sys.argv[1])
     while sys.stdin.buffer.read(65536):  # until the worker's end closes the pipe
         pass
+    owner = owner_tag(root)
     with contextlib.suppress(FileNotFoundError):
         for entry in os.scandir(root / GROUPS_DIR):
-            if entry.name.isdigit() and is_own_group(int(entry.name), owner_tag(root)):
+            if entry.name.isdigit() and is_own_group(int(entry.name), owner):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(int(entry.name), signal.SIGKILL)
     kill_worker_leftovers(root)
