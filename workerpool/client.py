@@ -15,7 +15,7 @@ from workerpool.cluster import Snapshot, read_snapshot
 from workerpool.connection import connect, guarded, resolve_url
 from workerpool.errors import BadInput, StepWaitTimeout, UnknownStep
 from workerpool.leases import Leases
-from workerpool.pools import PoolRegistry
+from workerpool.pools import PoolRegistry, find
 from workerpool.routing import route
 from workerpool.sealing import Keyring
 from workerpool.settings import Settings
@@ -184,8 +184,7 @@ class WorkerDirectory:
         snap = self.client.snapshot()
         if pool is None:
             return list(snap.workers)
-        slug = keys.BUILTIN_POOL if pool == keys.BUILTIN_POOL else \
-            self.client.pools.get(pool).slug
+        slug = keys.BUILTIN_POOL if pool == keys.BUILTIN_POOL else find(snap.pools, pool).slug
         return snap.workers_in(slug)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import redis
 
 from workerpool import keys
-from workerpool.pools import DEFAULT_POOL_NAME, Pool, pools_from_hash, slugify
+from workerpool.pools import DEFAULT_POOL_NAME, Pool, ordered, pools_from_hash, slugify
 from workerpool.workers import WorkerInfo
 
 # KEYS: pools, default-pool, builtin-disabled, workers, running.
@@ -71,7 +71,8 @@ class Snapshot:
         return next(p for p in self.pools.values() if p.is_default)
 
 
-def _pairs(flat: list[Any]) -> dict[str, str]:
+def pairs(flat: list[Any]) -> dict[str, str]:
+    """A Redis flat reply ``[k1, v1, k2, v2, ...]`` as a dict."""
     return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
 
 
@@ -90,8 +91,8 @@ def read_snapshot(client: redis.Redis, detail: bool = False) -> Snapshot:
         args=[default_slug, json.dumps({"name": DEFAULT_POOL_NAME, "description": ""}),
               keys.PREFIX + "hb:", "1" if detail else "0"])
     raw_pools, default, disabled, raw_workers, beats, depths, raw_leases = reply
-    pools = pools_from_hash(_pairs(raw_pools), default)
-    records = list(_pairs(raw_workers).values())
+    pools = pools_from_hash(pairs(raw_pools), default)
+    records = list(pairs(raw_workers).values())
     workers = tuple(sorted((WorkerInfo.from_record(rec, beat or None)
                             for rec, beat in zip(records, beats, strict=True)),
                            key=lambda w: (w.pool, w.name)))
@@ -112,7 +113,7 @@ def _worker_json(worker: WorkerInfo, leases: list[Lease]) -> dict[str, object]:
 def status_view(snap: Snapshot) -> dict[str, object]:
     """Pools (default first, then by name) with queue depth, running leases and workers, the
     built-in worker, and all leases: ``status --json`` and the pools page's ``/api/pools``."""
-    pools = sorted(snap.pools.values(), key=lambda p: (not p.is_default, p.name.lower()))
+    pools = ordered(snap.pools.values())
 
     def section(slug: str) -> dict[str, object]:
         leases = [le for le in snap.leases if le.pool == slug]

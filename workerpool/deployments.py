@@ -22,18 +22,31 @@ from workerpool.client import Client
 from workerpool.cluster import Snapshot
 from workerpool.errors import BadInput, NoWorker, WorkerPoolError
 from workerpool.packages import PackageRef
-from workerpool.processes import Process, ProcessStep, ProjectVariable
+from workerpool.processes import (
+    POOL_LOCATIONS,
+    ROLE_LOCATIONS,
+    Process,
+    ProcessStep,
+    ProjectVariable,
+)
 from workerpool.projectvars import Target, pool_for, variables_for
 from workerpool.routing import Route, route
 from workerpool.sealing import SealError
-from workerpool.steps import LOCATION_SERVER, LOCATION_WORKER, TERMINAL, ScriptStep
+from workerpool.steps import (
+    FAILED,
+    LOCATION_SERVER,
+    LOCATION_WORKER,
+    QUEUED,
+    RUNNING,
+    SUCCESS,
+    TERMINAL,
+    ScriptStep,
+)
 from workerpool.targets import TargetInfo, TargetRegistry, matching
 
 log = logging.getLogger("workerpool.orchestrator")
 
-QUEUED, RUNNING, SUCCESS, FAILED, SKIPPED, PENDING = (
-    "Queued", "Running", "Success", "Failed", "Skipped", "Pending")
-PER_TARGET = ("worker-per-target", "target")
+SKIPPED, PENDING = "Skipped", "Pending"  # a deployment step's states beyond a step's own
 
 
 # -- the process as stored in a deployment record ------------------------------------------
@@ -162,20 +175,20 @@ class Deployments:
     def _preflight(self, process: Process, environment: str, extra: dict[str, str]) -> None:
         snapshot = self.client.snapshot()
         targets = self.targets.list()
-        for index, step in enumerate(process.steps):
+        variables, _ = variables_for(process, environment, None, extra)
+        for step in process.steps:
             where = f"{process.source}: step {step.name!r}"
-            variables, _ = variables_for(process, environment, None, extra)
             pool = pool_for(step, variables)
-            if step.location in ("worker", "worker-per-target") and pool is not None:
+            if step.location in POOL_LOCATIONS and pool is not None:
                 try:
                     route(ScriptStep(script="true", pool=pool), snapshot)
                 except WorkerPoolError as exc:
                     raise BadInput(f"{where}: field 'pool': {exc}") from None
-            if step.location in PER_TARGET and not matching(targets, environment, step.roles):
+            if step.location in ROLE_LOCATIONS and not matching(targets, environment,
+                                                                step.roles):
                 raise BadInput(f"{where}: field 'roles': no target in environment "
                                f"{environment!r} has role(s) {', '.join(step.roles)}; add one "
                                "with `workerpool target add`")
-            del index
 
     def result(self, deployment_id: str) -> DeploymentResult:
         record = cast(dict[str, str], self.client.guard(
@@ -326,7 +339,7 @@ class Orchestrator:
                   ) -> tuple[bool, dict[str, str]]:
         targets: list[TargetInfo | None] = (
             list(matching(self.targets.list(), environment, step.roles))
-            if step.location in PER_TARGET else [None])
+            if step.location in ROLE_LOCATIONS else [None])
         queue = [_Planned(run_id(deployment_id, index, t, 0), t, 0) for t in targets]
         in_flight: dict[str, _Planned] = {}
         ok = True

@@ -15,6 +15,7 @@ from typing import Any, cast
 import redis
 
 from workerpool import keys, messages
+from workerpool.cluster import pairs
 from workerpool.steps import (
     CANCELLED,
     LEASE_TIMEOUT,
@@ -104,8 +105,7 @@ class Leases:
         outcome, payload = reply[0], reply[1]
         if outcome != "ok":
             return Claim(outcome, {"state": str(payload)})
-        flat = list(payload)
-        return Claim("ok", {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)})
+        return Claim("ok", pairs(payload))
 
     def cancel(self, step_id: str) -> str:
         """Ask for *step_id* to stop; returns the state it was in when asked."""

@@ -164,8 +164,9 @@ class Stack:
         from workerpool.deployments import Orchestrator
 
         stop = threading.Event()
-        self.beat_server(self.client())
-        orchestrator = Orchestrator(self.client(), self.deployment_cap)
+        client = self.client()
+        self.beat_server(client)
+        orchestrator = Orchestrator(client, self.deployment_cap)
         threading.Thread(target=orchestrator.serve, args=(stop,), name="orchestrator",
                          daemon=True).start()
         return stop

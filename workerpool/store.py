@@ -105,9 +105,8 @@ class StepStore:
     def record(self, step_id: str) -> dict[str, str]:
         return cast(dict[str, str], self.redis.hgetall(keys.step(step_id)))
 
-    def result(self, step_id: str, record: dict[str, str] | None = None) -> StepResult:
-        record = self.record(step_id) if record is None else record
-        return StepResult.from_record(step_id, record, tuple(self.log(step_id)))
+    def result(self, step_id: str) -> StepResult:
+        return StepResult.from_record(step_id, self.record(step_id), tuple(self.log(step_id)))
 
     def log(self, step_id: str) -> list[LogEntry]:
         return [entry for _, entry in self.read_log(step_id, "0-0", block_ms=None) if entry]

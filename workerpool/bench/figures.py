@@ -24,10 +24,10 @@ from workerpool import keys
 from workerpool.bench import baseline
 from workerpool.bench.harness import BenchFailed, wait_until
 from workerpool.client import Client
-from workerpool.deployments import FAILED, SUCCESS, Deployments
+from workerpool.deployments import Deployments
 from workerpool.processes import Process, load_process
 from workerpool.routing import Route
-from workerpool.steps import ScriptStep
+from workerpool.steps import FAILED, SUCCESS, ScriptStep
 from workerpool.targets import TargetRegistry
 
 WAIT = 120.0
@@ -218,15 +218,9 @@ def drop_backlog(client: Client, route: Route) -> int:
     return left
 
 
-@dataclass(frozen=True)
-class Fanout:
-    wall: float  # first enqueue to last result (s)
-    overhead: list[float]  # per step: claim to end recorded, minus the script's own time
-    handoff: list[float]  # per worker: end of one step to the claim of its next
-
-
-def fanout(client: Client, pool: str, count: int, seconds: float) -> Fanout:
-    """*count* steps of a *seconds*-long script, all enqueued at once; wait for them all."""
+def fanout(client: Client, pool: str, count: int, seconds: float) -> float:
+    """Wall time (first enqueue to last result) of *count* steps of a *seconds*-long script,
+    all enqueued at once."""
     step = ScriptStep(script=f"sleep {seconds:g}", name="bench fan-out", pool=pool)
     began = time.perf_counter()
     handles = [client.run(step) for _ in range(count)]
@@ -234,16 +228,7 @@ def fanout(client: Client, pool: str, count: int, seconds: float) -> Fanout:
         result = handle.wait(timeout=WAIT + count * seconds)
         if not result.succeeded:
             raise BenchFailed(f"a fan-out step ended {result.state}: {result.message}")
-    wall = time.perf_counter() - began
-    by_worker: dict[str, list[tuple[float, float]]] = {}
-    for handle in handles:
-        record = client.store.record(handle.id)
-        by_worker.setdefault(record["worker"], []).append(
-            (float(record["started_at"]), float(record["finished_at"])))
-    spans = sorted(span for spans in by_worker.values() for span in spans)
-    handoff = [nxt[0] - prev[1] for spans in by_worker.values()
-               for prev, nxt in itertools.pairwise(sorted(spans))]
-    return Fanout(wall, [end - start - seconds for start, end in spans], handoff)
+    return time.perf_counter() - began
 
 
 def baseline_fanout(app: Celery, count: int, seconds: float) -> float:
