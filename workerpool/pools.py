@@ -110,6 +110,11 @@ def pools_from_hash(raw: dict[str, str], default_slug: str | None) -> dict[str, 
     return {slug: _decode(slug, value, default_slug) for slug, value in raw.items()}
 
 
+def ordered(pools: Iterable[Pool]) -> list[Pool]:
+    """Pools as every listing shows them: the default pool first, then by name."""
+    return sorted(pools, key=lambda p: (not p.is_default, p.name.lower()))
+
+
 def find(pools: dict[str, Pool], ident: str) -> Pool:
     """The pool named or slugged *ident* (case-insensitive), else UnknownPool."""
     ident = ident.strip()
@@ -196,7 +201,7 @@ class PoolRegistry:
         return pools_from_hash(raw, default_slug)
 
     def list(self) -> list[Pool]:
-        return sorted(self.all().values(), key=lambda p: (not p.is_default, p.name.lower()))
+        return ordered(self.all().values())
 
     def get(self, ident: str) -> Pool:
         return find(self.all(), ident)

@@ -28,7 +28,7 @@ from workerpool import keys
 from workerpool.cluster import Lease, Snapshot, read_snapshot, status_view
 from workerpool.connection import connect, guarded
 from workerpool.errors import BadInput, Infrastructure
-from workerpool.pools import Pool
+from workerpool.pools import Pool, ordered
 from workerpool.workers import WorkerInfo
 
 REFRESH_SECONDS = 5
@@ -138,7 +138,7 @@ def _page(body: str, updated: str, flower_url: str | None) -> str:
 def render_html(snap: Snapshot, now: float | None = None, flower_url: str | None = None) -> str:
     """The pools page for *snap*; every shown value is HTML-escaped."""
     now = time.time() if now is None else now
-    pools = sorted(snap.pools.values(), key=lambda p: (not p.is_default, p.name.lower()))
+    pools = ordered(snap.pools.values())
     body = "".join(_pool_html(snap, p, now) for p in pools) + _builtin_html(snap, now)
     updated = datetime.fromtimestamp(now).strftime("%H:%M:%S")
     return _page(f"<main>{body}</main>", updated, flower_url)

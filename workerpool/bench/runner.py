@@ -290,7 +290,7 @@ def _phase_fanout(harness: Harness, plan: Plan, report: Report,
     measures: list[Callable[[], None]] = [
         lambda: ours.append(figures.deployment_fanout(client, process, count, seconds)),
         lambda: slotted.append(figures.deployment_fanout(client, at_slots, count, seconds)),
-        lambda: steps.append(figures.fanout(client, POOL_FAN, count, seconds).wall),
+        lambda: steps.append(figures.fanout(client, POOL_FAN, count, seconds)),
         lambda: theirs.append(figures.baseline_fanout(app, count, seconds))]
     try:
         for n in range(plan.runs):

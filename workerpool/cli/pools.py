@@ -11,7 +11,7 @@ import click
 from workerpool.cli import cli
 from workerpool.cli.output import client, emit_json, table
 from workerpool.errors import BadInput
-from workerpool.pools import Pool
+from workerpool.pools import Pool, ordered
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -83,7 +83,7 @@ def pool_add(name: str, description: str, is_default: bool, requires: str | None
 def pool_list(as_json: bool) -> None:
     """List pools with their workers and queue depth."""
     snap = client().snapshot(detail=True)
-    pools = sorted(snap.pools.values(), key=lambda p: (not p.is_default, p.name.lower()))
+    pools = ordered(snap.pools.values())
     if as_json:
         emit_json([{**p.to_json(), "workers": len(snap.workers_in(p.slug)),
                     "queued": snap.queue_depths.get(p.slug, 0)} for p in pools])

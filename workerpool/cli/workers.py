@@ -10,6 +10,7 @@ import click
 from workerpool.cli import cli
 from workerpool.cli.output import ago, client, emit_json, table
 from workerpool.cluster import Snapshot, status_view
+from workerpool.pools import ordered
 from workerpool.settings import Settings
 from workerpool.targets import TargetRegistry
 from workerpool.workers import WorkerInfo, validate_worker_name
@@ -83,7 +84,7 @@ def status(as_json: bool) -> None:
     if as_json:
         emit_json({**status_view(snap), "targets": target_rows})
         return
-    pools = sorted(snap.pools.values(), key=lambda p: (not p.is_default, p.name.lower()))
+    pools = ordered(snap.pools.values())
     leases_by_pool: dict[str, int] = {}
     for lease in snap.leases:
         leases_by_pool[lease.pool] = leases_by_pool.get(lease.pool, 0) + 1
