@@ -246,7 +246,7 @@ def test_unhealthy_runtime_hands_a_message_back_unclaimed(
         client: Client, settings: Settings, raw: redis.Redis) -> None:
     """Belt and braces: a message that reaches an unhealthy worker goes back, unclaimed."""
     client.pools.add(POOL, requires=[TOOL])  # not on this test process's PATH
-    identity = register(client.redis, settings, "kubernetes-worker-pool", POOL, None, 1)
+    identity = register(client.redis, settings, "kubernetes-worker-pool", None, 1)
     runtime = Runtime(settings, client.url, identity)
     try:
         assert runtime.check_health() is False
