@@ -23,15 +23,22 @@ from workerpool.pools import find
 from workerpool.sealing import Keyring
 from workerpool.settings import Settings
 from workerpool.targets import TargetRegistry
+from workerpool.transport import NAME as TRANSPORT
 
 
-def make_app(url: str, visibility_timeout: float = Settings.visibility_timeout) -> Celery:
-    """A Celery app for workerpool's queues: JSON only, late ack, no prefetch, no results."""
+def make_app(url: str, visibility_timeout: float = Settings.visibility_timeout,
+             transport: str | None = TRANSPORT) -> Celery:
+    """A Celery app for workerpool's queues: JSON only, late ack, no prefetch, no results.
+
+    *transport* is workerpool's kombu Redis transport (``workerpool.transport``), or ``None``
+    for kombu's stock one (the bench's plain Celery baseline).
+    """
     # TLS options reach kombu as parsed by workerpool, not from the URL: kombu would otherwise
     # default a bare rediss:// to no certificate check, and read its options differently.
     tls = tls_options(url)
     app = Celery("workerpool", broker=without_query(url) if tls else url, set_as_current=False)
     app.conf.update(
+        broker_transport=transport,
         broker_use_ssl=tls or False,
         task_serializer="json",
         accept_content=["json"],

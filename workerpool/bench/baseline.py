@@ -42,7 +42,7 @@ def run_bash(script: str, capture: bool) -> str | None:
 
 
 def make_baseline_app(url: str) -> Celery:
-    app = make_app(url)
+    app = make_app(url, transport=None)  # kombu's stock Redis transport: plain Celery
     app.conf.update(result_backend=url, task_ignore_result=False, result_expires=3600)
     app.task(name=TASK_NAME, acks_late=True)(run_bash)
     return app
