@@ -44,6 +44,23 @@ def wait_for(condition: Callable[[], object], timeout: float = 20.0, what: str =
         time.sleep(interval)
 
 
+def watchdog_groups(worker_pid: int) -> tuple[Path, list[int]]:
+    """A worker's group table as its watchdog sees it: a path to the shared table (under
+    /proc, writable like the table itself) and the script groups it would kill now."""
+    from workerpool.watchdog import read_groups
+    for task in Path(f"/proc/{worker_pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            if b"workerpool.watchdog" in argv:
+                table = Path(f"/proc/{child}/fd/{int(argv[-2])}")
+                fd = os.open(table, os.O_RDONLY)
+                try:
+                    return table, read_groups(fd)
+                finally:
+                    os.close(fd)
+    raise AssertionError(f"worker {worker_pid} has no watchdog")
+
+
 def pid_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as fh:

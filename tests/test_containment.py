@@ -27,6 +27,7 @@ from workerpool.execution import OutputStream
 from workerpool.settings import Settings
 from workerpool.steplog import StepLog
 from workerpool.variables import Masker
+from workerpool.watchdog import SLOTS, GroupTable, read_groups
 
 
 def escaper(token: str, tmp_path: Path) -> int:
@@ -159,3 +160,19 @@ def test_candidates_are_the_pids_handed_out_since_the_first_or_all_after_a_wrap(
     finally:
         child.kill()
         child.wait()
+
+
+def test_the_group_table_lists_running_groups_for_the_watchdog():
+    table = GroupTable()
+    assert read_groups(table.fd) == []
+    for pgid in range(100, 100 + SLOTS):
+        assert table.add(pgid)
+    assert not table.add(99)  # full: that group is found by its step token only
+    table.remove(100)
+    table.remove(12345)  # never listed: nothing happens
+    assert table.add(99)
+    listed = read_groups(table.fd)
+    assert sorted(listed) == [99, *range(101, 100 + SLOTS)]
+    for pgid in listed:
+        table.remove(pgid)
+    assert read_groups(table.fd) == []

@@ -8,7 +8,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from conftest import wait_for, watchdog_groups
 from test_packages import serve  # noqa: F401  (the counting HTTP server fixture)
 
 from workerpool import ScriptStep
@@ -151,11 +151,11 @@ def test_unreachable_feed_fails_the_step_and_workdir_is_removed(client, pool):
     ok = client.run(ScriptStep(script="pwd", pool="Database Worker Pool")).wait(timeout=30)
     workdir = Path(ok.log[0].text)
     wait_for(lambda: not workdir.exists(), 10, "working directory removed")
-    # The worker's own: its helpers, its running script groups, its staged package copies.
-    kept = ("support", ".groups", ".staged")
+    # The worker's own: its helpers and its staged package copies.
+    kept = ("support", ".staged")
     leftovers = [p for p in workdir.parent.iterdir() if p.name not in kept]
     assert leftovers == [], leftovers
-    assert list((workdir.parent / ".groups").iterdir()) == []  # no script running
+    assert watchdog_groups(pool.proc.pid)[1] == []  # no script running
 
 
 def test_secret_in_a_changed_file_name_is_masked_in_feature_log_lines(client, pool, tmp_path):

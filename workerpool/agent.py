@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -36,7 +35,7 @@ from workerpool.stepsetup import Prepared, StepSetup, system_variables
 from workerpool.store import StepStore
 from workerpool.syntaxes import available_syntaxes, install_helpers
 from workerpool.variables import Masker, script_environment
-from workerpool.watchdog import GROUPS_DIR
+from workerpool.watchdog import SLOTS, GroupTable
 from workerpool.workers import (
     DEREGISTER,
     HEALTHY,
@@ -110,25 +109,24 @@ def register(client: redis.Redis, settings: Settings, pool: str, name: str | Non
 class Watchdog:
     """The child that kills this worker's script groups if the worker dies without doing so.
 
-    It learns of the worker's end from its stdin (EOF); the groups running then are the files
-    in ``ROOT/.groups`` (one per process group, made and removed here), so telling it costs a
-    file create and remove per step, not a message that wakes it.
+    It learns of the worker's end from its stdin (EOF); the groups running then are those in
+    the ``GroupTable`` it shares with this process, so telling it of a group costs a step a
+    store into shared memory, not a message that wakes it nor a file.
     """
 
     def __init__(self, root: Path) -> None:
-        self.groups = root / GROUPS_DIR
-        self.groups.mkdir(parents=True, exist_ok=True)
-        self._proc = subprocess.Popen([sys.executable, "-m", "workerpool.watchdog", str(root)],
-                                      stdin=subprocess.PIPE, start_new_session=True, text=True)
+        self.groups = GroupTable()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "workerpool.watchdog", str(root), str(self.groups.fd)],
+            stdin=subprocess.PIPE, start_new_session=True, text=True, pass_fds=(self.groups.fd,))
 
     def tell(self, sign: str, pgid: int) -> None:
-        path = self.groups / str(pgid)
-        if sign == "+":  # a step's script could have removed the directory: make it again
-            self.groups.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        if sign == "+":
+            if not self.groups.add(pgid):
+                log.warning("more script groups than the watchdog lists (%d); group %d is "
+                            "found by its step token only", SLOTS, pgid)
         else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            self.groups.remove(pgid)
 
     def close(self) -> None:
         assert self._proc.stdin is not None

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from conftest import HEARTBEAT, pid_alive, wait_for
+from conftest import HEARTBEAT, pid_alive, wait_for, watchdog_groups
 
 from workerpool import ScriptStep
 
@@ -133,7 +134,7 @@ def test_stopping_a_worker_lets_short_steps_finish_and_ends_long_ones(client, st
 def test_the_watchdog_kills_the_script_group_of_a_sigkilled_worker(client, start_worker,
                                                                    tmp_path):
     """A process that stays in the script's group but clears its environment carries no step
-    token: only the group, registered in the worker's root while it runs, finds it."""
+    token: only the group, listed in the table the worker shares with its watchdog, finds it."""
     client.pools.add("Database Worker Pool")
     victim = start_worker("Database Worker Pool")
     pid_file = tmp_path / "hidden"
@@ -143,11 +144,15 @@ def test_the_watchdog_kills_the_script_group_of_a_sigkilled_worker(client, start
     wait_for(pid_file.exists, 30, "the hidden process to start")
     hidden = int(pid_file.read_text())
     assert b"WORKERPOOL_STEP_TOKEN" not in Path(f"/proc/{hidden}/environ").read_bytes()
-    groups = list(WORKDIRS.glob(f"{victim.name}-*/.groups/*"))
-    assert [int(g.name) for g in groups] == [os.getpgid(hidden)]
-    # A group file a step could have written for a group that is not the worker's: ignored.
+    table, groups = watchdog_groups(victim.proc.pid)
+    assert groups == [os.getpgid(hidden)]
+    # A slot naming a group that is not the worker's (a pgid reused since, say): ignored.
     bystander = subprocess.Popen(["sleep", "300"], start_new_session=True)
-    (groups[0].parent / str(bystander.pid)).touch()
+    with table.open("r+b") as fh:
+        fh.seek(4 * 100)
+        fh.write(bystander.pid.to_bytes(4, sys.byteorder))
+    assert sorted(watchdog_groups(victim.proc.pid)[1]) == sorted([os.getpgid(hidden),
+                                                                  bystander.pid])
     victim.proc.kill()
     wait_for(lambda: not pid_alive(hidden), 10, "the hidden process to be killed")
     assert handle.wait(timeout=30).state == "WorkerLost"
