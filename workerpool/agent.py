@@ -106,6 +106,36 @@ def register(client: redis.Redis, settings: Settings, pool: str, name: str | Non
     return Identity(str(taken), pool, instance)
 
 
+def make_workdir(root: Path, step_id: str, attempt: str) -> Path:
+    """A new private working directory for one attempt of a step, named after it."""
+    path = root / f"{step_id}-{attempt}"
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:  # left by an earlier worker with this root: never reuse one
+        return Path(tempfile.mkdtemp(prefix=f"{step_id}-{attempt}-", dir=root))
+    return path
+
+
+def remove_workdir(path: Path) -> None:
+    """Remove a step's working directory: one holding only files (a script and what it wrote)
+    takes an unlink each and a rmdir; one with a directory in it, ``shutil.rmtree``."""
+    try:
+        with os.scandir(path) as it:
+            entries = list(it)
+        flat = not any(entry.is_dir(follow_symlinks=False) for entry in entries)
+    except OSError:
+        flat = False
+    if flat:
+        try:
+            for entry in entries:
+                os.unlink(entry.path)
+            os.rmdir(path)
+            return
+        except OSError:  # something appeared or could not go: rmtree does the rest
+            pass
+    shutil.rmtree(path, ignore_errors=True)
+
+
 class Watchdog:
     """The child that kills this worker's script groups if the worker dies without doing so.
 
@@ -164,6 +194,8 @@ class Runtime:
         self.watchdog = Watchdog(self.workdir_root)
         self.containment = Containment(self.workdir_root, settings.step_max_processes)
         self.host = socket.gethostname()
+        # The environment every script starts from (read once: os.environ decodes each time).
+        self.base_env = dict(os.environ)
         self.support_dir = install_helpers(self.workdir_root / "support")
         self.setup = StepSetup(FeedRegistry(self.redis),
                                PackageCache(settings.home / "package-cache",
@@ -380,7 +412,7 @@ class Runtime:
         variables: dict[str, str] = json.loads(record.get("variables") or "{}")
         steplog = StepLog(self.redis, step_id, Masker(secrets.values()),
                           self.settings.log_max_lines, self.settings.log_max_line_bytes)
-        workdir = Path(tempfile.mkdtemp(prefix=f"{step_id}-", dir=self.workdir_root))
+        workdir = make_workdir(self.workdir_root, step_id, record.get("attempt", "0"))
         ending: Ending | None = None
         try:
             try:
@@ -397,7 +429,7 @@ class Runtime:
                              lines=steplog.last_lines())
         finally:  # after the end is recorded: the caller need not wait for the removal
             if not self.settings.keep_workdirs:
-                shutil.rmtree(workdir, ignore_errors=True)
+                remove_workdir(workdir)
 
     def _setup_and_run(self, step_id: str, record: dict[str, str], workdir: Path,
                        steplog: StepLog, variables: dict[str, str]) -> Ending | None:
@@ -421,7 +453,8 @@ class Runtime:
         argv, extra_env = prepared.syntax.prepare(workdir, prepared.script, self.support_dir)
         env = script_environment(prepared.variables, {
             **extra_env, "WORKERPOOL_STEP_ID": step_id,
-            "WORKERPOOL_WORKER_NAME": self.identity.name, "WORKERPOOL_POOL": self.identity.pool})
+            "WORKERPOOL_WORKER_NAME": self.identity.name, "WORKERPOOL_POOL": self.identity.pool},
+            self.base_env)
         process = ScriptProcess(argv, workdir, env, steplog,
                                 float(record.get("timeout") or self.settings.step_timeout),
                                 self.settings.kill_grace, self.containment)

@@ -34,7 +34,9 @@ class Artifact:
 def collect(client: redis.Redis, step_id: str, workdir: Path, requested: dict[str, str],
             ttl: int, max_bytes: int = MAX_ARTIFACT_BYTES) -> list[str]:
     """Store each requested artifact; return one log line per artifact (stored or refused)."""
-    lines = []
+    lines: list[str] = []
+    if not requested:
+        return lines
     root = workdir.resolve()
     for name, relative in requested.items():
         source = (workdir / relative).resolve()

@@ -46,10 +46,29 @@ def needle(prefix: str) -> bytes:
     return b"\0" + f"{TOKEN_VAR}={prefix}".encode()
 
 
+_proc_files: dict[str, int] = {}  # /proc files read at every step, kept open
+
+
+def _read_proc(name: str) -> bytes:
+    """The current content of a small /proc file: one pread on a descriptor kept open (the
+    kernel writes it afresh for each read at offset 0)."""
+    path = f"{PROC}/{name}"
+    fd = _proc_files.get(path)
+    if fd is None:
+        opened = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = _proc_files.setdefault(path, opened)
+        if fd != opened:  # another thread opened it first
+            os.close(opened)
+    size = 65536
+    while len(data := os.pread(fd, size, 0)) == size:  # /proc/stat of a machine of many CPUs
+        size *= 4
+    return data
+
+
 def last_pid() -> int | None:
     """The pid most recently allocated on this machine (in this pid namespace)."""
     try:
-        return int((PROC / "loadavg").read_text().split()[4])
+        return int(_read_proc("loadavg").split()[4])
     except (OSError, ValueError, IndexError):
         return None
 
@@ -57,13 +76,11 @@ def last_pid() -> int | None:
 def forks() -> int | None:
     """Processes and threads created on this machine since it booted (each took a pid)."""
     try:
-        with open(PROC / "stat", "rb") as fh:
-            for line in fh:
-                if line.startswith(b"processes "):
-                    return int(line.split()[1])
+        text = _read_proc("stat")
+        start = text.index(b"\nprocesses ") + len(b"\nprocesses ")
+        return int(text[start:text.index(b"\n", start)])
     except (OSError, ValueError):
-        pass
-    return None
+        return None
 
 
 def candidates(first_pid: int | None, forks_before: int | None = None) -> Iterator[int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -63,6 +64,17 @@ HELPER_FILES = {"workerpool-helpers.sh": BASH_HELPERS, "workerpool-helpers-sh.sh
                 "workerpool-helpers.ps1": POWERSHELL_HELPERS}
 
 
+def write_script(path: Path, script: str) -> None:
+    """Write a step's script (UTF-8) into a new file: one open, write and close."""
+    data = memoryview(script.encode())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    finally:
+        os.close(fd)
+
+
 def install_helpers(directory: Path) -> Path:
     """Write every syntax's helper files once per worker; steps refer to them by path."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -97,7 +109,7 @@ class Bash(Syntax):
 
     def prepare(self, workdir: Path, script: str,
                 support: Path) -> tuple[list[str], dict[str, str]]:
-        (workdir / "script.sh").write_text(script)
+        write_script(workdir / "script.sh", script)
         # BASH_ENV loads the helpers before the script without shifting its line numbers.
         return (["bash", "script.sh"], {"BASH_ENV": str(support / "workerpool-helpers.sh")})
 
@@ -107,7 +119,7 @@ class Sh(Syntax):
 
     def prepare(self, workdir: Path, script: str,
                 support: Path) -> tuple[list[str], dict[str, str]]:
-        (workdir / "script.sh").write_text(script)
+        write_script(workdir / "script.sh", script)
         return (["sh", "-c", '. "$0" && . ./script.sh', str(support / "workerpool-helpers-sh.sh")],
                 {})
 
@@ -120,7 +132,7 @@ class Python(Syntax):
 
     def prepare(self, workdir: Path, script: str,
                 support: Path) -> tuple[list[str], dict[str, str]]:
-        (workdir / "script.py").write_text(script)
+        write_script(workdir / "script.py", script)
         return ([sys.executable, "-u", str(support / "workerpool_bootstrap.py"), "script.py"],
                 {"PYTHONUNBUFFERED": "1"})
 
@@ -130,7 +142,7 @@ class PowerShell(Syntax):
 
     def prepare(self, workdir: Path, script: str,
                 support: Path) -> tuple[list[str], dict[str, str]]:
-        (workdir / "script.ps1").write_text(script)
+        write_script(workdir / "script.ps1", script)
         helpers = support / "workerpool-helpers.ps1"
         return (["pwsh", "-NoLogo", "-NoProfile", "-NonInteractive", "-Command",
                  f". '{helpers}'; & ./script.ps1; exit $LASTEXITCODE"], {})
