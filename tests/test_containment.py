@@ -23,7 +23,7 @@ from workerpool.containment import (
     require_pids_cgroup,
 )
 from workerpool.errors import BadInput
-from workerpool.execution import OutputStream
+from workerpool.execution import OutputStream, ScriptProcess, find_program
 from workerpool.settings import Settings
 from workerpool.steplog import StepLog
 from workerpool.variables import Masker
@@ -176,3 +176,32 @@ def test_the_group_table_lists_running_groups_for_the_watchdog():
     for pgid in listed:
         table.remove(pgid)
     assert read_groups(table.fd) == []
+
+
+# -- starting the script ------------------------------------------------------------------------
+
+
+def tool(directory: Path, says: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "mytool").write_text(f"#!/bin/sh\necho {says}\n")
+    (directory / "mytool").chmod(0o755)
+
+
+def test_a_program_is_found_on_the_scripts_path_and_found_again_once_moved(raw, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    tool(first, "first")
+    tool(second, "second")
+    path = f"{first}:{second}:{os.defpath}"
+    assert find_program("mytool", path) == str(first / "mytool")
+    assert find_program("/bin/sh", path) is None  # a path is used as given
+
+    def run() -> list[str]:
+        steplog = StepLog(raw, "1" * 16, Masker(()), max_lines=50, max_line_bytes=100)
+        outcome = ScriptProcess(["mytool"], tmp_path, {"PATH": path}, steplog, 30, 1).run()
+        assert outcome.exit_code == 0
+        return [p["x"] for p in steplog._pending if p["s"] == "stdout"]
+
+    assert run() == ["first"]
+    (first / "mytool").unlink()  # the remembered place is gone: the PATH is searched again
+    assert run() == ["second"]
+    assert find_program("mytool", path) == str(second / "mytool")

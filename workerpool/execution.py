@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import threading
@@ -35,6 +37,13 @@ class ProcessOutcome:
 def decode(raw: bytes) -> str:
     """A line of output as text: invalid UTF-8 and NUL bytes become U+FFFD."""
     return raw.decode("utf-8", "replace").replace("\x00", "\ufffd")
+
+
+@functools.lru_cache(maxsize=64)
+def find_program(name: str, path: str) -> str | None:
+    """Where *name* is on *path* (a script's PATH), remembered: without it, each start would
+    try to exec every PATH entry in turn until one holds the program."""
+    return None if os.sep in name else shutil.which(name, path=path)
 
 
 class OutputStream:
@@ -126,10 +135,15 @@ class ScriptProcess:
 
     def _run(self, processes: StepProcesses, watch: Callable[[str, int], None]) -> ProcessOutcome:
         processes.forks_before = forks()
-        proc = subprocess.Popen(processes.wrap(self.argv), cwd=self.workdir,
-                                env={**self.env, **processes.env}, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True)
+        argv, env = processes.wrap(self.argv), {**self.env, **processes.env}
+        program = find_program(argv[0], env.get("PATH", os.defpath))
+        try:
+            proc = self._start(argv, env, program)
+        except FileNotFoundError:
+            if program is None:
+                raise
+            find_program.cache_clear()  # moved since it was looked up: search the PATH again
+            proc = self._start(argv, env, None)
         processes.first_pid = proc.pid
         try:
             watch("+", proc.pid)
@@ -139,6 +153,12 @@ class ScriptProcess:
             proc.wait()
             processes.kill_all()  # those that left the group: setsid, job control
             watch("-", proc.pid)
+
+    def _start(self, argv: list[str], env: dict[str, str],
+               program: str | None) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(argv, executable=program, cwd=self.workdir, env=env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True)
 
     def _supervise(self, proc: subprocess.Popen[bytes],
                    processes: StepProcesses) -> ProcessOutcome:

@@ -20,7 +20,7 @@ from workerpool.steps import QUEUED, LogEntry, ScriptStep, StepResult
 # The one way a step reaches a terminal state: stored, logged, lease released, end marked. The
 # last lines are stored whatever the state (as a separate flush would), so they are never lost.
 FINISH = """
-local st = redis.call('HMGET', KEYS[1], 'state', 'instance')
+local st = redis.call('HMGET', KEYS[1], 'state', 'instance', 'notify')
 if not st[1] then return 0 end
 if st[1] == ARGV[3] and ARGV[1] ~= '' and st[2] == ARGV[1] then return 1 end  -- a retry of ours
 for i = 10, #ARGV, 3 do
@@ -28,14 +28,15 @@ for i = 10, #ARGV, 3 do
 end
 if not string.find(ARGV[2], ',' .. st[1] .. ',', 1, true) then return 0 end
 if ARGV[1] ~= '' and st[2] ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'state', ARGV[3], 'finished_at', ARGV[6], 'message', ARGV[7])
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'exit_code', ARGV[4]) end
-if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'outputs', ARGV[5]) end
+local fields = {'state', ARGV[3], 'finished_at', ARGV[6], 'message', ARGV[7]}
+if ARGV[4] ~= '' then fields[#fields + 1] = 'exit_code'; fields[#fields + 1] = ARGV[4] end
+if ARGV[5] ~= '' then fields[#fields + 1] = 'outputs'; fields[#fields + 1] = ARGV[5] end
+redis.call('HSET', KEYS[1], unpack(fields))
 if ARGV[7] ~= '' then
   redis.call('XADD', KEYS[2], '*', 't', ARGV[6], 's', 'system', 'x', ARGV[7])
 end
 redis.call('XADD', KEYS[2], '*', 'end', ARGV[3])
-local notify = redis.call('HGET', KEYS[1], 'notify')
+local notify = st[3]
 if notify then
   redis.call('LPUSH', notify, ARGV[9])
   redis.call('EXPIRE', notify, ARGV[8])
