@@ -29,3 +29,20 @@ def test_a_retried_finish_stores_the_last_lines_once(client):
     after = client.step(step_id).result()
     assert after.state == SUCCESS
     assert [e.text for e in after.log] == ["last words", "late words"]
+
+
+def test_a_retried_claim_finds_its_own_claim_and_a_redelivery_does_not(client):
+    """A claim applied in Redis whose reply was lost with the connection is retried with the
+    same token: it is the worker's. A second delivery of the message claims with a new token
+    and is discarded, so the step runs once."""
+    client.pools.add("Parked")
+    pool = client.snapshot().pools["parked"]
+    step_id = client.store.enqueue(ScriptStep(script="true", pool="Parked"),
+                                   Route(pool.queue, pool.slug, pool.name), 3600, 3600)
+    first = client.leases.claim(step_id, 0, "w1", "i1", "parked", "token-a")
+    assert first.outcome == "ok" and first.record["state"] == RUNNING
+    retried = client.leases.claim(step_id, 0, "w1", "i1", "parked", "token-a")
+    assert retried.outcome == "ok" and retried.record["started_at"] == first.record["started_at"]
+    redelivered = client.leases.claim(step_id, 0, "w1", "i1", "parked", "token-b")
+    assert redelivered.outcome == "stale"
+    assert client.leases.claim(step_id, 0, "w2", "i2", "parked", "token-c").outcome == "stale"

@@ -24,7 +24,7 @@ from workerpool.connection import connect
 from workerpool.containment import Containment
 from workerpool.errors import WorkerConflict, WorkerPoolError
 from workerpool.execution import STOP_ABORT, STOP_CANCEL, STOP_TIMEOUT, ScriptProcess
-from workerpool.leases import Leases
+from workerpool.leases import Claim, Leases
 from workerpool.packages import FeedRegistry, PackageCache
 from workerpool.pools import PoolRegistry, worker_type
 from workerpool.sealing import Keyring, SealError
@@ -47,6 +47,9 @@ from workerpool.workers import (
 )
 
 log = logging.getLogger("workerpool.worker")
+
+# Seconds a worker keeps retrying a claim, or the record of a step's end, while Redis is away.
+REDIS_RETRY_SECONDS = 300.0
 
 # Seconds an unhealthy worker holds a message it should not have taken before handing it back,
 # so its queue gate (which checks several times a second) has stopped consumption by then.
@@ -351,12 +354,8 @@ class Runtime:
         if not self.health.healthy:
             self._hand_back(step_id, attempt)
             return
-        try:
-            claim = self.leases.claim(step_id, attempt, self.identity.name,
-                                      self.identity.instance, self.identity.pool)
-        except redis.RedisError as exc:
-            log.error("could not claim step %s (it stays queued until its lease deadline): %s",
-                      step_id, exc)
+        claim = self._claim(step_id, attempt)
+        if claim is None:
             return
         if claim.outcome != "ok":
             log.warning("discarded message for step %s: %s (state %s)", step_id, claim.outcome,
@@ -372,6 +371,24 @@ class Runtime:
         finally:
             with self.lock:
                 self.deliveries.pop(step_id, None)
+
+    def _claim(self, step_id: str, attempt: int) -> Claim | None:
+        """Claim the step, retrying while Redis is away: a claim whose reply was lost may have
+        been applied, and the retry (same token) then finds it ours, so the step is neither
+        left Running with nobody running it nor run twice. None if Redis stayed away."""
+        token = os.urandom(8).hex()
+        deadline = time.monotonic() + REDIS_RETRY_SECONDS
+        while True:
+            try:
+                return self.leases.claim(step_id, attempt, self.identity.name,
+                                         self.identity.instance, self.identity.pool, token)
+            except redis.RedisError as exc:
+                if time.monotonic() > deadline or self.stopping.is_set():
+                    log.error("could not claim step %s (if it stays Running, its lease "
+                              "deadline ends it): %s", step_id, exc)
+                    return None
+                log.warning("could not claim step %s yet (will retry): %s", step_id, exc)
+                self.stopping.wait(1.0)
 
     def _hand_back(self, step_id: str, attempt: int) -> None:
         """Give back, unclaimed, a step that reached this worker while it is unhealthy.
@@ -497,7 +514,7 @@ class Runtime:
                 outputs: dict[str, str] | None = None, message: str = "",
                 lines: list[dict[str, str]] | None = None) -> None:
         """Record the end, retrying while Redis is away so the step is not left Running."""
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + REDIS_RETRY_SECONDS
         while True:
             try:
                 self.store.finish(step_id, state, expected=(RUNNING,),

@@ -27,16 +27,19 @@ from workerpool.store import StepStore
 
 log = logging.getLogger(__name__)
 
-# KEYS: step, running, pending. ARGV: attempt, worker name, instance, now, worker's pool.
 BATCH = 1000  # step records read, or queue entries listed, per round trip when re-queuing
 
+# KEYS: step, running, pending. ARGV: attempt, worker name, instance, now, worker's pool, step
+# id, claim token. The token (new for each delivery) makes a retried claim safe: if the first
+# call was applied but its reply lost with the connection, the retry finds its own token.
 CLAIM = """
-local st = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'pool')
+local st = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'pool', 'claim')
 if not st[1] then return {'gone', ''} end
+if st[1] == 'Running' and st[4] == ARGV[7] then return {'ok', redis.call('HGETALL', KEYS[1])} end
 if st[1] ~= 'Queued' or st[2] ~= ARGV[1] then return {'stale', st[1]} end
 if st[3] ~= ARGV[5] then return {'wrong-pool', st[3]} end
 redis.call('HSET', KEYS[1], 'state', 'Running', 'worker', ARGV[2], 'instance', ARGV[3],
-           'started_at', ARGV[4])
+           'started_at', ARGV[4], 'claim', ARGV[7])
 redis.call('ZREM', KEYS[3], ARGV[6])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[6])
 return {'ok', redis.call('HGETALL', KEYS[1])}
@@ -99,9 +102,12 @@ class Leases:
         self._requeue = client.register_script(REQUEUE)
         self._cancel = client.register_script(CANCEL)
 
-    def claim(self, step_id: str, attempt: int, worker: str, instance: str, pool: str) -> Claim:
+    def claim(self, step_id: str, attempt: int, worker: str, instance: str, pool: str,
+              token: str) -> Claim:
+        """Take a Queued step for this worker. Calling again with the same *token* (after a
+        connection error left the outcome unknown) returns "ok" if the first call took it."""
         reply = self._claim(keys=[keys.step(step_id), keys.RUNNING, keys.PENDING],
-                            args=[attempt, worker, instance, time.time(), pool, step_id])
+                            args=[attempt, worker, instance, time.time(), pool, step_id, token])
         outcome, payload = reply[0], reply[1]
         if outcome != "ok":
             return Claim(outcome, {"state": str(payload)})
