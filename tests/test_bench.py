@@ -34,6 +34,8 @@ def test_tiny_plan_prints_every_figure_and_writes_the_docs(tmp_path: Path) -> No
     for number, title in FIGURES.items():
         assert f"{number} {title}" in done.stdout
     for metric in ("enqueue -> start p50", "steps per second", "backlog parked",
+                   "Celery with workerpool's transport and event batching vs plain Celery",
+                   "steps per second vs that tuned Celery",
                    "plain Celery: queue B p99, queue A draining, same CPUs",
                    "workerpool's ratio vs plain Celery's",
                    "deployment: submit -> end vs ideal", "efficiency (ideal / wall)",

@@ -13,6 +13,7 @@ from celery import Celery, bootsteps
 from celery.exceptions import SecurityWarning
 from celery.signals import worker_ready, worker_shutting_down
 from celery.worker.consumer import Consumer
+from celery.worker.consumer.events import Events
 from celery.worker.consumer.tasks import Tasks
 
 from workerpool import keys
@@ -84,28 +85,17 @@ EVENT_FLUSH_DELAY = 0.05
 
 
 class BatchingConsumer(Consumer):
-    """Celery's consumer, publishing buffered task events once per ``EVENT_FLUSH_DELAY``.
+    """Celery's consumer, leaving buffered task events to ``EventFlush``.
 
     Stock Celery publishes the event buffer at the next turn of its event loop, so a busy
     worker publishes a message or more per step (three events each): about a quarter of its
     consumer thread. Gathered for 50 ms, many steps' events go in one message.
     """
 
-    _flush_pending = False
-    hub: Any  # Celery's, untyped in its stubs
-    _flush_events: Callable[[], None]
+    _flush_events: Callable[[], None]  # Celery's, untyped in its stubs
 
-    def on_send_event_buffered(self) -> Any:  # any thread: the timer is the loop's own
-        if self.hub and not self._flush_pending:
-            self._flush_pending = True
-            self.hub.call_soon(self._schedule_flush)
-
-    def _schedule_flush(self) -> None:
-        self.hub.call_later(EVENT_FLUSH_DELAY, self._flush_later)
-
-    def _flush_later(self) -> None:
-        self._flush_pending = False
-        self._flush_events()
+    def on_send_event_buffered(self) -> Any:
+        """Nothing now: ``EventFlush`` publishes the buffer every ``EVENT_FLUSH_DELAY``."""
 
     def shutdown(self) -> Any:
         """Publish what is gathered before Celery closes the dispatcher (which would drop it)."""
@@ -114,6 +104,28 @@ class BatchingConsumer(Consumer):
         except Exception as exc:  # the broker may be gone: the steps' records are what counts
             log.warning("could not publish the last task events: %s", exc)
         return super().shutdown()
+
+
+class EventFlush(bootsteps.StartStopStep):
+    """Publishes the gathered task events every ``EVENT_FLUSH_DELAY`` on the consumer's timer;
+    started again with the consumer after a lost connection, like every consumer step."""
+
+    requires = (Events,)
+    entry: Any = None
+
+    def start(self, parent: Any) -> None:
+        self.entry = parent.timer.call_repeatedly(EVENT_FLUSH_DELAY, parent._flush_events)
+
+    def stop(self, parent: Any) -> None:
+        if self.entry is not None:
+            parent.timer.cancel(self.entry)
+            self.entry = None
+
+
+def batch_events(app: Celery) -> None:
+    """Make *app*'s workers gather task events (``BatchingConsumer`` and ``EventFlush``)."""
+    app.conf.worker_consumer = f"{__name__}:BatchingConsumer"
+    app.steps["consumer"].add(EventFlush)
 
 
 # Seconds between the queue gate's looks at the runtime's health: how soon after a change the
@@ -194,7 +206,7 @@ def serve(settings: Settings, pool: str | None, name: str | None, concurrency: i
     identity = guarded(lambda: register(client, settings, slug, name, concurrency), url)
     runtime = Runtime(settings, url, identity)
     app = make_app(url, settings.visibility_timeout)
-    app.conf.worker_consumer = f"{__name__}:BatchingConsumer"
+    batch_events(app)
     bind(app, runtime)
     if identity.checks_health:
         app.steps["consumer"].add(queue_gate(runtime))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import subprocess
 import sys
@@ -74,6 +76,20 @@ def test_all_queued_steps_run_exactly_once_after_a_redis_restart(own_redis, tmp_
         assert len(ran) == STEPS and set(ran.values()) == {1}, ran.most_common(3)
         wait_for(lambda: sum(w.state == "Healthy" for w in client.workers.list()) == 3, 30,
                  "workers reconnected by themselves")
+        # Task events (for Flower) flow again too: the gathered events' timer restarted.
+        pubsub = client.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub.psubscribe("*celeryev/task*")
+        after = client.run(ScriptStep(script="true", pool="Pool A"))
+        assert after.wait(30).state == "Success"
+        seen: list[bytes] = []
+
+        def succeeded() -> bool:
+            while (message := pubsub.get_message(timeout=0.05)) is not None:
+                seen.append(base64.b64decode(json.loads(message["data"])["body"]))
+            return any(b"task-succeeded" in body and after.id.encode() in body for body in seen)
+
+        wait_for(succeeded, 10, "the task events of a step run after the restart")
+        pubsub.close()
     finally:
         for proc in workers:
             proc.terminate()

@@ -160,11 +160,12 @@ def workerpool_throughput(client: Client, pool: str, count: int) -> float:
     return count / (time.perf_counter() - began)
 
 
-def baseline_throughput(app: Celery, raw: redis.Redis, count: int) -> float:
+def baseline_throughput(app: Celery, raw: redis.Redis, count: int,
+                        queue: str = baseline.QUEUE) -> float:
     """The same for plain Celery tasks: until every result is stored in the result backend."""
     began = time.perf_counter()
     remaining = [app.send_task(baseline.TASK_NAME, args=["true", False],
-                               queue=baseline.QUEUE).id for _ in range(count)]
+                               queue=queue).id for _ in range(count)]
 
     def drained() -> bool:
         head = remaining[:64]

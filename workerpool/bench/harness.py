@@ -169,15 +169,16 @@ class Harness:
         wait_until(ready, READY_TIMEOUT, f"{count} worker(s) of {pool}", interval=0.05)
         return sorted(pids)
 
-    def start_baseline(self, count: int, concurrency: int,
-                       queue: str = baseline.QUEUE) -> list[int]:
-        """Start *count* plain Celery workers for the baseline on *queue*; return once all
-        consume."""
+    def start_baseline(self, count: int, concurrency: int, queue: str = baseline.QUEUE,
+                       tuned: bool = False) -> list[int]:
+        """Start *count* plain Celery workers for the baseline on *queue* (*tuned*: with
+        workerpool's transport and event batching); return once all consume."""
         first = self._baselines
         self._baselines += count
         labels = [f"baseline-{n + 1:02d}" for n in range(first, first + count)]
         procs = [self._spawn([sys.executable, "-m", "workerpool.bench.baseline", self.url,
-                              str(concurrency), label, queue], "baseline") for label in labels]
+                              str(concurrency), label, queue, *(["tuned"] if tuned else [])],
+                             "baseline") for label in labels]
         names = [baseline.ready_key(label) for label in labels]
 
         def ready() -> bool:
