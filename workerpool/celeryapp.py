@@ -86,17 +86,32 @@ EVENT_FLUSH_DELAY = 0.05
 
 
 class BatchingConsumer(Consumer):
-    """Celery's consumer, leaving buffered task events to ``EventFlush``.
+    """Celery's consumer, publishing buffered task events once per ``EVENT_FLUSH_DELAY``.
 
     Stock Celery publishes the event buffer at the next turn of its event loop, so a busy
     worker publishes a message or more per step (three events each): about a quarter of its
-    consumer thread. Gathered for 50 ms, many steps' events go in one message.
+    consumer thread. Gathered for 50 ms, many steps' events go in one message; an idle worker
+    publishes (and wakes for) nothing.
     """
 
-    _flush_events: Callable[[], None]  # Celery's, untyped in its stubs
+    _flush_pending = False
+    hub: Any  # Celery's, untyped in its stubs
+    timer: Any
+    _flush_events: Callable[[], None]
 
     def on_send_event_buffered(self) -> Any:
-        """Nothing now: ``EventFlush`` publishes the buffer every ``EVENT_FLUSH_DELAY``."""
+        """An event was buffered (in any thread): publish the buffer in 50 ms, unless a
+        publish is already due. The loop's own thread sets the timer (``call_soon`` wakes it)."""
+        if self.hub is not None and not self._flush_pending:
+            self._flush_pending = True
+            self.hub.call_soon(self._schedule_flush)
+
+    def _schedule_flush(self) -> None:
+        self.timer.call_after(EVENT_FLUSH_DELAY, self._flush_later)
+
+    def _flush_later(self) -> None:
+        self._flush_pending = False  # first: an event buffered from now on schedules another
+        self._flush_events()
 
     def shutdown(self) -> Any:
         """Publish what is gathered before Celery closes the dispatcher (which would drop it)."""
@@ -108,23 +123,18 @@ class BatchingConsumer(Consumer):
 
 
 class EventFlush(bootsteps.StartStopStep):
-    """Publishes the gathered task events every ``EVENT_FLUSH_DELAY`` on the consumer's timer;
-    started again with the consumer after a lost connection, like every consumer step."""
+    """Runs with the consumer's other steps at each (re)start: a publish scheduled before a lost
+    connection went with the old timer, so the next buffered event must schedule one again
+    (the events buffered meanwhile are published by Celery's own events step)."""
 
     requires = (Events,)
-    entry: Any = None
 
     def start(self, parent: Any) -> None:
-        self.entry = parent.timer.call_repeatedly(EVENT_FLUSH_DELAY, parent._flush_events)
-
-    def stop(self, parent: Any) -> None:
-        if self.entry is not None:
-            parent.timer.cancel(self.entry)
-            self.entry = None
+        parent._flush_pending = False
 
 
 def batch_events(app: Celery) -> None:
-    """Make *app*'s workers gather task events (``BatchingConsumer`` and ``EventFlush``)."""
+    """Make *app*'s workers gather task events (``BatchingConsumer``, ``EventFlush``)."""
     app.conf.worker_consumer = f"{__name__}:BatchingConsumer"
     app.steps["consumer"].add(EventFlush)
 
