@@ -114,16 +114,54 @@ def tagged_processes(prefix: str, first_pid: int | None = None,
             pidfd = os.pidfd_open(pid)
         except OSError:
             continue
-        try:
-            with open(f"{PROC}/{pid}/environ", "rb") as fh:
-                environ = fh.read()
-        except OSError:  # gone, a zombie, or someone else's
-            os.close(pidfd)
-            continue
-        if wanted in b"\0" + environ:
+        environ = read_environ(pid)
+        if environ is not None and wanted in b"\0" + environ:
             yield pidfd
         else:
             os.close(pidfd)
+
+
+EXEC_SETTLE_SECONDS = 0.05  # how long an empty environment is read again (an exec under way)
+PF_KTHREAD = 0x00200000  # /proc/PID/stat flags: a kernel thread
+
+
+def read_environ(pid: int) -> bytes | None:
+    """*pid*'s environment; None if it is gone, a zombie, or someone else's.
+
+    A process in the middle of an exec shows an empty environment for a moment (its new
+    memory is in place before its environment is): a step's ``sleep 300 &``, caught there,
+    would pass for untagged and outlive its step. An empty one is read again for up to
+    ``EXEC_SETTLE_SECONDS``, unless it belongs to a zombie or a kernel thread.
+    """
+    deadline = None
+    while True:
+        try:
+            with open(f"{PROC}/{pid}/environ", "rb") as fh:
+                environ = fh.read()
+        except OSError:
+            return None
+        if environ:
+            return environ
+        stat = _stat(pid)
+        if stat is None or stat[0] in (b"Z", b"X"):  # gone, or a zombie: no memory left
+            return None
+        if stat[1] & PF_KTHREAD:  # a kernel thread never has an environment
+            return environ
+        now = time.monotonic()
+        deadline = deadline or now + EXEC_SETTLE_SECONDS
+        if now >= deadline:
+            return environ  # a process started with no environment at all (env -i)
+        time.sleep(0.001)
+
+
+def _stat(pid: int) -> tuple[bytes, int] | None:
+    """(state, flags) of *pid*, or None if it is gone."""
+    try:
+        with open(f"{PROC}/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        return fields[0], int(fields[6])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def signal_tagged(prefix: str, sig: signal.Signals, first_pid: int | None = None,
