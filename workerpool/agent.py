@@ -13,8 +13,10 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import redis
 
@@ -47,6 +49,7 @@ from workerpool.workers import (
 )
 
 log = logging.getLogger("workerpool.worker")
+T = TypeVar("T")
 
 # Seconds a worker keeps retrying a claim, or the record of a step's end, while Redis is away.
 REDIS_RETRY_SECONDS = 300.0
@@ -245,7 +248,7 @@ class Runtime:
         with self._health_lock:
             pool = self.pools.by_slug(self.identity.pool)
             env = script_environment({}, {"WORKERPOOL_WORKER_NAME": self.identity.name,
-                                          "WORKERPOOL_POOL": self.identity.pool})
+                                          "WORKERPOOL_POOL": self.identity.pool}, self.base_env)
             status = health.HEALTHY if pool is None else health.check(pool, env)
             previous, self.health = self.health, status
         if status != previous:
@@ -377,18 +380,30 @@ class Runtime:
         been applied, and the retry (same token) then finds it ours, so the step is neither
         left Running with nobody running it nor run twice. None if Redis stayed away."""
         token = os.urandom(8).hex()
+        return self._while_redis_away(
+            f"claim step {step_id}", "if it stays Running, its lease deadline ends it",
+            lambda: self.leases.claim(step_id, attempt, self.identity.name,
+                                      self.identity.instance, self.identity.pool, token),
+            until_stopping=True)
+
+    def _while_redis_away(self, what: str, if_given_up: str, action: Callable[[], T],
+                          until_stopping: bool = False) -> T | None:
+        """*action*, tried again every second while Redis is away, for up to
+        ``REDIS_RETRY_SECONDS`` (and, *until_stopping*, only until the worker stops); None if
+        it never got through."""
         deadline = time.monotonic() + REDIS_RETRY_SECONDS
         while True:
             try:
-                return self.leases.claim(step_id, attempt, self.identity.name,
-                                         self.identity.instance, self.identity.pool, token)
+                return action()
             except redis.RedisError as exc:
-                if time.monotonic() > deadline or self.stopping.is_set():
-                    log.error("could not claim step %s (if it stays Running, its lease "
-                              "deadline ends it): %s", step_id, exc)
+                if time.monotonic() > deadline or (until_stopping and self.stopping.is_set()):
+                    log.error("gave up trying to %s (%s): %s", what, if_given_up, exc)
                     return None
-                log.warning("could not claim step %s yet (will retry): %s", step_id, exc)
-                self.stopping.wait(1.0)
+                log.warning("could not %s yet (will retry): %s", what, exc)
+                if until_stopping:
+                    self.stopping.wait(1.0)
+                else:  # also while stopping: a stopped step's end must still be recorded
+                    time.sleep(1.0)
 
     def _hand_back(self, step_id: str, attempt: int) -> None:
         """Give back, unclaimed, a step that reached this worker while it is unhealthy.
@@ -514,16 +529,8 @@ class Runtime:
                 outputs: dict[str, str] | None = None, message: str = "",
                 lines: list[dict[str, str]] | None = None) -> None:
         """Record the end, retrying while Redis is away so the step is not left Running."""
-        deadline = time.monotonic() + REDIS_RETRY_SECONDS
-        while True:
-            try:
-                self.store.finish(step_id, state, expected=(RUNNING,),
-                                  instance=self.identity.instance, exit_code=exit_code,
-                                  outputs=outputs, message=message, lines=lines or ())
-                return
-            except redis.RedisError as exc:
-                if time.monotonic() > deadline:
-                    log.error("gave up recording the end of step %s: %s", step_id, exc)
-                    return
-                log.warning("could not record the end of step %s yet: %s", step_id, exc)
-                time.sleep(1.0)
+        self._while_redis_away(
+            f"record the end of step {step_id}", "it stays Running until its lease deadline",
+            lambda: self.store.finish(step_id, state, expected=(RUNNING,),
+                                      instance=self.identity.instance, exit_code=exit_code,
+                                      outputs=outputs, message=message, lines=lines or ()))

@@ -22,7 +22,7 @@ import sys
 import threading
 from pathlib import Path
 
-from workerpool.containment import kill_worker_leftovers, needle, owner_tag
+from workerpool.containment import kill_worker_leftovers, needle, owner_tag, read_environ
 
 SLOTS = 1024  # running script groups a worker can list: over its largest concurrency (256)
 SLOT_TYPE = "i"  # a pgid per slot, 0 when free
@@ -46,8 +46,10 @@ class GroupTable:
     def add(self, pgid: int) -> bool:
         """List *pgid*; False if every slot is taken (its step's token still finds it)."""
         with self._lock:
-            if not self._free or pgid in self._slot:
-                return pgid in self._slot
+            if pgid in self._slot:
+                return True
+            if not self._free:
+                return False
             slot = self._slot[pgid] = self._free.pop()
             self._table[slot] = pgid
             return True
@@ -74,10 +76,10 @@ def is_own_group(pgid: int, owner: str) -> bool:
     try:
         if os.getpgid(pgid) != pgid:
             return False
-        with open(f"/proc/{pgid}/environ", "rb") as fh:
-            return needle(owner + ".") in b"\0" + fh.read()
     except OSError:
         return False
+    environ = read_environ(pgid)
+    return environ is not None and needle(owner + ".") in b"\0" + environ
 
 
 def main() -> None:

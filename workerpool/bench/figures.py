@@ -83,13 +83,9 @@ def collector_paused() -> Iterator[None]:
         gc.collect()
 
 
+@collector_paused()
 def workerpool_latency(client: Client, pool: str, count: int, warmup: int = 3) -> Latency:
     """Run *count* stamping steps one at a time on an otherwise idle *pool*."""
-    with collector_paused():
-        return _workerpool_latency(client, pool, count, warmup)
-
-
-def _workerpool_latency(client: Client, pool: str, count: int, warmup: int) -> Latency:
     step = on_pool(STAMP_STEP, pool)
     latency = Latency([], [])
     for index in range(warmup + count):
@@ -113,14 +109,10 @@ def _workerpool_latency(client: Client, pool: str, count: int, warmup: int) -> L
     return latency
 
 
+@collector_paused()
 def baseline_latency(app: Celery, count: int, warmup: int = 3,
                      queue: str = baseline.QUEUE) -> Latency:
     """The same, as plain Celery tasks waited for through the Redis result backend."""
-    with collector_paused():
-        return _baseline_latency(app, count, warmup, queue)
-
-
-def _baseline_latency(app: Celery, count: int, warmup: int, queue: str) -> Latency:
     latency = Latency([], [])
     for index in range(warmup + count):
         enqueued = time.time()
