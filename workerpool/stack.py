@@ -30,9 +30,10 @@ from workerpool.settings import Settings
 PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent() -> None:
-    """``preexec_fn`` for children: the kernel sends them SIGTERM if their parent dies."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> None:
+    """``preexec_fn`` for children (or called by the child itself): the kernel sends it *sig*
+    if its parent dies."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
 
 
 def parse_pool_counts(spec: str) -> dict[str, int]:

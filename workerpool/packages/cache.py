@@ -144,7 +144,10 @@ class PackageCache:
             if meta is None:
                 return None
             os.utime(self._dir(entry) / ENTRY)
-            return self._held(entry, meta, False)
+            package = self._held(entry, meta, False)
+        # Only a package held here is held again later (``rehold``): it alone needs these.
+        return replace(package, use_lock=self._lock(entry, "use"),
+                       identity=file_identity(package.path))
 
     @staticmethod
     def rehold(known: CachedPackage) -> CachedPackage | None:
@@ -163,9 +166,8 @@ class PackageCache:
         lock = self._lock(entry, "use")
         use = lock.open("ab")
         fcntl.flock(use.fileno(), fcntl.LOCK_SH)  # evictors need both locks: never blocks
-        path = self._dir(entry) / meta["file_name"]
-        return CachedPackage(path, meta["file_name"], meta["sha256"], downloaded, use, lock,
-                             file_identity(path))
+        return CachedPackage(self._dir(entry) / meta["file_name"], meta["file_name"],
+                             meta["sha256"], downloaded, use)
 
     def _thread_lock(self, entry: _Entry) -> threading.Lock:
         with self._guard:

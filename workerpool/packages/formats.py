@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import shutil
 import tarfile
 import zipfile
 import zlib
@@ -46,3 +47,13 @@ def extract(archive: Path, target: Path, max_bytes: int = DEFAULT_MAX_BYTES,
     except CORRUPT as exc:
         raise ArchiveError(f"{archive.name}: corrupt archive ({exc or type(exc).__name__}); "
                            "publish it again") from None
+
+
+def place(archive: Path, target: Path, unpack: bool, max_bytes: int = DEFAULT_MAX_BYTES,
+          max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+    """A package where a step uses it: *archive* extracted into the directory *target*, or
+    (``unpack`` false) copied to the file *target*. Steps and staged spares both use it."""
+    if unpack:
+        extract(archive, target, max_bytes, max_entries)
+    else:
+        shutil.copyfile(archive, target)

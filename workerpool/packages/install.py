@@ -3,7 +3,6 @@ or take a spare copy staged in advance (``spares.py``)."""
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -11,7 +10,7 @@ from types import TracebackType
 from workerpool.errors import ArchiveError, PackageError
 from workerpool.packages.cache import CachedPackage, PackageCache
 from workerpool.packages.feed import Progress
-from workerpool.packages.formats import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, extract
+from workerpool.packages.formats import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, place
 from workerpool.packages.ref import PackageRef
 from workerpool.packages.registry import FeedRegistry
 from workerpool.packages.spares import Kind, Spares
@@ -79,11 +78,10 @@ def prepare(ref: PackageRef, feeds: FeedRegistry, cache: PackageCache, workdir: 
 
 
 def _place(ref: PackageRef, cached: CachedPackage, workdir: Path, kind: Kind) -> None:
-    if ref.extract:
-        extract(cached.path, workdir / ref.name, kind.max_bytes, kind.max_entries)
-    else:
+    if not ref.extract:
         workdir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(cached.path, workdir / cached.file_name)
+    place(cached.path, workdir / ref.name if ref.extract else workdir / cached.file_name,
+          ref.extract, kind.max_bytes, kind.max_entries)
 
 
 def _prepared(ref: PackageRef, cached: CachedPackage, workdir: Path,

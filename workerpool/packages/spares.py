@@ -7,11 +7,12 @@ process (``stager.py``) that waits, or is paused, while a step starts. The next 
 the version takes a spare with a single ``os.rename()`` into its working directory, whatever the
 package's size; with none ready (its first use, or steps arriving faster than the stager) the
 step fetches and extracts inline, as without spares. A spare is written by the same
-``extract()`` (same limits, same refusals) from the cached archive, verified as ``fetch()``
+``place()`` (same limits, same refusals) from the cached archive, verified as ``fetch()``
 verifies it when the spare is staged; and it is a real copy, never hard links: a script (maybe
 root) that writes into its tree changes nothing but that tree.
 
-Taking a spare costs no Redis call: the step holds the cached archive again (the same file the
+Taking a spare costs no Redis call beyond the feed's lookup every step makes (a removed feed
+fails the step, spare or not): the step holds the cached archive again (the same file the
 stager verified, checked by inode; see ``PackageCache.rehold``), as a fetched package is held
 until the step ends.
 

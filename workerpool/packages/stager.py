@@ -14,11 +14,9 @@ when the worker dies (PR_SET_PDEATHSIG with SIGKILL, which also ends a stopped p
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from workerpool.errors import ArchiveError
-from workerpool.packages.formats import extract
+from workerpool.packages.formats import place
 
 NICE = 10  # scripts come first
 POLL = 0.05  # seconds between checks, while a job runs, whether a pause is over
@@ -125,18 +123,15 @@ class Stager:
 # -- the helper process ------------------------------------------------------------------------
 
 def write(job: dict[str, object]) -> None:
-    """One spare: the archive extracted (the same ``extract()`` a step runs), or copied."""
-    archive, target = Path(str(job["archive"])), Path(str(job["target"]))
-    if job["extract"]:
-        extract(archive, target, int(str(job["max_bytes"])), int(str(job["max_entries"])))
-    else:
-        shutil.copyfile(archive, target)
+    """One spare: the archive extracted or copied, by the same ``place()`` a step runs."""
+    place(Path(str(job["archive"])), Path(str(job["target"])), bool(job["extract"]),
+          int(str(job["max_bytes"])), int(str(job["max_entries"])))
 
 
 def main() -> None:
-    from workerpool.stack import PR_SET_PDEATHSIG
+    from workerpool.stack import die_with_parent
 
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    die_with_parent(signal.SIGKILL)
     if os.getppid() != int(sys.argv[1]):
         return  # the worker died before the line above took effect
     os.nice(NICE)
