@@ -22,7 +22,7 @@ import redis
 
 from workerpool import health, keys, messages
 from workerpool.artifacts import collect
-from workerpool.connection import connect
+from workerpool.connection import REDIS_RETRY_SECONDS, connect
 from workerpool.containment import Containment
 from workerpool.errors import WorkerConflict, WorkerPoolError
 from workerpool.execution import STOP_ABORT, STOP_CANCEL, STOP_TIMEOUT, ScriptProcess
@@ -50,9 +50,6 @@ from workerpool.workers import (
 
 log = logging.getLogger("workerpool.worker")
 T = TypeVar("T")
-
-# Seconds a worker keeps retrying a claim, or the record of a step's end, while Redis is away.
-REDIS_RETRY_SECONDS = 300.0
 
 # Seconds an unhealthy worker holds a message it should not have taken before handing it back,
 # so its queue gate (which checks several times a second) has stopped consumption by then.

@@ -21,6 +21,7 @@ from workerpool import keys
 from workerpool.agent import Runtime, register
 from workerpool.cluster import read_snapshot
 from workerpool.connection import connect, guarded, resolve_url, tls_options, without_query
+from workerpool.containment import require_pids_cgroup
 from workerpool.errors import BadInput
 from workerpool.messages import TASK_NAME
 from workerpool.pools import find
@@ -28,6 +29,7 @@ from workerpool.sealing import Keyring
 from workerpool.settings import Settings
 from workerpool.targets import TargetRegistry
 from workerpool.transport import NAME as TRANSPORT
+from workerpool.workers import validate_worker_name
 
 
 def make_app(url: str, visibility_timeout: float = Settings.visibility_timeout,
@@ -198,7 +200,10 @@ def queue_gate(runtime: Runtime) -> type[bootsteps.StartStopStep]:
 def serve(settings: Settings, pool: str | None, name: str | None, concurrency: int,
           loglevel: str = "WARNING", target: str | None = None) -> int:
     """Run a worker for *pool* (``None``: the built-in worker), or a target's agent, until it is
-    told to stop."""
+    told to stop. Everything that can be refused is checked before anything registers."""
+    if name is not None:
+        validate_worker_name(name)
+    require_pids_cgroup(settings.step_max_processes)
     Keyring.load(settings).check()
     if settings.visibility_timeout <= 2 * settings.heartbeat_interval:
         raise BadInput("WORKERPOOL_VISIBILITY_TIMEOUT must be more than twice "

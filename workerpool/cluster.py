@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,17 +75,10 @@ def pairs(flat: list[Any]) -> dict[str, str]:
     return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
 
 
-# Sent once per connection as EVALSHA thereafter (redis-py reloads it after a restart).
-_snapshot_scripts: weakref.WeakKeyDictionary[redis.Redis, Any] = weakref.WeakKeyDictionary()
-
-
 def read_snapshot(client: redis.Redis, detail: bool = False) -> Snapshot:
     """Everything routing or status needs, in one round trip (creating the default pool if new)."""
     default_slug = slugify(DEFAULT_POOL_NAME)
-    script = _snapshot_scripts.get(client)
-    if script is None:
-        script = _snapshot_scripts[client] = client.register_script(SNAPSHOT)
-    reply = script(
+    reply = client.register_script(SNAPSHOT)(  # EVALSHA; loaded again if Redis lost it
         keys=[keys.POOLS, keys.DEFAULT_POOL, keys.BUILTIN_DISABLED, keys.WORKERS, keys.RUNNING],
         args=[default_slug, json.dumps({"name": DEFAULT_POOL_NAME, "description": ""}),
               keys.PREFIX + "hb:", "1" if detail else "0"])

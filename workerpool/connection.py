@@ -18,8 +18,12 @@ from urllib.parse import parse_qsl, urlparse, urlunparse
 
 import redis
 
-from workerpool.errors import BadInput, RedisUnavailable
+from workerpool.errors import BadInput, RedisUnavailable, one_line
 from workerpool.settings import Settings
+
+# Seconds a worker waits out a Redis outage before giving up on what it must store (a claim, a
+# step's last log lines, its end).
+REDIS_RETRY_SECONDS = 300.0
 
 T = TypeVar("T")
 SCHEMES = ("redis", "rediss", "unix")
@@ -186,4 +190,4 @@ def _tls_error(exc: BaseException) -> ssl.SSLError | None:
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    return one_line(exc) or type(exc).__name__

@@ -75,3 +75,9 @@ class PackageError(StepSetupError):
         self.version = version
         self.feed = feed
         self.reason = reason
+
+
+def one_line(text: object) -> str:
+    """*text* with every run of whitespace (newlines included) made one space: for messages
+    that must stay on one line."""
+    return " ".join(str(text).split())

@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Mapping
 from typing import IO, NamedTuple
 
+from workerpool.errors import one_line
 from workerpool.pools import Pool
 
 DEFAULT_TIMEOUT = 30.0
@@ -86,5 +87,5 @@ def _failure(code: int, output: IO[bytes]) -> str:
 
 
 def _one_line(text: str) -> str:
-    line = " ".join(text.split())
+    line = one_line(text)
     return line if len(line) <= MAX_REASON else line[: MAX_REASON - 3] + "..."

@@ -9,6 +9,7 @@ from pathlib import Path
 import redis
 
 from workerpool import keys
+from workerpool.connection import REDIS_RETRY_SECONDS
 from workerpool.servicemessages import PREFIX, parse
 from workerpool.variables import Masker
 
@@ -16,7 +17,6 @@ log = logging.getLogger(__name__)
 FLUSH_LINES = 200
 FLUSH_SECONDS = 0.05
 RETRY_SECONDS = 0.5  # between tries to write lines while Redis is away
-CLOSE_PATIENCE = 300.0  # as long as the worker tries to record the step's end
 REQUIRED = {"setVariable": "name", "createArtifact": "path"}  # each known message's must-have
 MAX_OUTPUTS = 1000  # output variables per step
 MAX_ARTIFACTS = 100  # artifacts per step (each up to artifacts.MAX_ARTIFACT_BYTES)
@@ -110,11 +110,12 @@ class StepLog:
         lines, self._pending = self._pending, []
         return lines
 
-    def close(self, patience: float = CLOSE_PATIENCE) -> None:
-        """Write the last lines, waiting out a Redis outage or network cut of up to *patience*
-        seconds: the step's end is recorded next, and its log must be whole by then."""
+    def close(self) -> None:
+        """Write the last lines, waiting out a Redis outage or network cut of up to
+        ``REDIS_RETRY_SECONDS``: the step's end is recorded next, and its log must be whole by
+        then."""
         self._note_dropped()
-        deadline = time.monotonic() + patience
+        deadline = time.monotonic() + REDIS_RETRY_SECONDS
         while not self.flush():
             if time.monotonic() > deadline:
                 log.error("gave up writing %d log lines of %s", len(self._pending), self.key)

@@ -25,7 +25,7 @@ import ruamel.yaml
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from workerpool.errors import BadInput
+from workerpool.errors import BadInput, one_line
 from workerpool.packages import PackageRef
 from workerpool.steps import check_variable
 from workerpool.syntaxes import SYNTAXES
@@ -130,10 +130,6 @@ def _children(node: Node) -> list[Node]:
     if isinstance(node, MappingNode):
         return [part for pair in node.value for part in pair]
     return []
-
-
-def one_line(text: str) -> str:
-    return " ".join(str(text).split())
 
 
 def text_value(raw: object, what: str) -> str:

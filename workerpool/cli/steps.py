@@ -127,7 +127,7 @@ def run(pool: str | None, server: bool, script: str | None, script_file: str | N
         script_path=script_path, substitute=substitute, structured=structured,
         location=LOCATION_SERVER if server else LOCATION_WORKER,
         variables=plain, sensitive_variables=sensitive, timeout=timeout,
-        lease_timeout=lease_timeout, retry_on_worker_lost=retry_on_worker_lost).validate()
+        lease_timeout=lease_timeout, retry_on_worker_lost=retry_on_worker_lost)
     c = client()
     handle = c.run(step)
     if no_wait:

@@ -13,7 +13,7 @@ from workerpool.cluster import Snapshot, status_view
 from workerpool.pools import ordered
 from workerpool.settings import Settings
 from workerpool.targets import TargetRegistry
-from workerpool.workers import WorkerInfo, validate_worker_name
+from workerpool.workers import WorkerInfo
 
 
 @cli.group()
@@ -35,13 +35,9 @@ def worker_start(pool: str | None, builtin: bool, name: str | None, concurrency:
     if builtin == (pool is not None):
         raise click.UsageError("give exactly one of --pool NAME or --builtin")
     from workerpool.celeryapp import serve  # worker-side code loads only here
-    from workerpool.containment import require_pids_cgroup
 
-    settings = Settings.from_env()
-    if name is not None:
-        validate_worker_name(name)
-    require_pids_cgroup(settings.step_max_processes)
-    sys.exit(serve(settings, None if builtin else pool, name, concurrency, loglevel.upper()))
+    sys.exit(serve(Settings.from_env(), None if builtin else pool, name, concurrency,
+                   loglevel.upper()))
 
 
 def _shown(w: WorkerInfo) -> str:
