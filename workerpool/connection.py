@@ -35,6 +35,12 @@ TLS_OPTIONS = ("ssl_cert_reqs", "ssl_check_hostname", *TLS_FILES)
 
 def validate_url(url: str) -> str:
     """Return *url* if it is a usable Redis URL, else raise BadInput saying what is wrong."""
+    _checked(url)
+    return url
+
+
+def _checked(url: str) -> dict[str, Any]:
+    """``tls_options(url)`` of a usable Redis URL; BadInput saying what is wrong otherwise."""
     try:
         parsed = urlparse(url)
         port = parsed.port
@@ -47,8 +53,7 @@ def validate_url(url: str) -> str:
         raise BadInput(f"Redis URL {redact(url)!r} has no host; use redis://host:port/db")
     if port == 0:
         raise BadInput(f"Redis URL {redact(url)!r} has port 0")
-    tls_options(url)
-    return url
+    return tls_options(url)
 
 
 def _query(url: str) -> dict[str, str]:
@@ -135,8 +140,7 @@ def resolve_url(settings: Settings) -> str:
 
 def connect(url: str) -> redis.Redis:
     """A client for *url* that decodes replies to str; no I/O happens until first use."""
-    validate_url(url)
-    options = tls_options(url)
+    options = _checked(url)
     return redis.Redis.from_url(without_query(url) if options else url, decode_responses=True,
                                 socket_connect_timeout=5, health_check_interval=30, **options)
 
