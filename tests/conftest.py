@@ -7,7 +7,9 @@ running ``workerpool worker start``.
 
 from __future__ import annotations
 
+import base64
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -59,6 +61,28 @@ def watchdog_groups(worker_pid: int) -> tuple[Path, list[int]]:
                 finally:
                     os.close(fd)
     raise AssertionError(f"worker {worker_pid} has no watchdog")
+
+
+class TaskEvents:
+    """Celery task events as Flower receives them: the messages workers publish for the
+    database of *raw*, decoded into batches (one list per message)."""
+
+    def __init__(self, raw: redis.Redis) -> None:
+        self.prefix = f"/{raw.connection_pool.connection_kwargs.get('db', 0)}.celeryev/"
+        self.pubsub = raw.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        self.pubsub.psubscribe("*celeryev/task*")
+        self.batches: list[list[dict[str, object]]] = []
+
+    def collect(self) -> list[dict[str, object]]:
+        """Every event received so far, in order."""
+        while (message := self.pubsub.get_message(timeout=0.05)) is not None:
+            if str(message["channel"]).startswith(self.prefix):
+                body = json.loads(base64.b64decode(json.loads(message["data"])["body"]))
+                self.batches.append(body if isinstance(body, list) else [body])
+        return [event for batch in self.batches for event in batch]
+
+    def close(self) -> None:
+        self.pubsub.close()
 
 
 def pid_alive(pid: int) -> bool:

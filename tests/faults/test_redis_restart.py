@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import subprocess
 import sys
@@ -12,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import HEARTBEAT, wait_for
+from conftest import HEARTBEAT, TaskEvents, wait_for
 
 from workerpool import Client, ScriptStep
 from workerpool.embedded import EmbeddedRedis
@@ -77,19 +75,13 @@ def test_all_queued_steps_run_exactly_once_after_a_redis_restart(own_redis, tmp_
         wait_for(lambda: sum(w.state == "Healthy" for w in client.workers.list()) == 3, 30,
                  "workers reconnected by themselves")
         # Task events (for Flower) flow again too: the gathered events' timer restarted.
-        pubsub = client.redis.pubsub(ignore_subscribe_messages=True)
-        pubsub.psubscribe("*celeryev/task*")
+        events = TaskEvents(client.redis)
         after = client.run(ScriptStep(script="true", pool="Pool A"))
         assert after.wait(30).state == "Success"
-        seen: list[bytes] = []
-
-        def succeeded() -> bool:
-            while (message := pubsub.get_message(timeout=0.05)) is not None:
-                seen.append(base64.b64decode(json.loads(message["data"])["body"]))
-            return any(b"task-succeeded" in body and after.id.encode() in body for body in seen)
-
-        wait_for(succeeded, 10, "the task events of a step run after the restart")
-        pubsub.close()
+        wait_for(lambda: any(e["type"] == "task-succeeded" and e["uuid"] == after.id
+                             for e in events.collect()), 10,
+                 "the task events of a step run after the restart")
+        events.close()
     finally:
         for proc in workers:
             proc.terminate()
