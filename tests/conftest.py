@@ -63,6 +63,16 @@ def watchdog_groups(worker_pid: int) -> tuple[Path, list[int]]:
     raise AssertionError(f"worker {worker_pid} has no watchdog")
 
 
+def one_line_error(done: subprocess.CompletedProcess[str], code: int = 2) -> str:
+    """The command failed with *code* and one line on stderr (``workerpool: error: ...``), no
+    traceback; that line."""
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == code, done.stderr
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith("workerpool: error: ")
+    return lines[0]
+
+
 class TaskEvents:
     """Celery task events as Flower receives them: the messages workers publish for the
     database of *raw*, decoded into batches (one list per message)."""

@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 import pytest
 import redis
+from conftest import one_line_error
 from netproxy import Certificates, NetProxy, make_ca, make_certificates
 
 from workerpool import Client
@@ -66,15 +67,12 @@ def fresh_db(port: int) -> int:
     return number
 
 
-def one_line_error(done, *, code: int = 3) -> str:
+def error_without_secrets(done, *, code: int = 3) -> str:
     """The command failed with *code* and a single line on stderr, no traceback, no secret."""
-    lines = done.stderr.strip().splitlines()
-    assert done.returncode == code, done.stderr
-    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    line = one_line_error(done, code)
     for secret in (PASSWORD, USER_PASSWORD, PW, USER_PW):  # (the wrong ones contain these)
         assert secret not in done.stderr, done.stderr
-    assert lines[0].startswith("workerpool: error: ")
-    return lines[0]
+    return line
 
 
 def run_step(cli, pool: str) -> dict:
@@ -122,7 +120,7 @@ def test_wrong_credentials_stop_each_command_with_one_line(cli, secure_redis, cr
     for args in (["worker", "start", "--pool", "Database Worker Pool"],
                  ["worker", "start", "--builtin"], ["run", "--script", "true"], ["status"],
                  ["logs", "abc"]):
-        line = one_line_error(cli(*args, extra_env=bad))
+        line = error_without_secrets(cli(*args, extra_env=bad))
         assert f"Redis at redis://{shown}127.0.0.1:{secure_redis.port}/0 " in line, line
         assert says in line, line
     with pytest.raises(RedisUnavailable, match=says):
@@ -182,7 +180,7 @@ class TestTLS:
         for extra_env, code, says in cases:
             for args in (["worker", "start", "--builtin"], ["run", "--script", "true"],
                          ["status"]):
-                line = one_line_error(cli(*args, extra_env=extra_env), code=code)
+                line = error_without_secrets(cli(*args, extra_env=extra_env), code=code)
                 assert says in line, line
         assert tls_proxy.handshake_failures >= 3
 
