@@ -109,6 +109,12 @@ def register(client: redis.Redis, settings: Settings, pool: str, name: str | Non
     return Identity(str(taken), pool, instance)
 
 
+def workdir_root(name: str, instance: str) -> Path:
+    """The directory of one worker instance's step working directories (its watchdog removes
+    it when the worker ends)."""
+    return Path(tempfile.gettempdir()) / "workerpool" / f"{name}-{instance[:8]}"
+
+
 def make_workdir(root: Path, step_id: str, attempt: str) -> Path:
     """A new private working directory for one attempt of a step, named after it."""
     path = root / f"{step_id}-{attempt}"
@@ -191,8 +197,7 @@ class Runtime:
         self._health_lock = threading.Lock()
         self._beat_lock = threading.Lock()
         # One directory per worker instance; its watchdog removes it when the worker ends.
-        self.workdir_root = (Path(tempfile.gettempdir()) / "workerpool" /
-                             f"{identity.name}-{identity.instance[:8]}")
+        self.workdir_root = workdir_root(identity.name, identity.instance)
         self.workdir_root.mkdir(parents=True, exist_ok=True)
         self.watchdog = Watchdog(self.workdir_root)
         self.containment = Containment(self.workdir_root, settings.step_max_processes)

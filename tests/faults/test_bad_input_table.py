@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import struct
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 from conftest import pid_alive, wait_for
 
 from workerpool import ScriptStep, keys
+from workerpool.agent import workdir_root
 from workerpool.containment import owner_tag, pids_cgroup, tagged_processes
 from workerpool.packages import PackageRef, push
 from workerpool.steps import RUNNING
@@ -51,9 +51,8 @@ def system(result) -> list[str]:
 def step_processes(client, worker) -> list[int]:
     """Live processes still carrying one of *worker*'s step tokens."""
     [info] = [w for w in client.workers.list() if w.pid == worker.pid]
-    root = Path(tempfile.gettempdir()) / "workerpool" / f"{info.name}-{info.instance[:8]}"
     found = []
-    for pidfd in tagged_processes(owner_tag(root) + "."):
+    for pidfd in tagged_processes(owner_tag(workdir_root(info.name, info.instance)) + "."):
         found.append(pidfd)
         os.close(pidfd)
     return found

@@ -5,15 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from conftest import HEARTBEAT, pid_alive, wait_for, watchdog_groups
 
 from workerpool import ScriptStep
-
-WORKDIRS = Path(tempfile.gettempdir()) / "workerpool"  # each worker's root is in here
+from workerpool.agent import workdir_root
 
 # Appends "start <pid>" and notes an overlap if an earlier run of this step is still running.
 # A killed process can stay a zombie until init reaps it (about 1 s on some machines); a
@@ -153,10 +151,13 @@ def test_the_watchdog_kills_the_script_group_of_a_sigkilled_worker(client, start
         fh.write(bystander.pid.to_bytes(4, sys.byteorder))
     assert sorted(watchdog_groups(victim.proc.pid)[1]) == sorted([os.getpgid(hidden),
                                                                   bystander.pid])
+    [info] = [w for w in client.workers.list() if w.pid == victim.pid]
+    root = workdir_root(info.name, info.instance)
+    assert root.is_dir()
     victim.proc.kill()
     wait_for(lambda: not pid_alive(hidden), 10, "the hidden process to be killed")
     assert handle.wait(timeout=30).state == "WorkerLost"
-    wait_for(lambda: not list(WORKDIRS.glob(f"{victim.name}-*")), 10,
+    wait_for(lambda: not root.exists(), 10,
              "the watchdog to remove the worker's directory")
     assert bystander.poll() is None, "the watchdog killed a group that was not the worker's"
     bystander.kill()
