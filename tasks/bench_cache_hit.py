@@ -395,12 +395,12 @@ def default_dirs() -> list[Path]:
 
 
 def machine() -> str:
-    model = "?"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
-        model = next((line.split(":", 1)[1].strip() for line in info
-                      if line.startswith("model name")), "?")
-    return (f"{os.cpu_count()} CPUs ({model}), Linux {os.uname().release}, "
-            f"Python {sys.version.split()[0]}")
+    """The bench report's description of this machine, on one line."""
+    from workerpool.bench.report import machine as described
+
+    found = described("?")
+    return (f"{found['cores']} CPUs ({found['CPU']}), {found['memory']}, {found['OS']}, "
+            f"Python {found['Python']}")
 
 
 def measure(where: Path, archive: Path, runs: int, keep: bool) -> Outcome:

@@ -70,6 +70,14 @@ class CachedPackage:
         self.release()
 
 
+def _shared(lock: Path) -> IO[bytes]:
+    """A use of a cached package: *lock* (its use lock) held shared until the file closes; an
+    evictor holds it exclusively only while it removes the package."""
+    use = lock.open("ab")
+    fcntl.flock(use.fileno(), fcntl.LOCK_SH)
+    return use
+
+
 def file_identity(path: Path) -> tuple[int, int, int] | None:
     try:
         info = path.stat()
@@ -155,17 +163,14 @@ class PackageCache:
         on downloads), or None if that file has left the cache since. For a step's hot path."""
         if known.use_lock is None:
             return None
-        use = known.use_lock.open("ab")
-        fcntl.flock(use.fileno(), fcntl.LOCK_SH)  # an evictor holds it only while removing
+        use = _shared(known.use_lock)
         if file_identity(known.path) != known.identity:
             use.close()
             return None
         return replace(known, downloaded=False, _use=use)
 
     def _held(self, entry: _Entry, meta: dict[str, str], downloaded: bool) -> CachedPackage:
-        lock = self._lock(entry, "use")
-        use = lock.open("ab")
-        fcntl.flock(use.fileno(), fcntl.LOCK_SH)  # evictors need both locks: never blocks
+        use = _shared(self._lock(entry, "use"))  # evictors need both locks: never blocks
         return CachedPackage(self._dir(entry) / meta["file_name"], meta["file_name"],
                              meta["sha256"], downloaded, use)
 
