@@ -79,6 +79,45 @@ steps:
     assert peak >= 2, "runs should overlap up to the limit"
 
 
+def test_a_run_dispatched_right_after_another_ends_is_listed_while_it_runs(
+        client, start_worker, server, cli, tmp_path):
+    """The orchestrator writes a deployment's list of runs at most every SAVE_PERIOD: a run
+    dispatched just after a save still shows while it runs, with no other run ending."""
+    client.pools.add("Web Worker Pool")
+    start_worker("Web Worker Pool")
+    targets(client, 2)
+    server()
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    process = write(tmp_path, f"""
+name: One at a time
+steps:
+  - name: Deploy
+    location: worker-per-target
+    pool: Web Worker Pool
+    roles: [web]
+    max_parallelism: 1
+    script: |
+      if [ "#{{Machine.Name}}" = web-02 ]; then
+        touch {started}
+        while [ ! -e {gate} ]; do sleep 0.05; done
+      fi
+""")
+    deployment_id = cli("deploy", str(process), "--environment", "Test", "--detach"
+                        ).stdout.strip()
+
+    def runs() -> list[dict]:
+        shown = json.loads(cli("deployments", "show", deployment_id, "--json").stdout)
+        return shown["steps"][0]["runs"]
+
+    wait_for(started.exists, 30, "the second target's run to start")
+    listed = wait_for(lambda: len(shown := runs()) == 2 and shown, 10, "both runs to be listed")
+    assert [(r["target"], r["state"]) for r in listed] == [("web-01", "Success"),
+                                                           ("web-02", "Running")]
+    gate.touch()
+    wait_for(lambda: json.loads(cli("deployments", "show", deployment_id, "--json").stdout
+                                )["state"] == "Success", 30, "the deployment to end")
+
+
 def test_failed_step_skips_success_steps_and_runs_failure_and_always(client, start_worker,
                                                                      server, cli, tmp_path):
     client.pools.add("Database Worker Pool")

@@ -47,6 +47,8 @@ from workerpool.targets import TargetInfo, TargetRegistry, matching
 log = logging.getLogger("workerpool.orchestrator")
 
 SKIPPED, PENDING = "Skipped", "Pending"  # a deployment step's states beyond a step's own
+SAVE_PERIOD = 0.2  # seconds a deployment's stored list of runs may lag behind its dispatches
+RUN_FIELDS = ("state", "outputs")  # what the orchestrator reads of a run that ended
 
 
 # -- the process as stored in a deployment record ------------------------------------------
@@ -346,8 +348,8 @@ class Orchestrator:
         step_outputs: dict[str, str] = {}
         done_key = keys.deployment_done(deployment_id)
         snapshot = self.client.snapshot()  # one routing read per step, not per run
+        unsaved, next_save = False, 0.0
         while queue or in_flight:
-            dispatched = False
             while queue and len(in_flight) < step.max_parallelism:
                 planned = queue.pop(0)
                 self._dispatch(deployment_id, planned, step, process, environment, extra,
@@ -356,10 +358,19 @@ class Orchestrator:
                 if planned.id not in info["runs"]:
                     info["runs"].append(planned.id)
                     info["targets"][planned.id] = planned.target.name if planned.target else None
-                    dispatched = True
-            if dispatched:  # run ids are deterministic: this record is for display and resume
-                self._save(deployment_id, steps_state)
-            for rid, state, record in self._finished(in_flight, done_key):
+                    unsaved = True
+            # The list of runs is for display only (run ids are deterministic, so a resumed
+            # deployment finds its runs without it): written at most every SAVE_PERIOD, not
+            # once per run, which would rewrite a list as long as the step's targets each time.
+            wait = self.client.settings.heartbeat_interval
+            if unsaved:
+                now = time.monotonic()
+                if now >= next_save:
+                    self._save(deployment_id, steps_state)
+                    unsaved, next_save = False, now + SAVE_PERIOD
+                else:  # not below 10 ms: Redis would read a timeout under 1 ms as none
+                    wait = min(wait, max(next_save - now, 0.01))
+            for rid, state, record in self._finished(in_flight, done_key, wait):
                 planned = in_flight.pop(rid)
                 if state == SUCCESS:
                     step_outputs.update(self._outputs(step, planned, record))
@@ -371,24 +382,35 @@ class Orchestrator:
                     ok = False
         return ok, step_outputs
 
-    def _finished(self, in_flight: dict[str, _Planned],
-                  done_key: str) -> list[tuple[str, str, dict[str, str]]]:
-        """Block until a run ends (finish pushes its id) and check the ids pushed; on a timeout,
-        reap and check every run in flight (a run may have ended while no one listened)."""
-        popped = cast(tuple[str, str] | None, self.redis.blpop(
-            [done_key], timeout=self.client.settings.heartbeat_interval))
+    def _finished(self, in_flight: dict[str, _Planned], done_key: str,
+                  timeout: float) -> list[tuple[str, str, dict[str, str]]]:
+        """Block until a run ends (finish pushes its id) and check the ids pushed; after
+        *timeout* seconds, reap and check every run in flight (a run may have ended while no
+        one listened). Each check reads only a run's state and outputs."""
+        popped = cast(tuple[str, str] | None, self.redis.blpop([done_key], timeout=timeout))
+        pipe = self.redis.pipeline(transaction=False)
         if popped is None:
             self.client.reap()
             candidates = list(in_flight)
-        else:
-            more = cast(list[str] | None, self.redis.lpop(done_key, len(in_flight))) or []
-            candidates = [rid for rid in (popped[1], *more) if rid in in_flight]
-        pipe = self.redis.pipeline(transaction=False)
+        else:  # the first ended run is read with the ids pushed since: one round trip
+            candidates = [popped[1]]
+            pipe.lpop(done_key, len(in_flight))
         for rid in candidates:
-            pipe.hgetall(keys.step(rid))
-        records = cast(list[dict[str, str]], pipe.execute())
-        return [(rid, rec["state"], rec) for rid, rec in zip(candidates, records, strict=True)
-                if rec.get("state") in TERMINAL]
+            pipe.hmget(keys.step(rid), RUN_FIELDS)
+        replies: list[Any] = pipe.execute()
+        if popped is not None:
+            pushed = cast(list[str] | None, replies.pop(0)) or []
+            more = [rid for rid in dict.fromkeys(pushed) if rid in in_flight and rid != popped[1]]
+            if more:
+                pipe = self.redis.pipeline(transaction=False)
+                for rid in more:
+                    pipe.hmget(keys.step(rid), RUN_FIELDS)
+                candidates += more
+                replies += pipe.execute()
+        records = [dict(zip(RUN_FIELDS, reply, strict=True)) for reply in replies]
+        return [(rid, cast(str, rec["state"]), cast(dict[str, str], rec))
+                for rid, rec in zip(candidates, records, strict=True)
+                if rid in in_flight and rec["state"] in TERMINAL]
 
     @staticmethod
     def _outputs(step: ProcessStep, planned: _Planned,
