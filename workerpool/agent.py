@@ -183,8 +183,6 @@ class Runtime:
         self.store = StepStore(self.redis, settings.result_ttl, Keyring.load(settings))
         self.leases = Leases(self.redis, self.store)
         self.running: dict[str, ScriptProcess] = {}
-        # Celery delivery tag of each step this worker has claimed, refreshed at every beat.
-        self.deliveries: dict[str, str] = {}
         self.lock = threading.Lock()
         self.ready = False
         self.stopping = threading.Event()
@@ -221,7 +219,6 @@ class Runtime:
     def beat(self) -> None:
         with self.lock:
             running = len(self.running)
-            tags = list(self.deliveries.values())
         # Reading the state and writing it are one step, so a beat carrying an older health
         # state never overwrites a newer one.
         with self._beat_lock:
@@ -229,12 +226,8 @@ class Runtime:
             state = STARTING if not self.ready else HEALTHY if self.consuming else UNHEALTHY
             hb = Heartbeat(time=time.time(), state=state, running=running,
                            reason=status.reason if state == UNHEALTHY else "")
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.set(keys.heartbeat(self.identity.instance), hb.to_json(),
-                     px=int(self.settings.heartbeat_ttl * 1000))
-            for tag in tags:  # XX: never re-adds a message acked meanwhile
-                pipe.zadd(keys.KOMBU_UNACKED_INDEX, {tag: hb.time}, xx=True)
-            pipe.execute()
+            self.redis.set(keys.heartbeat(self.identity.instance), hb.to_json(),
+                           px=int(self.settings.heartbeat_ttl * 1000))
 
     # -- health ---------------------------------------------------------------------------
 
@@ -354,8 +347,17 @@ class Runtime:
 
     # -- running a step -----------------------------------------------------------------
 
-    def execute(self, step_id: str, attempt: int) -> None:
-        """The body of the Celery task: claim, run, finish. Never raises."""
+    def execute(self, step_id: str, attempt: int,
+                ack: Callable[[], None] | None = None) -> None:
+        """The body of the Celery task: claim, run, finish. Never raises.
+
+        *ack* acknowledges the step's message (``celeryapp.StepRequest``). It is called once
+        the step is claimed: from then on the step's record, not the message, decides what
+        happens to it (a copy delivered again is discarded by the claim; if this worker dies,
+        the reaper ends the step or queues it once more), so the ack waits for nothing and
+        keeps its round trip out of the way of the next fetch. A message that is not claimed
+        (stale, or handed back) is acked by Celery when the task returns.
+        """
         if not self.health.healthy:
             self._hand_back(step_id, attempt)
             return
@@ -366,16 +368,13 @@ class Runtime:
             log.warning("discarded message for step %s: %s (state %s)", step_id, claim.outcome,
                         claim.record.get("state"))
             return
-        with self.lock:
-            self.deliveries[step_id] = messages.task_id(step_id, attempt)
+        if ack is not None:
+            ack()
         try:
             self._run_claimed(step_id, claim.record)
         except Exception as exc:
             log.exception("step %s failed inside the worker", step_id)
             self._finish(step_id, FAILED, message=f"worker error: {exc}")
-        finally:
-            with self.lock:
-                self.deliveries.pop(step_id, None)
 
     def _claim(self, step_id: str, attempt: int) -> Claim | None:
         """Claim the step, retrying while Redis is away: a claim whose reply was lost may have

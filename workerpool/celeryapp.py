@@ -6,6 +6,7 @@ import gc
 import logging
 import socket
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -16,13 +17,14 @@ from celery.signals import worker_ready, worker_shutting_down
 from celery.worker.consumer import Consumer
 from celery.worker.consumer.events import Events
 from celery.worker.consumer.tasks import Tasks
+from celery.worker.request import Request
+from kombu.asynchronous import get_event_loop
 
 from workerpool import keys
 from workerpool.agent import Runtime, register
 from workerpool.cluster import read_snapshot
 from workerpool.connection import connect, guarded, resolve_url, tls_options, without_query
 from workerpool.containment import require_pids_cgroup
-from workerpool.errors import BadInput
 from workerpool.messages import TASK_NAME
 from workerpool.pools import find
 from workerpool.sealing import Keyring
@@ -34,7 +36,8 @@ from workerpool.workers import validate_worker_name
 
 def make_app(url: str, visibility_timeout: float = Settings.visibility_timeout,
              transport: str | None = TRANSPORT) -> Celery:
-    """A Celery app for workerpool's queues: JSON only, late ack, no prefetch, no results.
+    """A Celery app for workerpool's queues: JSON only, late ack (a claimed step's message is
+    acked early, see ``StepRequest``), no prefetch, no results.
 
     *transport* is workerpool's kombu Redis transport (``workerpool.transport``), or ``None``
     for kombu's stock one (the bench's plain Celery baseline).
@@ -58,9 +61,9 @@ def make_app(url: str, visibility_timeout: float = Settings.visibility_timeout,
         broker_connection_retry_on_startup=True,
         broker_connection_retry=True,
         broker_connection_max_retries=None,
-        # A worker refreshes the delivery time of the steps it runs at every heartbeat, so a
-        # running step's message is never redelivered; one that is (its worker died) is
-        # discarded by the claim, since the step is no longer Queued at that attempt.
+        # A worker acks a step's message once it claims the step (``StepRequest``), so only a
+        # message fetched and never claimed (its worker died first) is redelivered, after this
+        # long; a copy of a claimed step's message is discarded by the claim.
         broker_transport_options={"visibility_timeout": visibility_timeout},
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
@@ -72,12 +75,43 @@ def make_app(url: str, visibility_timeout: float = Settings.visibility_timeout,
     return app
 
 
+class StepRequest(Request):
+    """Celery's request for a step's message, which the task may acknowledge early.
+
+    ``Runtime.execute`` acks the message once the step is claimed (the ack is a callback the
+    event loop runs while the step goes on), so the ack Celery makes when the task returns
+    (``acks_late``) finds it done: it then only wakes the event loop, which fetches the next
+    message at once, as the ack's own wakeup would have.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _requests[self.task_id] = self  # for the task, which Celery hands only the task id
+
+    def acknowledge(self) -> None:
+        if not self.acknowledged:
+            super().acknowledge()
+        elif (hub := get_event_loop()) is not None:
+            hub.call_soon(_nothing)
+
+
+def _nothing() -> None:
+    """A callback that only wakes the event loop."""
+
+
+# Requests of the messages received and not yet run, by task id; a request Celery drops
+# (a revoked task) leaves with it.
+_requests: weakref.WeakValueDictionary[str, StepRequest] = weakref.WeakValueDictionary()
+
+
 def bind(app: Celery, runtime: Runtime) -> None:
     """Register the step task, a thin shell around ``Runtime.execute``."""
 
-    @app.task(name=TASK_NAME, acks_late=True, ignore_result=True)
-    def run_step(step_id: str, attempt: int = 0) -> None:
-        runtime.execute(step_id, attempt)
+    @app.task(name=TASK_NAME, acks_late=True, ignore_result=True, Request=StepRequest,
+              bind=True)
+    def run_step(task: Any, step_id: str, attempt: int = 0) -> None:
+        request = _requests.pop(task.request.id, None)
+        runtime.execute(step_id, attempt, None if request is None else request.acknowledge)
 
 
 log = logging.getLogger("workerpool.worker")
@@ -205,9 +239,6 @@ def serve(settings: Settings, pool: str | None, name: str | None, concurrency: i
         validate_worker_name(name)
     require_pids_cgroup(settings.step_max_processes)
     Keyring.load(settings).check()
-    if settings.visibility_timeout <= 2 * settings.heartbeat_interval:
-        raise BadInput("WORKERPOOL_VISIBILITY_TIMEOUT must be more than twice "
-                       "WORKERPOOL_HEARTBEAT_INTERVAL, or running steps would be redelivered")
     url = resolve_url(settings)
     client = connect(url)
     if target is not None:
