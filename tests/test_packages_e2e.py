@@ -142,12 +142,14 @@ def test_two_concurrent_steps_download_a_package_once(client, pool, tmp_path, se
     assert third.state == "Success" and server.gets("Acme.Web.2.0.0.zip") == 1
 
 
-def test_unreachable_feed_fails_the_step_and_workdir_is_removed(client, pool):
+def test_unreachable_feed_fails_the_step_and_workdir_is_removed(client, pool, raw):
     FeedRegistry(client.redis).add("gone", "http", "http://127.0.0.1:1")
     result = client.run(ScriptStep(script="pwd", pool="Database Worker Pool", packages=(
         PackageRef("x", "Acme.Gone", "1.0.0", feed="gone"),))).wait(timeout=60)
     assert result.state == "Failed"
     assert "Acme.Gone 1.0.0 from feed 'gone'" in result.log[-1].text
+    # Its script never started, so Celery acked its message when the task returned.
+    wait_for(lambda: raw.hlen("unacked") == 0, 10, "the failed step's message to be acked")
     ok = client.run(ScriptStep(script="pwd", pool="Database Worker Pool")).wait(timeout=30)
     workdir = Path(ok.log[0].text)
     wait_for(lambda: not workdir.exists(), 10, "working directory removed")

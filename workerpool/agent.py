@@ -110,6 +110,10 @@ def register(client: redis.Redis, settings: Settings, pool: str, name: str | Non
     return Identity(str(taken), pool, instance)
 
 
+def _nothing() -> None:
+    """No acknowledgement to make: Celery acks the message when the task returns."""
+
+
 def workdir_root(name: str, instance: str) -> Path:
     """The directory of one worker instance's step working directories (its watchdog removes
     it when the worker ends)."""
@@ -380,11 +384,12 @@ class Runtime:
         """The body of the Celery task: claim, run, finish. Never raises.
 
         *ack* acknowledges the step's message (``celeryapp.StepRequest``). It is called once
-        the step is claimed: from then on the step's record, not the message, decides what
-        happens to it (a copy delivered again is discarded by the claim; if this worker dies,
-        the reaper ends the step or queues it once more), so the ack waits for nothing and
-        keeps its round trip out of the way of the next fetch. A message that is not claimed
-        (stale, or handed back) is acked by Celery when the task returns.
+        the step's script has started: the step is claimed, so its record, not the message,
+        decides what happens to it (a copy delivered again is discarded by the claim; if this
+        worker dies, the reaper ends the step or queues it once more). The ack's round trip
+        then runs while the script does, out of the way of both the script's start and the
+        next fetch. A message whose script never starts (not claimed, handed back, or a
+        setup that failed) is acked by Celery when the task returns.
         """
         if not self.health.healthy:
             self._hand_back(step_id, attempt)
@@ -396,10 +401,8 @@ class Runtime:
             log.warning("discarded message for step %s: %s (state %s)", step_id, claim.outcome,
                         claim.record.get("state"))
             return
-        if ack is not None:
-            ack()
         try:
-            self._run_claimed(step_id, claim.record)
+            self._run_claimed(step_id, claim.record, ack or _nothing)
         except Exception as exc:
             log.exception("step %s failed inside the worker", step_id)
             self._finish(step_id, FAILED, message=f"worker error: {exc}")
@@ -459,7 +462,8 @@ class Runtime:
             log.warning("discarded message for step %s: stale (state %s)", step_id,
                         record.get("state"))
 
-    def _run_claimed(self, step_id: str, record: dict[str, str]) -> None:
+    def _run_claimed(self, step_id: str, record: dict[str, str],
+                     started: Callable[[], None]) -> None:
         if self.identity.pool == keys.BUILTIN_POOL and self.redis.exists(keys.BUILTIN_DISABLED):
             self._finish(step_id, FAILED, message="refused: the built-in worker is disabled, so "
                          "it runs nothing; `workerpool builtin-worker enable` or use a pool")
@@ -478,7 +482,7 @@ class Runtime:
         try:
             try:
                 ending = self._setup_and_run(step_id, record, workdir, steplog,
-                                             {**variables, **secrets})
+                                             {**variables, **secrets}, started)
             finally:
                 with self.lock:
                     self.running.pop(step_id, None)
@@ -493,7 +497,8 @@ class Runtime:
                 self.janitor.remove(workdir)
 
     def _setup_and_run(self, step_id: str, record: dict[str, str], workdir: Path,
-                       steplog: StepLog, variables: dict[str, str]) -> Ending | None:
+                       steplog: StepLog, variables: dict[str, str],
+                       started: Callable[[], None]) -> Ending | None:
         """Prepare the working directory, run the script, collect artifacts; None if the step
         was queued once more instead of ending."""
         variables.update(system_variables(step_id, record, self.identity.name, self.host))
@@ -502,12 +507,13 @@ class Runtime:
         except WorkerPoolError as exc:
             return Ending(FAILED, None, str(exc))
         try:
-            return self._run_prepared(step_id, record, workdir, steplog, prepared)
+            return self._run_prepared(step_id, record, workdir, steplog, prepared, started)
         finally:
             prepared.release()
 
     def _run_prepared(self, step_id: str, record: dict[str, str], workdir: Path,
-                      steplog: StepLog, prepared: Prepared) -> Ending | None:
+                      steplog: StepLog, prepared: Prepared,
+                      started: Callable[[], None]) -> Ending | None:
         if not prepared.syntax.available():
             return Ending(FAILED, None, f"{prepared.syntax.program} is not installed on worker "
                           f"{self.identity.name}; install it or run the step elsewhere")
@@ -523,7 +529,7 @@ class Runtime:
             self.running[step_id] = process
         if record.get("cancel"):
             process.stop(STOP_CANCEL)
-        outcome = process.run(watch=self.watchdog.tell)
+        outcome = process.run(watch=self.watchdog.tell, started=started)
         for line in collect(self.redis, step_id, workdir, steplog.artifacts,
                             self.settings.result_ttl):
             steplog.system(line)

@@ -61,9 +61,9 @@ def make_app(url: str, visibility_timeout: float = Settings.visibility_timeout,
         broker_connection_retry_on_startup=True,
         broker_connection_retry=True,
         broker_connection_max_retries=None,
-        # A worker acks a step's message once it claims the step (``StepRequest``), so only a
-        # message fetched and never claimed (its worker died first) is redelivered, after this
-        # long; a copy of a claimed step's message is discarded by the claim.
+        # A worker acks a step's message once the step's script starts (``StepRequest``), so
+        # a running step is never redelivered; a message fetched by a worker that died before
+        # that is, after this long, and the claim discards the copy of a claimed step.
         broker_transport_options={"visibility_timeout": visibility_timeout},
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
@@ -78,10 +78,10 @@ def make_app(url: str, visibility_timeout: float = Settings.visibility_timeout,
 class StepRequest(Request):
     """Celery's request for a step's message, which the task may acknowledge early.
 
-    ``Runtime.execute`` acks the message once the step is claimed (the ack is a callback the
-    event loop runs while the step goes on), so the ack Celery makes when the task returns
-    (``acks_late``) finds it done: it then only wakes the event loop, which fetches the next
-    message at once, as the ack's own wakeup would have.
+    ``Runtime.execute`` acks the message once the claimed step's script starts (the ack is a
+    callback the event loop runs while the script does), so the ack Celery makes when the task
+    returns (``acks_late``) finds it done: it then only wakes the event loop, which fetches the
+    next message at once, as the ack's own wakeup would have.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

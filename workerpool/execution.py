@@ -117,14 +117,16 @@ class ScriptProcess:
             if self._wake_w >= 0:  # closed once run() returns: the number may be reused
                 os.write(self._wake_w, b"x")
 
-    def run(self, watch: Callable[[str, int], None] = lambda sign, pgid: None) -> ProcessOutcome:
+    def run(self, watch: Callable[[str, int], None] = lambda sign, pgid: None,
+            started: Callable[[], None] = lambda: None) -> ProcessOutcome:
         """Start the script and supervise it; *watch* hears ``("+", pgid)`` and ``("-", pgid)``
-        so a watchdog can kill the group should this process die first."""
+        so a watchdog can kill the group should this process die first; *started* is called
+        once the script's process exists."""
         try:
             processes = (self.containment.step() if self.containment is not None
                          else StepProcesses(uuid.uuid4().hex))
             try:
-                return self._run(processes, watch)
+                return self._run(processes, watch, started)
             finally:
                 processes.close()
         finally:
@@ -133,7 +135,8 @@ class ScriptProcess:
                     os.close(fd)
                 self._wake_r = self._wake_w = -1
 
-    def _run(self, processes: StepProcesses, watch: Callable[[str, int], None]) -> ProcessOutcome:
+    def _run(self, processes: StepProcesses, watch: Callable[[str, int], None],
+             started: Callable[[], None]) -> ProcessOutcome:
         processes.forks_before = forks()
         argv, env = processes.wrap(self.argv), {**self.env, **processes.env}
         program = find_program(argv[0], env.get("PATH", os.defpath))
@@ -147,6 +150,7 @@ class ScriptProcess:
         processes.first_pid = proc.pid
         try:
             watch("+", proc.pid)
+            started()
             return self._supervise(proc, processes)
         finally:
             self._kill_group(proc.pid, signal.SIGKILL)

@@ -1,13 +1,13 @@
-"""A claimed step's message is acked at once: however long the step runs, the broker has
-nothing of it to redeliver.
+"""A step's message is acked once its script starts: however long the step runs, the broker
+has nothing of it to redeliver.
 
 kombu's Redis transport keeps each unacked message in ``unacked`` with its delivery time in
 ``unacked_index``, and redelivers those older than the visibility timeout. A worker acks a step's
-message as soon as it claims the step; from then on the step's record decides what happens to
-it. The test runs a step for longer than the visibility timeout, then runs kombu's own
-redelivery pass: nothing of the step is redelivered, while a copy of its message left unacked
-(the control) is, by the same pass; that copy reaches the worker afterwards and is discarded by
-the claim, so the script still runs once.
+message as soon as the claimed step's script starts; from then on the step's record decides
+what happens to it. The test runs a step for longer than the visibility timeout, then runs
+kombu's own redelivery pass: nothing of the step is redelivered, while a copy of its message
+left unacked (the control) is, by the same pass; that copy reaches the worker afterwards and is
+discarded by the claim, so the script still runs once.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def test_a_step_longer_than_the_visibility_timeout_is_not_redelivered(
         script=f"echo ran >> {runs}\nwhile [ ! -e {release} ]; do sleep 0.05; done\n"))
     tag = messages.task_id(handle.id, 0)
     wait_for(runs.exists, 30, "the script to start")
-    wait_for(lambda: raw.hget("unacked", tag) is None, 10, "the claimed step's message to be acked")
+    wait_for(lambda: raw.hget("unacked", tag) is None, 10, "the running step's message to be acked")
     assert raw.zscore(keys.KOMBU_UNACKED_INDEX, tag) is None
     began = time.time()
     wait_for(lambda: time.time() - began > 2 * VISIBILITY, 30, "two visibility timeouts")
