@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from workerpool.agent import Janitor, make_workdir, remove_workdir
+from workerpool.agent import make_workdir, remove_workdir
 
 
 def test_each_attempt_gets_a_new_private_directory_named_after_it(tmp_path):
@@ -23,18 +23,6 @@ def test_a_directory_of_files_is_removed(tmp_path):
     os.mkfifo(workdir / "fifo")
     remove_workdir(workdir)
     assert not workdir.exists()
-
-
-def test_the_janitor_removes_what_it_is_handed_and_everything_queued_before_it_closes(
-        tmp_path):
-    janitor = Janitor()
-    workdirs = [make_workdir(tmp_path, f"s{n}", "0") for n in range(50)]
-    for workdir in workdirs:
-        (workdir / "script.sh").write_text("true")
-        (workdir / "nested").mkdir()
-        janitor.remove(workdir)
-    janitor.close()
-    assert not any(workdir.exists() for workdir in workdirs)
 
 
 def test_nested_directories_and_links_are_removed_without_following_links(tmp_path):

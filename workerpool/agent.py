@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import shutil
 import socket
 import subprocess
@@ -150,31 +149,6 @@ def remove_workdir(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-class Janitor:
-    """Removes steps' working directories in a thread of its own, once their ends are recorded:
-    the task returns, and its slot takes the next step, without waiting for the file system."""
-
-    def __init__(self) -> None:
-        self._paths: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._loop, name="janitor", daemon=True)
-        self._thread.start()
-
-    def remove(self, path: Path) -> None:
-        self._paths.put(path)
-
-    def _loop(self) -> None:
-        while (path := self._paths.get()) is not None:
-            try:
-                remove_workdir(path)
-            except Exception:  # a bug here must not leave later directories behind
-                log.exception("could not remove working directory %s", path)
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Remove the directories handed over so far, then stop."""
-        self._paths.put(None)
-        self._thread.join(timeout)
-
-
 class Watchdog:
     """The child that kills this worker's script groups if the worker dies without doing so.
 
@@ -228,7 +202,6 @@ class Runtime:
         self.workdir_root = workdir_root(identity.name, identity.instance)
         self.workdir_root.mkdir(parents=True, exist_ok=True)
         self.watchdog = Watchdog(self.workdir_root)
-        self.janitor = Janitor()
         self.containment = Containment(self.workdir_root, settings.step_max_processes)
         self.host = socket.gethostname()
         # The environment every script starts from (read once: os.environ decodes each time).
@@ -374,7 +347,6 @@ class Runtime:
         except redis.RedisError as exc:
             log.warning("could not deregister: %s", exc)
         self.setup.close()  # stops staging package copies before the watchdog removes the root
-        self.janitor.close()
         self.watchdog.close()
 
     # -- running a step -----------------------------------------------------------------
@@ -492,9 +464,9 @@ class Runtime:
                 self._finish(step_id, ending.state, exit_code=ending.exit_code,
                              outputs=steplog.outputs, message=steplog.mask(ending.message),
                              lines=steplog.last_lines())
-        finally:  # after the end is recorded: neither the caller nor the slot waits for it
+        finally:  # after the end is recorded: the caller need not wait for the removal
             if not self.settings.keep_workdirs:
-                self.janitor.remove(workdir)
+                remove_workdir(workdir)
 
     def _setup_and_run(self, step_id: str, record: dict[str, str], workdir: Path,
                        steplog: StepLog, variables: dict[str, str],
