@@ -14,7 +14,7 @@ import pytest
 import redis
 from conftest import HEARTBEAT, Worker, pid_alive, wait_for
 
-from workerpool import Client, ScriptStep, keys
+from workerpool import Client, ScriptStep, keys, messages
 from workerpool.agent import Runtime, register
 from workerpool.health import check
 from workerpool.pools import Pool
@@ -183,14 +183,19 @@ def test_tool_leaving_the_path_stops_consumption_until_it_returns(
 
     (tools / TOOL).unlink()
     wait_state(client, worker, "Unhealthy")
+    # At once: Unhealthy is published only when nothing more is fetched, not even by a BRPOP
+    # the worker sent before it stopped consuming.
+    step = client.run(ScriptStep("echo ran", pool=POOL))
+    stays_queued(lambda: step.result().state, raw)
+    # Never popped: a message taken and put back (kombu requeues one that reaches a cancelled
+    # consumer) comes back marked redelivered.
+    assert raw.lrange(QUEUE, 0, -1) == [messages.for_record(step.id, 0,
+                                                            client.store.record(step.id))]
     assert reason(client, worker) == f"{TOOL} is not on PATH"
     listed = ok(cli("worker", "list"))
     assert listed.splitlines()[0].split()[-1] == "REASON"
     assert "Unhealthy" in listed and f"{TOOL} is not on PATH" in listed
     assert json.loads(ok(cli("worker", "list", "--json")))[0]["reason"] == f"{TOOL} is not on PATH"
-
-    step = client.run(ScriptStep("echo ran", pool=POOL))
-    stays_queued(lambda: step.result().state, raw)
 
     put_tool(tools)
     wait_state(client, worker, "Healthy")

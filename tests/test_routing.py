@@ -70,6 +70,17 @@ def test_workers_of_other_pools_do_not_count() -> None:
     assert route(ScriptStep("echo"), snap) == BUILTIN_ROUTE
 
 
+def test_a_snapshot_lists_each_pools_workers_in_its_own_order() -> None:
+    db1, k8s, db2 = (worker("database-worker-pool", 1), worker("kubernetes-worker-pool"),
+                     worker("database-worker-pool", 2))
+    snap = snapshot(db1, k8s, db2, BUILTIN)
+    assert snap.workers_in("database-worker-pool") == [db1, db2]
+    assert snap.workers_in("kubernetes-worker-pool") == [k8s]
+    assert snap.workers_in("default-worker-pool") == []
+    snap.workers_in("database-worker-pool").clear()  # a caller's list is its own
+    assert snap.workers_in("database-worker-pool") == [db1, db2]
+
+
 @pytest.mark.parametrize("ident", ["Web Worker Pool", "database_worker_pool", "builtin"])
 def test_unknown_pool_is_refused(ident: str) -> None:
     with pytest.raises(UnknownPool) as info:

@@ -413,7 +413,8 @@ class Runtime:
         """Give back, unclaimed, a step that reached this worker while it is unhealthy.
 
         The queue gate stops consumption within a fraction of a second of the worker turning
-        unhealthy, so only a message already on its way (a BRPOP in flight) gets here. It is
+        unhealthy, so only a message already on its way (taken by the Celery consumer before
+        the gate cancelled its queue) gets here. It is
         pushed back at the head of its queue rather than rejected through Celery: kombu would
         requeue it at the tail and altered, and the lease reaper removes a message by value.
         """

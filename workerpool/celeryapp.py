@@ -181,6 +181,12 @@ GATE_PERIOD = 0.2
 RESTART_DELAY = 1.0  # seconds before a worker whose Celery side failed consumes again
 
 
+def fetching(consumer: Any) -> bool:
+    """Whether the consumer's channel has a BRPOP in flight: cancelling a queue stops the next
+    one, not one Redis already holds, which still delivers a message pushed meanwhile."""
+    return bool(getattr(consumer.task_consumer.channel, "_in_poll", False))
+
+
 def queue_gate(runtime: Runtime) -> type[bootsteps.StartStopStep]:
     """A consumer bootstep that consumes the worker's queue only while its runtime is healthy.
 
@@ -207,8 +213,11 @@ def queue_gate(runtime: Runtime) -> type[bootsteps.StartStopStep]:
                 consumer.add_task_queue(queue)
                 listed = True
         if runtime.consuming != listed:
-            # Publish only now: Unhealthy is seen once nothing more is fetched, Healthy once
-            # fetching resumed.
+            if not listed and fetching(consumer):
+                return  # a BRPOP sent before the cancel may still take a message; look again
+            # Publish only now: Unhealthy is seen once nothing more is fetched (the BRPOP in
+            # flight has returned, within kombu's 1 s BRPOP timeout), Healthy once fetching
+            # resumed.
             runtime.consuming = listed
             try:
                 runtime.beat()

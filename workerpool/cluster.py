@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -63,7 +64,15 @@ class Snapshot:
     leases: tuple[Lease, ...]
 
     def workers_in(self, pool_slug: str) -> list[WorkerInfo]:
-        return [w for w in self.workers if w.pool == pool_slug]
+        return list(self._by_pool.get(pool_slug, ()))
+
+    @functools.cached_property
+    def _by_pool(self) -> dict[str, list[WorkerInfo]]:
+        """Workers grouped by pool once: `status` lists 200 pools of 1,000 workers."""
+        grouped: dict[str, list[WorkerInfo]] = {}
+        for worker in self.workers:
+            grouped.setdefault(worker.pool, []).append(worker)
+        return grouped
 
     @property
     def default_pool(self) -> Pool:
