@@ -352,7 +352,7 @@ class Runtime:
     # -- running a step -----------------------------------------------------------------
 
     def execute(self, step_id: str, attempt: int,
-                ack: Callable[[], None] | None = None) -> None:
+                ack: Callable[[], None] = _nothing) -> None:
         """The body of the Celery task: claim, run, finish. Never raises.
 
         *ack* acknowledges the step's message (``celeryapp.StepRequest``). It is called once
@@ -374,7 +374,7 @@ class Runtime:
                         claim.record.get("state"))
             return
         try:
-            self._run_claimed(step_id, claim.record, ack or _nothing)
+            self._run_claimed(step_id, claim.record, ack)
         except Exception as exc:
             log.exception("step %s failed inside the worker", step_id)
             self._finish(step_id, FAILED, message=f"worker error: {exc}")
@@ -414,9 +414,9 @@ class Runtime:
 
         The queue gate stops consumption within a fraction of a second of the worker turning
         unhealthy, so only a message already on its way (taken by the Celery consumer before
-        the gate cancelled its queue) gets here. It is
-        pushed back at the head of its queue rather than rejected through Celery: kombu would
-        requeue it at the tail and altered, and the lease reaper removes a message by value.
+        the gate cancelled its queue) gets here. It is pushed back at the head of its queue
+        rather than rejected through Celery: kombu would requeue it at the tail and altered,
+        and the lease reaper removes a message by value.
         """
         self.stopping.wait(HAND_BACK_DELAY)
         try:

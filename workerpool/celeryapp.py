@@ -14,6 +14,7 @@ import redis
 from celery import Celery, bootsteps
 from celery.exceptions import SecurityWarning
 from celery.signals import worker_ready, worker_shutting_down
+from celery.utils.functional import noop
 from celery.worker.consumer import Consumer
 from celery.worker.consumer.events import Events
 from celery.worker.consumer.tasks import Tasks
@@ -36,8 +37,8 @@ from workerpool.workers import validate_worker_name
 
 def make_app(url: str, visibility_timeout: float = Settings.visibility_timeout,
              transport: str | None = TRANSPORT) -> Celery:
-    """A Celery app for workerpool's queues: JSON only, late ack (a claimed step's message is
-    acked early, see ``StepRequest``), no prefetch, no results.
+    """A Celery app for workerpool's queues: JSON only, late ack (a step's message is acked
+    earlier, once its script starts: see ``StepRequest``), no prefetch, no results.
 
     *transport* is workerpool's kombu Redis transport (``workerpool.transport``), or ``None``
     for kombu's stock one (the bench's plain Celery baseline).
@@ -92,11 +93,7 @@ class StepRequest(Request):
         if not self.acknowledged:
             super().acknowledge()
         elif (hub := get_event_loop()) is not None:
-            hub.call_soon(_nothing)
-
-
-def _nothing() -> None:
-    """A callback that only wakes the event loop."""
+            hub.call_soon(noop)  # a callback that only wakes the event loop
 
 
 # Requests of the messages received and not yet run, by task id; a request Celery drops
@@ -111,7 +108,7 @@ def bind(app: Celery, runtime: Runtime) -> None:
               bind=True)
     def run_step(task: Any, step_id: str, attempt: int = 0) -> None:
         request = _requests.pop(task.request.id, None)
-        runtime.execute(step_id, attempt, None if request is None else request.acknowledge)
+        runtime.execute(step_id, attempt, noop if request is None else request.acknowledge)
 
 
 log = logging.getLogger("workerpool.worker")
