@@ -22,10 +22,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from workerpool import Client, keys
-from workerpool.embedded import EmbeddedRedis
-from workerpool.sealing import new_key
-from workerpool.settings import Settings
+from workerpool import Client
+from workerpool.core import keys
+from workerpool.core.sealing import new_key
+from workerpool.core.settings import Settings
+from workerpool.server.embedded import EmbeddedRedis
 
 HEARTBEAT = 0.5
 SECRET_KEY = new_key()  # every component of a test shares it, as a deployment's would
@@ -49,11 +50,11 @@ def wait_for(condition: Callable[[], object], timeout: float = 20.0, what: str =
 def watchdog_groups(worker_pid: int) -> tuple[Path, list[int]]:
     """A worker's group table as its watchdog sees it: a path to the shared table (under
     /proc, writable like the table itself) and the script groups it would kill now."""
-    from workerpool.watchdog import read_groups
+    from workerpool.worker.isolation.watchdog import read_groups
     for task in Path(f"/proc/{worker_pid}/task").iterdir():
         for child in (task / "children").read_text().split():
             argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-            if b"workerpool.watchdog" in argv:
+            if b"workerpool.worker.isolation.watchdog" in argv:
                 table = Path(f"/proc/{child}/fd/{int(argv[-2])}")
                 fd = os.open(table, os.O_RDONLY)
                 try:

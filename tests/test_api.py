@@ -11,8 +11,8 @@ import redis
 from conftest import CountingConnection
 
 from workerpool import Client, ScriptStep
-from workerpool.errors import StepWaitTimeout, UnknownPool
-from workerpool.store import StepStore
+from workerpool.core.errors import StepWaitTimeout, UnknownPool
+from workerpool.core.store import StepStore
 
 
 def test_run_wait_logs_from_python(client, start_worker):
@@ -54,8 +54,8 @@ c.pools.add("Parked")
 c.run(ScriptStep(script="true", pool="Parked"))
 print(json.dumps(sorted(m for m in sys.modules
                         if m.split('.')[0] in ('celery', 'kombu', 'billiard')
-                        or m in ('workerpool.agent', 'workerpool.celeryapp',
-                                 'workerpool.execution'))))
+                        or m in ('workerpool.worker.runtime', 'workerpool.worker.celery.app',
+                                 'workerpool.worker.step.execution'))))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout

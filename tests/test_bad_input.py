@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from conftest import one_line_error
 
-from workerpool import ScriptStep, keys
-from workerpool.errors import Refused
-from workerpool.packages import PackageRef
+from workerpool import ScriptStep
+from workerpool.core import keys
+from workerpool.core.errors import Refused
+from workerpool.core.packageref import PackageRef
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -19,7 +19,8 @@ import pytest
 from conftest import wait_for
 from test_web import fetch, free_port, running
 
-from workerpool import ScriptStep, web
+from workerpool import ScriptStep
+from workerpool.server import web
 
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--no-first-run", "--disable-sync")

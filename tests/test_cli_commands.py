@@ -28,6 +28,7 @@ def test_a_quick_command_loads_only_its_own_module():
                          check=True).stdout.splitlines()[-1]
     loaded = eval(out)  # a printed list of module names
     assert "workerpool.cli.workers" in loaded
-    for heavy in ("workerpool.cli.deployments", "workerpool.processes", "workerpool.packages",
-                  "workerpool.cli.flower", "workerpool.bench", "workerpool.deployments"):
+    for heavy in ("workerpool.cli.deployments", "workerpool.spec.processes",
+                  "workerpool.worker.packages", "workerpool.cli.flower", "workerpool.bench",
+                  "workerpool.client.deployments"):
         assert heavy not in loaded, heavy

@@ -13,8 +13,11 @@ from pathlib import Path
 import pytest
 from conftest import pid_alive, wait_for
 
-from workerpool import containment
-from workerpool.containment import (
+from workerpool.core.errors import BadInput
+from workerpool.core.settings import Settings
+from workerpool.core.variables import Masker
+from workerpool.worker.isolation import containment
+from workerpool.worker.isolation.containment import (
     NO_CGROUP,
     TOKEN_VAR,
     Containment,
@@ -26,12 +29,9 @@ from workerpool.containment import (
     read_environ,
     require_pids_cgroup,
 )
-from workerpool.errors import BadInput
-from workerpool.execution import OutputStream, ScriptProcess, find_program
-from workerpool.settings import Settings
-from workerpool.steplog import StepLog
-from workerpool.variables import Masker
-from workerpool.watchdog import SLOTS, GroupTable, read_groups
+from workerpool.worker.isolation.watchdog import SLOTS, GroupTable, read_groups
+from workerpool.worker.step.execution import OutputStream, ScriptProcess, find_program
+from workerpool.worker.step.steplog import StepLog
 
 
 def escaper(token: str, tmp_path: Path) -> int:

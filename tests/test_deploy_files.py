@@ -31,8 +31,8 @@ from ruamel.yaml import YAML
 
 import workerpool.cli
 from workerpool import Client
-from workerpool.embedded import free_port, redis_server_binary
-from workerpool.settings import Settings
+from workerpool.core.settings import Settings
+from workerpool.server.embedded import free_port, redis_server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from conftest import wait_for
 
-from workerpool import keys
-from workerpool.targets import TargetRegistry
+from workerpool.core import keys
+from workerpool.core.targets import TargetRegistry
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -275,7 +275,7 @@ steps:
     assert logs.stdout.splitlines() == ["web-01 eu ********", "web-02 eu ********"]
     assert "tok-3141" not in logs.stdout + logs.stderr
 
-    from workerpool.processes import load_process
+    from workerpool.spec.processes import load_process
 
     result = client.deploy(load_process(process), "Test", {"Region": "ap", "Token": "x"})
     assert result.state == "Success"

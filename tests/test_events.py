@@ -5,7 +5,7 @@ from __future__ import annotations
 from conftest import TaskEvents, wait_for
 
 from workerpool import ScriptStep
-from workerpool.messages import task_id
+from workerpool.core.messages import task_id
 
 STEPS = 6
 

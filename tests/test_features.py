@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from workerpool.errors import BadInput
-from workerpool.features import apply_features
+from workerpool.core.errors import BadInput
+from workerpool.worker.step.features import apply_features
 
 SECRET = "s3cr3t-Pa55"
 VARIABLES = {"Db.Password": SECRET, "Db.Host": "db-host-value", "Db.Name": "orders-value",

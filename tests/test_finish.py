@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from workerpool import ScriptStep
-from workerpool.routing import Route
-from workerpool.steps import RUNNING, SUCCESS
+from workerpool.core.routing import Route
+from workerpool.core.steps import RUNNING, SUCCESS
 
 
 def test_a_retried_finish_stores_the_last_lines_once(client):

@@ -14,12 +14,13 @@ import pytest
 import redis
 from conftest import HEARTBEAT, Worker, pid_alive, wait_for
 
-from workerpool import Client, ScriptStep, keys, messages
-from workerpool.agent import Runtime, register
-from workerpool.health import check
-from workerpool.pools import Pool
-from workerpool.settings import Settings
-from workerpool.workers import WorkerInfo
+from workerpool import Client, ScriptStep
+from workerpool.core import keys, messages
+from workerpool.core.pools import Pool
+from workerpool.core.settings import Settings
+from workerpool.core.workers import WorkerInfo
+from workerpool.worker.health import check
+from workerpool.worker.runtime import Runtime, register
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 StartWorker = Callable[..., Worker]

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import pid_alive, wait_for
 
-from workerpool import ScriptStep, keys
+from workerpool import ScriptStep
+from workerpool.core import keys
 
 # Records the script's own pid and a background child's pid, then blocks.
 GROUP_SCRIPT = """
@@ -187,7 +188,7 @@ def test_python_step_and_workdir_removed(client, pool):
 def test_lease_timeout_removes_a_target_runs_message_from_its_queue(client, raw):
     """Deployment runs carry their target in the message label; the timed-out message is
     rebuilt from the record byte for byte, so it really leaves the queue."""
-    from workerpool.routing import Route
+    from workerpool.core.routing import Route
 
     client.pools.add("Idle")
     route = Route(keys.pool_queue("idle"), "idle", "Idle")

@@ -27,23 +27,18 @@ from pathlib import Path
 import pytest
 import redis
 
-from workerpool.errors import ArchiveError, BadInput, PackageError, UnknownFeed
-from workerpool.packages import (
-    BuiltinFeed,
-    DirectoryFeed,
-    FeedRegistry,
-    HttpFeed,
-    NuGetFeed,
-    PackageCache,
-    PackageRef,
-    extract,
-    list_packages,
-    prepare,
-    push,
-    split_file_name,
-)
-from workerpool.packages.archive import Target
-from workerpool.packages.nuget import normalize_version
+from workerpool.core.errors import ArchiveError, BadInput, PackageError, UnknownFeed
+from workerpool.core.packageref import PackageRef
+from workerpool.worker.packages.archive import Target
+from workerpool.worker.packages.builtin import BuiltinFeed, list_packages, push
+from workerpool.worker.packages.cache import PackageCache
+from workerpool.worker.packages.directory import DirectoryFeed
+from workerpool.worker.packages.feed import split_file_name
+from workerpool.worker.packages.formats import extract
+from workerpool.worker.packages.http import HttpFeed
+from workerpool.worker.packages.install import prepare
+from workerpool.worker.packages.nuget import NuGetFeed, normalize_version
+from workerpool.worker.packages.registry import FeedRegistry
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 MiB = 1 << 20
@@ -335,7 +330,9 @@ def test_http_feed_one_download_for_concurrent_threads(cache: PackageCache, feed
 
 PROCESS_FETCH = """
 import sys, pathlib, redis
-from workerpool.packages import HttpFeed, PackageCache, PackageRef
+from workerpool.worker.packages.http import HttpFeed
+from workerpool.worker.packages.cache import PackageCache
+from workerpool.core.packageref import PackageRef
 client = redis.Redis.from_url(sys.argv[1], decode_responses=True)
 cache = PackageCache(pathlib.Path(sys.argv[2]), 1 << 30, client)
 ref = PackageRef("db", "Acme.Database", "1.2.0", "web")

@@ -12,7 +12,9 @@ from conftest import wait_for, watchdog_groups
 from test_packages import serve  # noqa: F401  (the counting HTTP server fixture)
 
 from workerpool import ScriptStep
-from workerpool.packages import FeedRegistry, PackageRef, push
+from workerpool.core.packageref import PackageRef
+from workerpool.worker.packages.builtin import push
+from workerpool.worker.packages.registry import FeedRegistry
 
 MIGRATE = """#!/bin/bash
 echo "migrating with $(cat db/app.config)"

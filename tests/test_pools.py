@@ -10,9 +10,9 @@ import pytest
 import redis
 
 from workerpool import Client
-from workerpool.errors import BadInput, PoolConflict, UnknownPool
-from workerpool.pools import Pool
-from workerpool.steps import ScriptStep
+from workerpool.core.errors import BadInput, PoolConflict, UnknownPool
+from workerpool.core.pools import Pool
+from workerpool.core.steps import ScriptStep
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 

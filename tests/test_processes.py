@@ -10,13 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from workerpool.errors import BadInput
-from workerpool.packages import PackageRef
-from workerpool.processes import Process, ProcessStep, ProjectVariable, load_process
-from workerpool.projectvars import Target, pool_for, select, variables_for
-from workerpool.templates import MAX_FILE_BYTES
+from workerpool.core.errors import BadInput
+from workerpool.core.packageref import PackageRef
+from workerpool.spec.processes import (
+    Process,
+    ProcessStep,
+    ProjectVariable,
+    examples_dir,
+    load_process,
+)
+from workerpool.spec.projectvars import Target, pool_for, select, variables_for
+from workerpool.spec.templates import MAX_FILE_BYTES
 
-REPO = Path(__file__).parent.parent
 TEMPLATE = """\
 name: Greet
 syntax: python
@@ -153,7 +158,7 @@ def test_script_file_inside_a_package_takes_its_syntax_from_the_extension(tmp_pa
 
 def test_process_serialises_to_json_and_back(tmp_path: Path) -> None:
     """The orchestrator stores ``asdict(process)`` as JSON and rebuilds it from there."""
-    process = load_process(REPO / "tasks" / "processes" / "database-deployment.yaml")
+    process = load_process(examples_dir() / "database-deployment.yaml")
     data = json.loads(json.dumps(asdict(process)))
     rebuilt = Process(
         name=data["name"], source=data["source"],
@@ -167,10 +172,10 @@ def test_process_serialises_to_json_and_back(tmp_path: Path) -> None:
     assert rebuilt == process
 
 
-# --- the examples in tasks/ ----------------------------------------------------------------------
+# --- the shipped examples ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "tasks" / "processes").glob("*.yaml")),
+@pytest.mark.parametrize("path", sorted((examples_dir()).glob("*.yaml")),
                          ids=lambda p: p.name)
 def test_example_processes_load(path: Path) -> None:
     process = load_process(path)
@@ -179,7 +184,7 @@ def test_example_processes_load(path: Path) -> None:
 
 def test_seed_database_deployment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WORKERPOOL_TEMPLATES", raising=False)
-    process = load_process(REPO / "tasks" / "processes" / "database-deployment.yaml")
+    process = load_process(examples_dir() / "database-deployment.yaml")
     migrate, warm, notify = process.steps
     assert migrate.pool == "Database Worker Pool"
     assert [(p.package_id, p.feed, p.extract) for p in migrate.packages] == \

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from workerpool.cli.deployments import Progress
-from workerpool.deployments import DeploymentResult, Run, StepOutcome
+from workerpool.client.deployments import DeploymentResult, Run, StepOutcome
 
 
 def result(state: str, runs: list[tuple[str, str]], step_state: str = "Running"

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from workerpool import messages
-from workerpool.errors import BadInput, UnknownPool
-from workerpool.pools import Pool, find, slugify, validate_name, worker_type
-from workerpool.servicemessages import ServiceMessage, parse, unescape
-from workerpool.settings import Settings
-from workerpool.stack import parse_pool_counts
-from workerpool.steps import ScriptStep, parse_assignment
-from workerpool.variables import MASK, Masker, env_name, script_environment
+from workerpool.core import messages
+from workerpool.core.errors import BadInput, UnknownPool
+from workerpool.core.pools import Pool, find, slugify, validate_name, worker_type
+from workerpool.core.settings import Settings
+from workerpool.core.steps import ScriptStep, parse_assignment
+from workerpool.core.variables import MASK, Masker, env_name, script_environment
+from workerpool.server.stack import parse_pool_counts
+from workerpool.worker.step.servicemessages import ServiceMessage, parse, unescape
 
 # --- pool names and slugs ------------------------------------------------------------------------
 

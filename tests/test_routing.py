@@ -6,12 +6,12 @@ import time
 
 import pytest
 
-from workerpool.cluster import Snapshot
-from workerpool.errors import BadInput, NoWorker, UnknownPool
-from workerpool.pools import Pool
-from workerpool.routing import BUILTIN_ROUTE, Route, route
-from workerpool.steps import ScriptStep
-from workerpool.workers import HEALTHY, UNHEALTHY, Heartbeat, WorkerInfo
+from workerpool.core.errors import BadInput, NoWorker, UnknownPool
+from workerpool.core.pools import Pool
+from workerpool.core.routing import BUILTIN_ROUTE, Route, route
+from workerpool.core.snapshot import Snapshot
+from workerpool.core.steps import ScriptStep
+from workerpool.core.workers import HEALTHY, UNHEALTHY, Heartbeat, WorkerInfo
 
 ALL_SYNTAXES = ("bash", "sh", "python", "powershell")
 NO_PWSH = ("bash", "sh", "python")

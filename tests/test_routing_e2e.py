@@ -7,8 +7,9 @@ from collections import Counter
 
 from conftest import wait_for
 
-from workerpool import ScriptStep, keys, messages
-from workerpool.routing import BUILTIN_ROUTE, Route
+from workerpool import ScriptStep
+from workerpool.core import keys, messages
+from workerpool.core.routing import BUILTIN_ROUTE, Route
 
 
 def test_steps_stay_in_their_pool_and_spread_over_its_workers(client, start_worker, cli):

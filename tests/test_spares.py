@@ -14,19 +14,15 @@ import redis
 from conftest import wait_for
 from test_packages import SCRIPT, link, tar_bytes, zip_bytes
 
-from workerpool.errors import BadInput
-from workerpool.packages import (
-    FeedRegistry,
-    PackageCache,
-    PackageRef,
-    PreparedPackage,
-    Spares,
-    extract,
-    prepare,
-)
-from workerpool.packages.spares import Kind
-from workerpool.packages.stager import Stager
-from workerpool.settings import Settings
+from workerpool.core.errors import BadInput
+from workerpool.core.packageref import PackageRef
+from workerpool.core.settings import Settings
+from workerpool.worker.packages.cache import PackageCache
+from workerpool.worker.packages.formats import extract
+from workerpool.worker.packages.install import PreparedPackage, prepare
+from workerpool.worker.packages.registry import FeedRegistry
+from workerpool.worker.packages.spares import Kind, Spares
+from workerpool.worker.packages.stager import Stager
 
 MiB = 1 << 20
 LIMITS = (64 * MiB, 1000)

@@ -12,7 +12,8 @@ from conftest import pid_alive, wait_for
 from test_packages_e2e import make_zip
 
 from workerpool import ScriptStep
-from workerpool.packages import PackageRef, push
+from workerpool.core.packageref import PackageRef
+from workerpool.worker.packages.builtin import push
 
 POOL = "Database Worker Pool"
 DB = PackageRef("db", "Acme.Database", "1.2.0")
@@ -142,7 +143,7 @@ def stager_pids(worker_pid: int) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if any(b"workerpool.packages.stager" in a for a in argv) and \
+        if any(b"workerpool.worker.packages.stager" in a for a in argv) and \
                 argv[-2:-1] == [str(worker_pid).encode()]:
             found.append(int(entry.name))
     return found

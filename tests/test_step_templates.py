@@ -1,4 +1,4 @@
-"""The shipped step templates (tasks/templates), each run once through `workerpool run
+"""The shipped step templates (workerpool/spec/templates), each run once through `workerpool run
 --template` on a real worker; `workerpool template list|show`; and what `run --template` refuses.
 """
 
@@ -14,9 +14,10 @@ import pytest
 from test_packages_e2e import make_zip
 from test_templates import http_server  # noqa: F401  (local HTTP server that records requests)
 
-from workerpool.errors import BadInput
-from workerpool.packages import PackageRef, push
-from workerpool.templates import load_template, parse_template
+from workerpool.core.errors import BadInput
+from workerpool.core.packageref import PackageRef
+from workerpool.spec.templates import default_templates_dir, load_template, parse_template
+from workerpool.worker.packages.builtin import push
 
 KUBECTL_MISSING = ("kubectl is not installed on this worker; run this step on the Kubernetes "
                    "Worker Pool (machines with kubectl)")
@@ -88,7 +89,7 @@ def test_shipped_templates_with_packages_take_them_as_parameters():
             ("sql-migrations", "migrations", {**package, "ConnectionString": "x.db"}),
             ("database-deployment", "db", {**package, "ConnectionString": "x.db"}),
             ("kubectl-apply", "manifests", package)):
-        template = load_template(slug, Path(__file__).parent.parent / "tasks" / "templates")
+        template = load_template(slug, default_templates_dir())
         _, _, variables, _ = template.instantiate(params)
         assert template.package_refs(variables) == (PackageRef(name, "Acme.X", "1.0.0"),)
 

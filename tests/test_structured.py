@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from workerpool.errors import BadInput
-from workerpool.structured import replace_structured
+from workerpool.core.errors import BadInput
+from workerpool.worker.step.structured import replace_structured
 
 APPSETTINGS: dict[str, Any] = {
     "Zeta": "first key stays first",

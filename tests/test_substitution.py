@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from workerpool import substitution
-from workerpool.errors import BadInput
-from workerpool.substitution import MAX_DEPTH, Resolver, resolve_all, substitute
+from workerpool.core import substitution
+from workerpool.core.errors import BadInput
+from workerpool.core.substitution import MAX_DEPTH, Resolver, resolve_all, substitute
 
 # --- plain substitution --------------------------------------------------------------------------
 

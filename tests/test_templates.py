@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from workerpool.errors import BadInput
-from workerpool.packages import PackageRef
-from workerpool.syntaxes import SYNTAXES, install_helpers
-from workerpool.templates import (
+from workerpool.core.errors import BadInput
+from workerpool.core.packageref import PackageRef
+from workerpool.core.syntaxes import SYNTAXES, install_helpers
+from workerpool.spec.templates import (
     MAX_FILE_BYTES,
     MAX_NODES,
     Template,
@@ -30,7 +30,7 @@ from workerpool.templates import (
     read_yaml,
 )
 
-REPO_TEMPLATES = Path(__file__).parent.parent / "tasks" / "templates"
+REPO_TEMPLATES = Path(__file__).parent.parent / "workerpool" / "spec" / "templates"
 
 GREET = """\
 name: Greet
@@ -98,7 +98,7 @@ def test_a_broken_template_does_not_hide_another_found_by_name(templates: Path) 
         list_templates(templates)
 
 
-def test_default_directory_is_the_repository_tasks_templates(
+def test_default_directory_is_the_shipped_templates(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("WORKERPOOL_TEMPLATES", raising=False)
     assert default_templates_dir().resolve() == REPO_TEMPLATES.resolve()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from kombu.transport import redis as kombu_redis
 
-from workerpool import transport
-from workerpool.celeryapp import make_app
+from workerpool.worker.celery import transport
+from workerpool.worker.celery.app import make_app
 
 
 def test_workers_use_workerpool_transport_and_the_baseline_kombus(redis_url):

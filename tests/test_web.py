@@ -1,5 +1,5 @@
-"""The pools page (``workerpool.web``), ``server --http-port``, ``workerpool flower``'s options,
-and queue depth in ``status`` for a pool with no online worker."""
+"""The pools page (``workerpool.server.web``), ``server --http-port``, ``workerpool flower``'s
+options, and queue depth in ``status`` for a pool with no online worker."""
 
 from __future__ import annotations
 
@@ -18,10 +18,12 @@ from pathlib import Path
 
 from conftest import wait_for
 
-from workerpool import ScriptStep, messages, web
-from workerpool.cluster import Lease, Snapshot
-from workerpool.pools import Pool
-from workerpool.workers import Heartbeat, WorkerInfo
+from workerpool import ScriptStep
+from workerpool.core import messages
+from workerpool.core.pools import Pool
+from workerpool.core.snapshot import Lease, Snapshot
+from workerpool.core.workers import Heartbeat, WorkerInfo
+from workerpool.server import web
 
 
 def free_port() -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from workerpool.agent import make_workdir, remove_workdir
+from workerpool.worker.runtime import make_workdir, remove_workdir
 
 
 def test_each_attempt_gets_a_new_private_directory_named_after_it(tmp_path):
@@ -58,7 +58,7 @@ def test_a_missing_directory_is_no_error(tmp_path):
 
 
 def test_a_script_is_written_whole_as_utf8(tmp_path):
-    from workerpool.syntaxes import write_script
+    from workerpool.core.syntaxes import write_script
     script = "echo 'héllo ✓'\n" + "x" * (3 << 20)
     write_script(tmp_path / "script.sh", script)
     assert (tmp_path / "script.sh").read_bytes() == script.encode()

@@ -18,11 +18,13 @@ from pathlib import Path
 import pytest
 from conftest import pid_alive, wait_for
 
-from workerpool import ScriptStep, keys
-from workerpool.agent import workdir_root
-from workerpool.containment import owner_tag, pids_cgroup, tagged_processes
-from workerpool.packages import PackageRef, push
-from workerpool.steps import RUNNING
+from workerpool import ScriptStep
+from workerpool.core import keys
+from workerpool.core.packageref import PackageRef
+from workerpool.core.steps import RUNNING
+from workerpool.worker.isolation.containment import owner_tag, pids_cgroup, tagged_processes
+from workerpool.worker.packages.builtin import push
+from workerpool.worker.runtime import workdir_root
 
 POOL = "Work"
 MAX_PROCESSES = 40

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import redis
 
-from workerpool import keys
-from workerpool.embedded import EmbeddedRedis
-from workerpool.leases import Leases
-from workerpool.store import StepStore
+from workerpool.core import keys
+from workerpool.core.leases import Leases
+from workerpool.core.store import StepStore
+from workerpool.server.embedded import EmbeddedRedis
 
 
 def test_lost_workers_are_judged_only_after_the_restart_grace(tmp_path: Path):

@@ -13,10 +13,10 @@ import pytest
 from conftest import HEARTBEAT, TaskEvents, wait_for
 
 from workerpool import Client, ScriptStep
-from workerpool.embedded import EmbeddedRedis
-from workerpool.routing import route
-from workerpool.settings import Settings
-from workerpool.steps import TERMINAL
+from workerpool.core.routing import route
+from workerpool.core.settings import Settings
+from workerpool.core.steps import TERMINAL
+from workerpool.server.embedded import EmbeddedRedis
 
 POOLS = ("Pool A", "Pool B", "Pool C")
 STEPS = 500

@@ -22,10 +22,10 @@ from conftest import one_line_error
 from netproxy import Certificates, NetProxy, make_ca, make_certificates
 
 from workerpool import Client
-from workerpool.celeryapp import make_app
-from workerpool.connection import tls_options
-from workerpool.embedded import EmbeddedRedis
-from workerpool.errors import BadInput, RedisUnavailable
+from workerpool.core.connection import tls_options
+from workerpool.core.errors import BadInput, RedisUnavailable
+from workerpool.server.embedded import EmbeddedRedis
+from workerpool.worker.celery.app import make_app
 
 # Characters that must be percent-encoded in a URL, to check every component decodes them.
 PASSWORD = "s3cret:def@ult/%"

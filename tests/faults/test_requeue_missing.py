@@ -7,10 +7,11 @@ from __future__ import annotations
 import redis
 from conftest import CountingConnection
 
-from workerpool import ScriptStep, keys, messages
-from workerpool.leases import BATCH, Leases
-from workerpool.routing import Route
-from workerpool.store import StepStore
+from workerpool import ScriptStep
+from workerpool.core import keys, messages
+from workerpool.core.leases import BATCH, Leases
+from workerpool.core.routing import Route
+from workerpool.core.store import StepStore
 
 
 def test_lost_messages_are_pushed_again_once_in_batches(client, redis_url):

@@ -18,7 +18,7 @@ import redis
 from conftest import wait_for
 
 from workerpool import ScriptStep
-from workerpool.sealing import new_key
+from workerpool.core.sealing import new_key
 
 
 class Monitor:
@@ -205,8 +205,8 @@ def test_a_server_without_the_key_fails_the_deployment_with_the_reason(
 
 
 def test_the_local_stack_makes_a_private_key_once(tmp_path):
-    from workerpool.sealing import Keyring, ensure_local_key, key_file
-    from workerpool.settings import Settings
+    from workerpool.core.sealing import Keyring, ensure_local_key, key_file
+    from workerpool.core.settings import Settings
 
     settings = Settings(home=tmp_path / "home")
     ensure_local_key(settings)

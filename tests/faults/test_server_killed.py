@@ -11,7 +11,7 @@ import json
 
 from conftest import wait_for
 
-from workerpool import keys
+from workerpool.core import keys
 
 
 def test_killed_server_resumes_without_running_a_step_twice(client, start_worker, server, cli,

@@ -6,7 +6,8 @@ import base64
 import json
 import pickle
 
-from workerpool import ScriptStep, keys, messages
+from workerpool import ScriptStep
+from workerpool.core import keys, messages
 
 
 class Boom:

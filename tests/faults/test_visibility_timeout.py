@@ -18,7 +18,8 @@ import time
 from conftest import wait_for
 from kombu import Connection
 
-from workerpool import ScriptStep, keys, messages
+from workerpool import ScriptStep
+from workerpool.core import keys, messages
 
 VISIBILITY = 1.0  # seconds; less than the tests' two heartbeat intervals (0.5 s each)
 

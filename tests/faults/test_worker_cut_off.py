@@ -24,8 +24,9 @@ import redis
 from conftest import HEARTBEAT, pid_alive, wait_for
 from netproxy import NetProxy
 
-from workerpool import ScriptStep, keys
-from workerpool.embedded import EmbeddedRedis
+from workerpool import ScriptStep
+from workerpool.core import keys
+from workerpool.server.embedded import EmbeddedRedis
 
 POOL = "Cut Pool"
 SHORT_INTERVAL = 2.0  # the cut-off worker's heartbeat interval in the short-cut case (TTL 4 s)

@@ -21,8 +21,8 @@ from celery import Celery
 from celery.exceptions import SecurityWarning
 from celery.signals import worker_ready
 
-from workerpool.celeryapp import batch_events, make_app
-from workerpool.connection import connect
+from workerpool.core.connection import connect
+from workerpool.worker.celery.app import batch_events, make_app
 
 QUEUE = "workerpool.bench.baseline"
 QUEUE_B = "workerpool.bench.baseline-b"  # a second queue, for the isolation comparison

@@ -22,15 +22,15 @@ from typing import cast
 import redis
 from celery import Celery
 
-from workerpool import keys
 from workerpool.bench import baseline
 from workerpool.bench.harness import BenchFailed, wait_until
 from workerpool.client import Client
-from workerpool.deployments import Deployments
-from workerpool.processes import Process, load_process
-from workerpool.routing import Route
-from workerpool.steps import FAILED, SUCCESS, ScriptStep
-from workerpool.targets import TargetRegistry
+from workerpool.client.deployments import Deployments
+from workerpool.core import keys
+from workerpool.core.routing import Route
+from workerpool.core.steps import FAILED, SUCCESS, ScriptStep
+from workerpool.core.targets import TargetRegistry
+from workerpool.spec.processes import Process, load_process
 
 WAIT = 120.0
 FANOUT_ENVIRONMENT, FANOUT_ROLE = "Bench", "bench-fan-out"

@@ -19,16 +19,16 @@ from typing import cast
 
 import redis
 
-from workerpool import keys
 from workerpool.bench import baseline
 from workerpool.client import Client
-from workerpool.cluster import read_snapshot
-from workerpool.connection import connect, guarded, redact, validate_url
-from workerpool.embedded import EmbeddedRedis
-from workerpool.errors import Infrastructure, Refused
-from workerpool.pools import slugify
-from workerpool.settings import Settings
-from workerpool.stack import die_with_parent
+from workerpool.core import keys
+from workerpool.core.connection import connect, guarded, redact, validate_url
+from workerpool.core.errors import Infrastructure, Refused
+from workerpool.core.pools import slugify
+from workerpool.core.settings import Settings
+from workerpool.core.snapshot import read_snapshot
+from workerpool.server.embedded import EmbeddedRedis
+from workerpool.server.stack import die_with_parent
 
 READY_TIMEOUT = 120.0
 

@@ -17,9 +17,9 @@ from workerpool.bench.figures import Latency, median, percentile
 from workerpool.bench.harness import Harness
 from workerpool.bench.report import Goal, Report, Row, load_average, machine
 from workerpool.client import Client
-from workerpool.pools import slugify
-from workerpool.routing import Route
-from workerpool.settings import Settings
+from workerpool.core.pools import slugify
+from workerpool.core.routing import Route
+from workerpool.core.settings import Settings
 
 POOL_A, POOL_B, POOL_PARKED, POOL_FAN = "Bench A", "Bench B", "Bench Parked", "Bench Fan-out"
 MS = 1000.0

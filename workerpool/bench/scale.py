@@ -1,8 +1,8 @@
 """Measurements without running workers: scale (figure 5) and the machine's reference points.
 
-Scale simulates a large cluster in the documented key layout (``workerpool.keys``): pools through
-the real registry, workers as registry records plus live heartbeats, queued steps through the real
-``StepStore.enqueue``, running leases as step records in the ``running`` set.
+Scale simulates a large cluster in the documented key layout (``workerpool.core.keys``): pools
+through the real registry, workers as registry records plus live heartbeats, queued steps
+through the real ``StepStore.enqueue``, running leases as step records in the ``running`` set.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from urllib.parse import urlparse
 
 import redis
 
-from workerpool import keys, messages
 from workerpool.bench.figures import TRUE_STEP, on_pool
 from workerpool.client import Client
-from workerpool.cluster import read_snapshot
-from workerpool.pools import Pool
-from workerpool.routing import Route
-from workerpool.steps import RUNNING
-from workerpool.workers import HEALTHY, Heartbeat, WorkerInfo
+from workerpool.core import keys, messages
+from workerpool.core.pools import Pool
+from workerpool.core.routing import Route
+from workerpool.core.snapshot import read_snapshot
+from workerpool.core.steps import RUNNING
+from workerpool.core.workers import HEALTHY, Heartbeat, WorkerInfo
 
 SIMULATED_TTL_MS = 3_600_000  # simulated heartbeats stay live for the whole measurement
 

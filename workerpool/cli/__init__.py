@@ -9,7 +9,7 @@ from typing import Any
 import click
 import redis
 
-from workerpool.errors import WorkerPoolError
+from workerpool.core.errors import WorkerPoolError
 
 EXIT_USAGE = 2
 EXIT_REDIS = 3

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from workerpool.cli import cli
-from workerpool.settings import Settings
+from workerpool.core.settings import Settings
 
 
 @cli.command()

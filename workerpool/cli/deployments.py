@@ -9,11 +9,11 @@ import click
 
 from workerpool.cli import cli
 from workerpool.cli.output import client, emit_json, table
-from workerpool.deployments import DeploymentResult, Deployments, StepOutcome
-from workerpool.processes import load_process
-from workerpool.settings import Settings
-from workerpool.steps import parse_assignment
-from workerpool.targets import TargetRegistry
+from workerpool.client.deployments import DeploymentResult, Deployments, StepOutcome
+from workerpool.core.settings import Settings
+from workerpool.core.steps import parse_assignment
+from workerpool.core.targets import TargetRegistry
+from workerpool.spec.processes import load_process
 
 
 @cli.group()
@@ -68,7 +68,7 @@ def agent() -> None:
 @click.option("--loglevel", default="WARNING", show_default=True)
 def agent_start(target_name: str, concurrency: int, loglevel: str) -> None:
     """Consume the target's queue: scripts for location 'target' run here."""
-    from workerpool.celeryapp import serve
+    from workerpool.worker.celery.app import serve
 
     sys.exit(serve(Settings.from_env(), None, None, concurrency, loglevel.upper(),
                    target=target_name))

@@ -7,11 +7,11 @@ import sys
 
 import click
 
-from workerpool import web
 from workerpool.cli import cli
-from workerpool.connection import connect, guarded, resolve_url
-from workerpool.errors import BadInput
-from workerpool.settings import Settings
+from workerpool.core.connection import connect, guarded, resolve_url
+from workerpool.core.errors import BadInput
+from workerpool.core.settings import Settings
+from workerpool.server import web
 
 # Flower's default leaves out the arguments, which is where a step's name, pool and target are.
 COLUMNS = "name,state,args,worker,received,runtime,uuid"
@@ -32,7 +32,7 @@ def run_flower(url: str, port: int, address: str, basic_auth: str | None) -> int
     message's label as their arguments, which names the step, pool and target and holds no
     variable value.
     """
-    from workerpool.celeryapp import make_app  # Celery and Flower load only here
+    from workerpool.worker.celery.app import make_app  # Celery and Flower load only here
 
     argv = ["flower", f"--port={port}", f"--address={address}", f"--tasks-columns={COLUMNS}"]
     if basic_auth is not None:

@@ -9,7 +9,7 @@ from datetime import datetime
 import click
 
 from workerpool.client import Client
-from workerpool.settings import Settings
+from workerpool.core.settings import Settings
 
 
 def client() -> Client:

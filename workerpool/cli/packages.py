@@ -8,7 +8,8 @@ import click
 
 from workerpool.cli import cli
 from workerpool.cli.output import client, clock, emit_json, table
-from workerpool.packages import FEED_TYPES, FeedRegistry, list_packages, push
+from workerpool.worker.packages.builtin import list_packages, push
+from workerpool.worker.packages.registry import FEED_TYPES, FeedRegistry
 
 
 def _size(n: int) -> str:

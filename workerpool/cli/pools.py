@@ -10,8 +10,8 @@ import click
 
 from workerpool.cli import cli
 from workerpool.cli.output import client, emit_json, table
-from workerpool.errors import BadInput
-from workerpool.pools import Pool, ordered
+from workerpool.core.errors import BadInput
+from workerpool.core.pools import Pool, ordered
 
 F = TypeVar("F", bound=Callable[..., object])
 

@@ -8,10 +8,10 @@ from types import FrameType
 
 import click
 
-from workerpool import web
 from workerpool.cli import cli
-from workerpool.settings import Settings
-from workerpool.stack import Stack, parse_pool_counts
+from workerpool.core.settings import Settings
+from workerpool.server import web
+from workerpool.server.stack import Stack, parse_pool_counts
 
 
 def _run_until_signal(stack: Stack, banner: str, http_port: int | None = None,
@@ -70,7 +70,7 @@ def server(loglevel: str, cap: int, http_port: int | None, http_host: str) -> No
 @cli.command()
 def demo() -> None:
     """Run the seed's scenario on a throwaway embedded stack and show what ran where."""
-    from workerpool.demo import run_demo
+    from workerpool.cli.demo import run_demo
 
     sys.exit(run_demo())
 
@@ -82,6 +82,6 @@ def secret_key() -> None:
     Give every client, worker and server the same key. To rotate, set "NEW,OLD": the first
     seals, any opens.
     """
-    from workerpool.sealing import new_key
+    from workerpool.core.sealing import new_key
 
     click.echo(new_key())

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import click
 
-from workerpool import keys
-from workerpool.artifacts import list_artifacts, read_artifact
 from workerpool.cli import cli
 from workerpool.cli.output import client, emit_json, table
 from workerpool.cli.templates import template_step
 from workerpool.client import Client
-from workerpool.errors import BadInput
-from workerpool.packages import PackageRef
-from workerpool.steps import (
+from workerpool.core import keys
+from workerpool.core.artifacts import list_artifacts, read_artifact
+from workerpool.core.errors import BadInput
+from workerpool.core.packageref import PackageRef
+from workerpool.core.steps import (
     LOCATION_SERVER,
     LOCATION_WORKER,
     MAX_SCRIPT_BYTES,
@@ -26,8 +26,8 @@ from workerpool.steps import (
     ScriptStep,
     StepResult,
 )
-from workerpool.steps import parse_assignment as assignment
-from workerpool.syntaxes import SYNTAXES, syntax_for_path
+from workerpool.core.steps import parse_assignment as assignment
+from workerpool.core.syntaxes import SYNTAXES, syntax_for_path
 
 
 def print_entry(entry: LogEntry) -> None:
@@ -170,7 +170,7 @@ def logs(step_id: str, follow: bool, as_json: bool) -> None:
 
 def _deployment_logs(c: Client, deployment_id: str, follow: bool, as_json: bool) -> None:
     """Each run's log in step order, headed by step and target; with --follow, until the end."""
-    from workerpool.deployments import Deployments
+    from workerpool.client.deployments import Deployments
 
     deployments = Deployments(c)
     shown: set[str] = set()

@@ -8,10 +8,10 @@ import click
 
 from workerpool.cli import cli
 from workerpool.cli.output import emit_json, table
-from workerpool.errors import BadInput
-from workerpool.packages import PackageRef
-from workerpool.steps import check_variable
-from workerpool.templates import (
+from workerpool.core.errors import BadInput
+from workerpool.core.packageref import PackageRef
+from workerpool.core.steps import check_variable
+from workerpool.spec.templates import (
     Template,
     default_templates_dir,
     load_template,
@@ -90,7 +90,7 @@ def _short(text: str, width: int = 70) -> str:
 
 @cli.group()
 def template() -> None:
-    """Step templates: ready steps in tasks/templates (or $WORKERPOOL_TEMPLATES); run one with
+    """Step templates: ready steps shipped in the package (or $WORKERPOOL_TEMPLATES); run one with
     `workerpool run --template NAME --param K=V`."""
 
 

@@ -9,11 +9,11 @@ import click
 
 from workerpool.cli import cli
 from workerpool.cli.output import ago, client, emit_json, table
-from workerpool.cluster import Snapshot, status_view
-from workerpool.pools import ordered
-from workerpool.settings import Settings
-from workerpool.targets import TargetRegistry
-from workerpool.workers import WorkerInfo
+from workerpool.core.pools import ordered
+from workerpool.core.settings import Settings
+from workerpool.core.snapshot import Snapshot, status_view
+from workerpool.core.targets import TargetRegistry
+from workerpool.core.workers import WorkerInfo
 
 
 @cli.group()
@@ -34,7 +34,7 @@ def worker_start(pool: str | None, builtin: bool, name: str | None, concurrency:
     """Run a worker that consumes exactly one pool's queue."""
     if builtin == (pool is not None):
         raise click.UsageError("give exactly one of --pool NAME or --builtin")
-    from workerpool.celeryapp import serve  # worker-side code loads only here
+    from workerpool.worker.celery.app import serve  # worker-side code loads only here
 
     sys.exit(serve(Settings.from_env(), None if builtin else pool, name, concurrency,
                    loglevel.upper()))

@@ -1,0 +1,271 @@
+"""Worker pools: names, slugs, the default-pool rule, and their registry in Redis."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import redis
+
+from workerpool.core import keys
+from workerpool.core.errors import BadInput, PoolConflict, UnknownPool
+
+DEFAULT_POOL_NAME = "Default Worker Pool"
+MAX_NAME_LENGTH = 100
+MAX_HEALTH_CHECK_BYTES = 64 * 1024
+_SLUG_RUN = re.compile(r"[^a-z0-9]+")
+# A tool is looked up by name on the worker's PATH, so a path or anything a shell would split on
+# cannot be one.
+_BAD_TOOL_CHAR = re.compile(r"[/\s\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class Pool:
+    name: str
+    slug: str
+    description: str = ""
+    is_default: bool = False
+    requires: tuple[str, ...] = ()  # tools each worker must find on its PATH
+    health_check: str = ""  # a bash script each worker runs; exit 0 means healthy
+
+    @property
+    def queue(self) -> str:
+        return keys.pool_queue(self.slug)
+
+    def to_json(self) -> dict[str, object]:
+        return {"name": self.name, "slug": self.slug, "description": self.description,
+                "is_default": self.is_default, "queue": self.queue,
+                "requires": list(self.requires), "health_check": self.health_check}
+
+
+def slugify(name: str) -> str:
+    """``Database Worker Pool`` -> ``database-worker-pool``."""
+    return _SLUG_RUN.sub("-", name.lower()).strip("-")
+
+
+def validate_name(name: str) -> str:
+    """The trimmed name, or BadInput explaining what a pool name must be."""
+    if not isinstance(name, str):
+        raise BadInput(f"pool name must be text (str), not {type(name).__name__}")
+    name = name.strip()
+    if not name:
+        raise BadInput("pool name is empty; give a name such as 'Database Worker Pool'")
+    if len(name) > MAX_NAME_LENGTH:
+        raise BadInput(f"pool name is {len(name)} characters; the limit is {MAX_NAME_LENGTH}")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise BadInput("pool name contains control characters; use letters, digits and spaces")
+    if not slugify(name):
+        raise BadInput(f"pool name {name!r} has no ASCII letters or digits to make a slug from")
+    if slugify(name) == keys.BUILTIN_POOL:
+        # Its queue, workers and status would be confused with the built-in worker's.
+        raise BadInput(f"pool name {name!r} is reserved for the built-in worker; "
+                       "choose another name")
+    return name
+
+
+def validate_requires(tools: Iterable[str]) -> tuple[str, ...]:
+    """Tool names, each item split on commas, trimmed, without blanks or repeats; BadInput for a
+    name that cannot be looked up on a PATH."""
+    names: list[str] = []
+    for item in [tools] if isinstance(tools, str) else tools:
+        for tool in (part.strip() for part in item.split(",")):
+            if tool and _BAD_TOOL_CHAR.search(tool):
+                raise BadInput(f"required tool {tool!r} is not a command name: give names such as "
+                               "'kubectl,az' (no slashes, spaces or control characters)")
+            if tool and tool not in names:
+                names.append(tool)
+    return tuple(names)
+
+
+def validate_health_check(script: str) -> str:
+    """The script without surrounding blank lines ("" if blank); BadInput if it holds a NUL byte
+    (bash cannot take it) or is over the size limit."""
+    if "\x00" in script:
+        raise BadInput("the health check script contains a NUL byte; give a bash script as text")
+    size = len(script.encode())
+    if size > MAX_HEALTH_CHECK_BYTES:
+        raise BadInput(f"the health check script is {size} bytes; the limit is "
+                       f"{MAX_HEALTH_CHECK_BYTES} (run a file the workers have instead)")
+    return script.strip("\r\n") if script.strip() else ""
+
+
+def worker_type(slug: str) -> str:
+    """The seed's ``[workertype]`` in worker names: ``database-worker-pool`` -> ``database``."""
+    for suffix in ("-worker-pool", "-workers", "-pool"):
+        if slug.endswith(suffix) and len(slug) > len(suffix):
+            return slug[: -len(suffix)]
+    return slug
+
+
+def _decode(slug: str, raw: str, default_slug: str | None) -> Pool:
+    data = json.loads(raw)
+    return Pool(name=data["name"], slug=slug, description=data.get("description", ""),
+                is_default=slug == default_slug, requires=tuple(data.get("requires", ())),
+                health_check=data.get("health_check", ""))
+
+
+def pools_from_hash(raw: dict[str, str], default_slug: str | None) -> dict[str, Pool]:
+    return {slug: _decode(slug, value, default_slug) for slug, value in raw.items()}
+
+
+def ordered(pools: Iterable[Pool]) -> list[Pool]:
+    """Pools as every listing shows them: the default pool first, then by name."""
+    return sorted(pools, key=lambda p: (not p.is_default, p.name.lower()))
+
+
+def find(pools: dict[str, Pool], ident: str) -> Pool:
+    """The pool named or slugged *ident* (case-insensitive), else UnknownPool."""
+    ident = ident.strip()
+    pool = pools.get(slugify(ident))
+    if pool is not None and (pool.slug == ident.lower() or pool.name.lower() == ident.lower()):
+        return pool
+    known = ", ".join(sorted(p.name for p in pools.values())) or "none"
+    raise UnknownPool(f"no pool named {ident!r} (pools: {known}); "
+                      f"create it with `workerpool pool add {ident!r}`")
+
+
+# KEYS: pools, default-pool. ARGV: default slug, default pool JSON. Creates the default once.
+ENSURE_DEFAULT = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SET', KEYS[2], ARGV[1])
+return 1
+"""
+
+# KEYS: pools, default-pool. ARGV: slug, JSON, make_default ('1'/'0').
+ADD = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 'exists' end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[3] == '1' then redis.call('SET', KEYS[2], ARGV[1]) end
+return 'ok'
+"""
+
+# KEYS: pools, default-pool, workers, old queue. ARGV: old slug, new slug, JSON, make_default.
+EDIT = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 'missing' end
+if ARGV[1] ~= ARGV[2] then
+  if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then return 'exists' end
+  for _, w in ipairs(redis.call('HVALS', KEYS[3])) do
+    if cjson.decode(w)['pool'] == ARGV[1] then return 'has-workers' end
+  end
+  if redis.call('LLEN', KEYS[4]) > 0 then return 'has-steps' end
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('SET', KEYS[2], ARGV[2]) end
+end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+if ARGV[4] == '1' then redis.call('SET', KEYS[2], ARGV[2]) end
+return 'ok'
+"""
+
+# KEYS: pools, default-pool, workers, queue. ARGV: slug.
+REMOVE = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 'missing' end
+if redis.call('GET', KEYS[2]) == ARGV[1] then return 'default' end
+for _, w in ipairs(redis.call('HVALS', KEYS[3])) do
+  if cjson.decode(w)['pool'] == ARGV[1] then return 'has-workers' end
+end
+if redis.call('LLEN', KEYS[4]) > 0 then return 'has-steps' end
+redis.call('HDEL', KEYS[1], ARGV[1])
+return 'ok'
+"""
+
+
+def _record(name: str, description: str, requires: tuple[str, ...] = (),
+            health_check: str = "") -> str:
+    return json.dumps({"name": name, "description": description, "requires": list(requires),
+                       "health_check": health_check})
+
+
+class PoolRegistry:
+    """Pool CRUD with the rules from the spec; each change is one atomic script."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+        self._ensure = client.register_script(ENSURE_DEFAULT)
+        self._add = client.register_script(ADD)
+        self._edit = client.register_script(EDIT)
+        self._remove = client.register_script(REMOVE)
+
+    def ensure_default(self) -> None:
+        self._ensure(keys=[keys.POOLS, keys.DEFAULT_POOL],
+                     args=[slugify(DEFAULT_POOL_NAME), _record(DEFAULT_POOL_NAME, "")])
+
+    def all(self) -> dict[str, Pool]:
+        self.ensure_default()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(keys.POOLS)
+        pipe.get(keys.DEFAULT_POOL)
+        raw, default_slug = pipe.execute()
+        return pools_from_hash(raw, default_slug)
+
+    def list(self) -> list[Pool]:
+        return ordered(self.all().values())
+
+    def get(self, ident: str) -> Pool:
+        return find(self.all(), ident)
+
+    def by_slug(self, slug: str) -> Pool | None:
+        """The pool stored under *slug*, read without creating the default pool (workers poll
+        this for their pool's health requirements)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(keys.POOLS, slug)
+        pipe.get(keys.DEFAULT_POOL)
+        raw, default_slug = pipe.execute()
+        return None if raw is None else _decode(slug, raw, default_slug)
+
+    def add(self, name: str, description: str = "", is_default: bool = False,
+            requires: Iterable[str] = (), health_check: str = "") -> Pool:
+        name = validate_name(name)
+        slug = slugify(name)
+        record = _record(name, description, validate_requires(requires),
+                         validate_health_check(health_check))
+        self.ensure_default()
+        outcome = self._add(keys=[keys.POOLS, keys.DEFAULT_POOL],
+                            args=[slug, record, "1" if is_default else "0"])
+        if outcome == "exists":
+            existing = self.all()[slug]
+            raise PoolConflict(f"a pool named {existing.name!r} already exists (slug {slug}); "
+                               "pool names are unique ignoring case and punctuation")
+        return self.get(slug)
+
+    def edit(self, ident: str, name: str | None = None, description: str | None = None,
+             make_default: bool = False, requires: Iterable[str] | None = None,
+             health_check: str | None = None) -> Pool:
+        """Change what is given (None keeps it; an empty *requires* or *health_check* clears
+        it). Workers pick up new requirements at their next health check, without a restart."""
+        pool = self.get(ident)
+        new_name = validate_name(name) if name is not None else pool.name
+        new_slug = slugify(new_name)
+        record = _record(
+            new_name, pool.description if description is None else description,
+            pool.requires if requires is None else validate_requires(requires),
+            pool.health_check if health_check is None else validate_health_check(health_check))
+        outcome = self._edit(
+            keys=[keys.POOLS, keys.DEFAULT_POOL, keys.WORKERS, pool.queue],
+            args=[pool.slug, new_slug, record, "1" if make_default else "0"])
+        self._raise_for(outcome, pool, action="rename")
+        return self.get(new_slug)
+
+    def remove(self, ident: str) -> Pool:
+        pool = self.get(ident)
+        outcome = self._remove(keys=[keys.POOLS, keys.DEFAULT_POOL, keys.WORKERS, pool.queue],
+                               args=[pool.slug])
+        self._raise_for(outcome, pool, action="remove")
+        return pool
+
+    @staticmethod
+    def _raise_for(outcome: str, pool: Pool, action: str) -> None:
+        if outcome == "ok":
+            return
+        messages = {
+            "missing": f"pool {pool.name!r} was removed meanwhile",
+            "exists": "another pool already has that name",
+            "default": f"{pool.name!r} is the default pool and cannot be removed; make another "
+                       "pool the default first (`workerpool pool edit OTHER --default`)",
+            "has-workers": f"cannot {action} {pool.name!r}: workers are registered in it; "
+                           "stop them first",
+            "has-steps": f"cannot {action} {pool.name!r}: steps are waiting in its queue",
+        }
+        raise PoolConflict(messages[outcome])

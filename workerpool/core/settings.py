@@ -1,0 +1,97 @@
+"""Every tunable of workerpool in one frozen dataclass, read from the environment on demand."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from workerpool.core.errors import BadInput
+
+ENV_PREFIX = "WORKERPOOL_"
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(ENV_PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadInput(f"{ENV_PREFIX}{name}={raw!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise BadInput(f"{ENV_PREFIX}{name} must be a finite number greater than 0 (got {raw})")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(ENV_PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadInput(f"{ENV_PREFIX}{name}={raw!r} is not a whole number") from None
+    if value < minimum:
+        floor = "greater than 0" if minimum == 1 else f"at least {minimum}"
+        raise BadInput(f"{ENV_PREFIX}{name} must be {floor} (got {raw})")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Configuration shared by the client, the workers and the stack supervisor."""
+
+    redis_url: str | None = None
+    home: Path = field(default_factory=lambda: Path.home() / ".workerpool")
+    heartbeat_interval: float = 2.0
+    health_interval: float = 30.0  # seconds between a pool worker's health checks
+    lease_timeout: float = 3600.0
+    step_timeout: float = 3600.0
+    log_max_lines: int = 10_000
+    log_max_line_bytes: int = 16_384
+    result_ttl: int = 7 * 24 * 3600
+    kill_grace: float = 3.0
+    shutdown_grace: float = 10.0
+    keep_workdirs: bool = False
+    package_cache_bytes: int = 10 * 1024**3
+    package_spares: int = 1  # staged copies per recently used package version; 0: none
+    step_max_processes: int | None = None  # per-step cap (pids cgroup); None: no cap
+    # kombu redelivers a message unacked for this long; a worker refreshes the ones it runs.
+    visibility_timeout: float = 24 * 3600.0
+    # Seals sensitive values (workerpool.core.sealing); kept out of repr so it never reaches a log.
+    secret_key: str | None = field(default=None, repr=False)
+
+    @property
+    def heartbeat_ttl(self) -> float:
+        """A worker whose last heartbeat is older than this is Offline."""
+        return self.heartbeat_interval * 2
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        home = env.get(ENV_PREFIX + "HOME") or str(Path.home() / ".workerpool")
+        return cls(
+            redis_url=env.get(ENV_PREFIX + "REDIS_URL") or None,
+            home=Path(home).expanduser(),
+            heartbeat_interval=_float(env, "HEARTBEAT_INTERVAL", cls.heartbeat_interval),
+            health_interval=_float(env, "HEALTH_INTERVAL", cls.health_interval),
+            lease_timeout=_float(env, "LEASE_TIMEOUT", cls.lease_timeout),
+            step_timeout=_float(env, "STEP_TIMEOUT", cls.step_timeout),
+            log_max_lines=_int(env, "LOG_MAX_LINES", cls.log_max_lines),
+            log_max_line_bytes=_int(env, "LOG_MAX_LINE_BYTES", cls.log_max_line_bytes),
+            result_ttl=_int(env, "RESULT_TTL", cls.result_ttl),
+            kill_grace=_float(env, "KILL_GRACE", cls.kill_grace),
+            shutdown_grace=_float(env, "SHUTDOWN_GRACE", cls.shutdown_grace),
+            visibility_timeout=_float(env, "VISIBILITY_TIMEOUT", cls.visibility_timeout),
+            package_cache_bytes=_int(env, "PACKAGE_CACHE_BYTES", cls.package_cache_bytes),
+            package_spares=_int(env, "PACKAGE_SPARES", cls.package_spares, minimum=0),
+            step_max_processes=_int(env, "STEP_MAX_PROCESSES", 0) or None,
+            secret_key=env.get(ENV_PREFIX + "SECRET_KEY") or None,
+            keep_workdirs=env.get(ENV_PREFIX + "KEEP_WORKDIRS", "").lower() in ("1", "true", "yes"),
+        )
+
+    def with_redis_url(self, url: str) -> Settings:
+        return replace(self, redis_url=url)

@@ -1,0 +1,208 @@
+"""Supervising a local stack: the embedded Redis, the built-in worker and pool workers.
+
+Used by ``workerpool up``, ``server`` and ``demo``. Children run in their own sessions (so a
+terminal's Ctrl-C reaches only the supervisor, which then stops them in order) and get SIGTERM
+from the kernel if the supervisor itself dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from workerpool.client import Client
+from workerpool.core import keys
+from workerpool.core.connection import validate_url
+from workerpool.core.errors import BadInput, Infrastructure, PoolConflict
+from workerpool.core.sealing import Keyring, ensure_local_key
+from workerpool.core.settings import Settings
+from workerpool.server.embedded import EmbeddedRedis, clear_state, publish_state
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> None:
+    """``preexec_fn`` for children (or called by the child itself): the kernel sends it *sig*
+    if its parent dies."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
+
+
+def parse_pool_counts(spec: str) -> dict[str, int]:
+    """``"Database Worker Pool=2,Kubernetes Worker Pool=1"`` -> {name: workers}."""
+    counts: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, sep, number = part.rpartition("=")
+        if not sep:
+            name, number = part, "1"
+        number = number.strip()
+        if not name.strip() or not (number.isascii() and number.isdigit()) or int(number) < 1:
+            raise BadInput(f"--pools entry {part!r} must be NAME or NAME=COUNT with COUNT >= 1")
+        counts[name.strip()] = int(number)
+    return counts
+
+
+@dataclass
+class Stack:
+    """Starts what is missing, waits until every worker consumes, and stops it all in order."""
+
+    settings: Settings
+    pools: dict[str, int] = field(default_factory=dict)
+    builtin: bool = True
+    loglevel: str = "WARNING"
+    descriptions: dict[str, str] = field(default_factory=dict)
+    log_dir: Path | None = None  # worker output goes here instead of the terminal
+    orchestrate: bool = False  # run deployments (workerpool server / up)
+    deployment_cap: int = 5
+    redis_server: EmbeddedRedis | None = None
+    children: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    url: str = ""
+
+    def __enter__(self) -> Stack:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def client(self) -> Client:
+        return Client(redis_url=self.url, settings=self.settings)
+
+    def start(self, ready_timeout: float = 90.0) -> None:
+        Keyring.load(self.settings).check()
+        if self.settings.redis_url:
+            self.url = validate_url(self.settings.redis_url)
+        else:
+            ensure_local_key(self.settings)  # every component of this home shares it
+            self.redis_server = EmbeddedRedis(self.settings.home / "redis")
+            self.redis_server.start()
+            self.url = self.redis_server.url
+            publish_state(self.settings, self.redis_server)
+        client = self.client()
+        for name in self.pools:
+            with contextlib.suppress(PoolConflict):  # already there
+                client.pools.add(name, self.descriptions.get(name, ""))
+        if self.builtin:
+            self.spawn(["--builtin"])
+        for name, count in self.pools.items():
+            for _ in range(count):
+                self.spawn(["--pool", name])
+        self.wait_ready(client, ready_timeout)
+        client.close()
+
+    def spawn(self, args: list[str]) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "WORKERPOOL_REDIS_URL": self.url,
+               "WORKERPOOL_HOME": str(self.settings.home),
+               "WORKERPOOL_HEARTBEAT_INTERVAL": str(self.settings.heartbeat_interval),
+               "WORKERPOOL_SHUTDOWN_GRACE": str(self.settings.shutdown_grace)}
+        output = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            output = open(self.log_dir / f"worker-{len(self.children)}.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "workerpool", "worker", "start", *args,
+             "--loglevel", self.loglevel],
+            env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=output,
+            start_new_session=True, preexec_fn=die_with_parent)
+        if output is not None:
+            output.close()  # the child holds its own copy
+        self.children.append(proc)
+        return proc
+
+    def wait_ready(self, client: Client, timeout: float) -> None:
+        """Block until every child worker is registered and consuming."""
+        deadline = time.monotonic() + timeout
+        pids = {p.pid for p in self.children}
+        while True:
+            ready = {w.pid for w in client.snapshot().workers if w.state == "Healthy"}
+            if pids <= ready:
+                return
+            dead = [p for p in self.children if p.poll() is not None]
+            if dead:
+                where = self.log_dir or "its output above"
+                raise Infrastructure(f"a worker exited during start-up with code "
+                                     f"{dead[0].returncode}; see {where}")
+            if time.monotonic() > deadline:
+                raise Infrastructure(f"{len(pids - ready)} worker(s) did not become ready "
+                                     f"within {timeout:.0f}s")
+            time.sleep(0.05)
+
+    def supervise(self, stop_requested: list[bool]) -> None:
+        """Reap lost and overdue steps (and orchestrate deployments) until *stop_requested* is
+        set by a signal handler."""
+        client = self.client()
+        stop = self.start_orchestrator() if self.orchestrate else threading.Event()
+        while not stop_requested:
+            try:
+                client.reap()
+                if self.orchestrate:
+                    self.beat_server(client)
+            except Infrastructure as exc:
+                print(f"workerpool: {exc}", file=sys.stderr)
+            for proc in self.children:
+                if proc.poll() is not None and proc.returncode not in (0, None):
+                    print(f"workerpool: worker pid {proc.pid} exited with {proc.returncode}",
+                          file=sys.stderr)
+                    proc.returncode = 0  # report once
+            time.sleep(self.settings.heartbeat_interval / 2)
+        stop.set()
+
+    def start_orchestrator(self) -> threading.Event:
+        """Run the deployment orchestrator in threads of this process until the event is set."""
+        from workerpool.client.deployments import Orchestrator
+
+        stop = threading.Event()
+        client = self.client()
+        self.beat_server(client)
+        orchestrator = Orchestrator(client, self.deployment_cap)
+        threading.Thread(target=orchestrator.serve, args=(stop,), name="orchestrator",
+                         daemon=True).start()
+        return stop
+
+    def beat_server(self, client: Client) -> None:
+        """Tell clients a server orchestrates deployments (``deploy`` refuses otherwise)."""
+        client.guard(lambda: client.redis.set(
+            keys.SERVER_HEARTBEAT, time.time(),
+            px=int(max(self.settings.heartbeat_ttl, 5.0) * 1000)))
+
+    def stop(self) -> None:
+        """Warm-stop workers (each gives running steps the shutdown grace, then stops them),
+        SIGKILL any that hang (their watchdogs kill the scripts); then stop Redis."""
+        self._signal_all(signal.SIGTERM)
+        patience = self.settings.shutdown_grace + self.settings.kill_grace + 15
+        if not self._wait_all(patience):
+            self._signal_all(signal.SIGKILL)
+            self._wait_all(5.0)
+        self.children.clear()
+        if self.redis_server is not None:
+            self.redis_server.stop()
+            clear_state(self.settings)
+            self.redis_server = None
+
+    def _signal_all(self, sig: signal.Signals) -> None:
+        for proc in self.children:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(sig)
+
+    def _wait_all(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        for proc in self.children:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                return False
+        return True

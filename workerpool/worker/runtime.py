@@ -1,0 +1,547 @@
+"""The worker process: registers in a pool, heartbeats, reaps, and runs the steps it leases."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import redis
+
+from workerpool.core import keys, messages
+from workerpool.core.artifacts import collect
+from workerpool.core.connection import REDIS_RETRY_SECONDS, connect
+from workerpool.core.errors import WorkerConflict, WorkerPoolError
+from workerpool.core.leases import Claim, Leases
+from workerpool.core.pools import PoolRegistry, worker_type
+from workerpool.core.sealing import Keyring, SealError
+from workerpool.core.settings import Settings
+from workerpool.core.steps import CANCELLED, FAILED, RUNNING, SUCCESS, TIMED_OUT, WORKER_LOST
+from workerpool.core.store import StepStore
+from workerpool.core.syntaxes import available_syntaxes, install_helpers
+from workerpool.core.variables import Masker, script_environment
+from workerpool.core.workers import (
+    DEREGISTER,
+    HEALTHY,
+    REGISTER,
+    STARTING,
+    UNHEALTHY,
+    Heartbeat,
+    WorkerInfo,
+)
+from workerpool.worker import health
+from workerpool.worker.isolation.containment import Containment
+from workerpool.worker.isolation.watchdog import SLOTS, GroupTable
+from workerpool.worker.packages.cache import PackageCache
+from workerpool.worker.packages.registry import FeedRegistry
+from workerpool.worker.step.execution import STOP_ABORT, STOP_CANCEL, STOP_TIMEOUT, ScriptProcess
+from workerpool.worker.step.setup import Prepared, StepSetup, system_variables
+from workerpool.worker.step.steplog import StepLog
+
+log = logging.getLogger("workerpool.worker")
+T = TypeVar("T")
+
+# Seconds an unhealthy worker holds a message it should not have taken before handing it back,
+# so its queue gate (which checks several times a second) has stopped consumption by then.
+HAND_BACK_DELAY = 0.5
+
+# KEYS: step, queue. ARGV: attempt, message. Puts a message back at the head of its queue
+# (consumers BRPOP from the right) while the step still waits for it; a stale one is dropped.
+HAND_BACK = """
+local st = redis.call('HMGET', KEYS[1], 'state', 'attempt')
+if st[1] ~= 'Queued' or st[2] ~= ARGV[1] then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[2])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Ending:
+    state: str
+    exit_code: int | None
+    message: str
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str
+    pool: str  # pool slug, or "builtin"
+    instance: str
+
+    @property
+    def checks_health(self) -> bool:
+        """Only pool workers: the built-in worker and target agents have no pool requirements."""
+        return self.pool != keys.BUILTIN_POOL and not self.pool.startswith(keys.TARGET_POOL_PREFIX)
+
+    @property
+    def queue(self) -> str:
+        if self.pool == keys.BUILTIN_POOL:
+            return keys.BUILTIN_QUEUE
+        if self.pool.startswith(keys.TARGET_POOL_PREFIX):
+            return keys.target_queue(self.pool.removeprefix(keys.TARGET_POOL_PREFIX))
+        return keys.pool_queue(self.pool)
+
+
+def register(client: redis.Redis, settings: Settings, pool: str, name: str | None,
+             concurrency: int) -> Identity:
+    """Reserve a worker name (``<type>-worker-NN`` unless given) and write the first heartbeat."""
+    instance = uuid.uuid4().hex
+    info = WorkerInfo(name="", pool=pool, instance=instance, host=socket.gethostname(),
+                      pid=os.getpid(), concurrency=concurrency, started_at=time.time(),
+                      syntaxes=available_syntaxes())
+    beat = Heartbeat(time=time.time(), state=STARTING)
+    taken = client.eval(REGISTER, 1, keys.WORKERS, name or "", f"{worker_type(pool)}-worker-",
+                        info.record_json(), keys.PREFIX + "hb:", beat.to_json(),
+                        int(settings.heartbeat_ttl * 1000), instance)
+    if not taken:
+        raise WorkerConflict(f"a worker named {name!r} is already online; pick another --name "
+                             "or stop that worker first")
+    return Identity(str(taken), pool, instance)
+
+
+def _nothing() -> None:
+    """No acknowledgement to make: Celery acks the message when the task returns."""
+
+
+def workdir_root(name: str, instance: str) -> Path:
+    """The directory of one worker instance's step working directories (its watchdog removes
+    it when the worker ends)."""
+    return Path(tempfile.gettempdir()) / "workerpool" / f"{name}-{instance[:8]}"
+
+
+def make_workdir(root: Path, step_id: str, attempt: str) -> Path:
+    """A new private working directory for one attempt of a step, named after it."""
+    path = root / f"{step_id}-{attempt}"
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:  # left by an earlier worker with this root: never reuse one
+        return Path(tempfile.mkdtemp(prefix=f"{step_id}-{attempt}-", dir=root))
+    return path
+
+
+def remove_workdir(path: Path) -> None:
+    """Remove a step's working directory: one holding only files (a script and what it wrote)
+    takes an unlink each and a rmdir; one with a directory in it, ``shutil.rmtree``."""
+    try:
+        with os.scandir(path) as it:
+            entries = list(it)
+        flat = not any(entry.is_dir(follow_symlinks=False) for entry in entries)
+    except OSError:
+        flat = False
+    if flat:
+        try:
+            for entry in entries:
+                os.unlink(entry.path)
+            os.rmdir(path)
+            return
+        except OSError:  # something appeared or could not go: rmtree does the rest
+            pass
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class Watchdog:
+    """The child that kills this worker's script groups if the worker dies without doing so.
+
+    It learns of the worker's end from its stdin (EOF); the groups running then are those in
+    the ``GroupTable`` it shares with this process, so telling it of a group costs a step a
+    store into shared memory, not a message that wakes it nor a file.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.groups = GroupTable()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "workerpool.worker.isolation.watchdog", str(root),
+             str(self.groups.fd)],
+            stdin=subprocess.PIPE, start_new_session=True, text=True, pass_fds=(self.groups.fd,))
+
+    def tell(self, sign: str, pgid: int) -> None:
+        if sign == "+":
+            if not self.groups.add(pgid):
+                log.warning("more script groups than the watchdog lists (%d); group %d is "
+                            "found by its step token only", SLOTS, pgid)
+        else:
+            self.groups.remove(pgid)
+
+    def close(self) -> None:
+        assert self._proc.stdin is not None
+        self._proc.stdin.close()
+        self._proc.wait()
+
+
+class Runtime:
+    """Per-process worker state shared by the Celery task threads and the background threads."""
+
+    def __init__(self, settings: Settings, url: str, identity: Identity) -> None:
+        self.settings = settings
+        self.identity = identity
+        self.redis = connect(url)
+        self.store = StepStore(self.redis, settings.result_ttl, Keyring.load(settings))
+        self.leases = Leases(self.redis, self.store)
+        self.running: dict[str, ScriptProcess] = {}
+        self.lock = threading.Lock()
+        self.ready = False
+        self.stopping = threading.Event()
+        # Replaced whole (never mutated), so readers in other threads see a consistent pair.
+        self.health = health.HEALTHY
+        # Whether the worker consumes its queue now; only the queue gate changes it. The state
+        # others see follows this, so Unhealthy means the worker takes nothing.
+        self.consuming = True
+        self.pools = PoolRegistry(self.redis)
+        self._health_lock = threading.Lock()
+        self._beat_lock = threading.Lock()
+        # One directory per worker instance; its watchdog removes it when the worker ends.
+        self.workdir_root = workdir_root(identity.name, identity.instance)
+        self.workdir_root.mkdir(parents=True, exist_ok=True)
+        self.watchdog = Watchdog(self.workdir_root)
+        self.containment = Containment(self.workdir_root, settings.step_max_processes)
+        self.host = socket.gethostname()
+        # The environment every script starts from (read once: os.environ decodes each time).
+        self.base_env = dict(os.environ)
+        self.support_dir = install_helpers(self.workdir_root / "support")
+        self.setup = StepSetup(FeedRegistry(self.redis),
+                               PackageCache(settings.home / "package-cache",
+                                            settings.package_cache_bytes, self.redis),
+                               self.workdir_root / ".staged", settings.package_spares)
+
+    # -- background threads -------------------------------------------------------------
+
+    def start_threads(self) -> None:
+        threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
+        threading.Thread(target=self._control_loop, name="control", daemon=True).start()
+        if self.identity.checks_health:
+            threading.Thread(target=self._health_loop, name="health", daemon=True).start()
+
+    def beat(self) -> None:
+        with self.lock:
+            running = len(self.running)
+        # Reading the state and writing it are one step, so a beat carrying an older health
+        # state never overwrites a newer one.
+        with self._beat_lock:
+            status = self.health
+            state = STARTING if not self.ready else HEALTHY if self.consuming else UNHEALTHY
+            hb = Heartbeat(time=time.time(), state=state, running=running,
+                           reason=status.reason if state == UNHEALTHY else "")
+            self.redis.set(keys.heartbeat(self.identity.instance), hb.to_json(),
+                           px=int(self.settings.heartbeat_ttl * 1000))
+
+    # -- health ---------------------------------------------------------------------------
+
+    def check_health(self) -> bool:
+        """Run the pool's health check now and publish a change at once; True if healthy.
+
+        The pool is re-read each time, so `pool edit --requires` applies without a restart.
+        Consumption follows ``self.health`` (the Celery side's queue gate); running steps are
+        left to finish.
+        """
+        if not self.identity.checks_health:
+            return True
+        with self._health_lock:
+            pool = self.pools.by_slug(self.identity.pool)
+            env = script_environment({}, {"WORKERPOOL_WORKER_NAME": self.identity.name,
+                                          "WORKERPOOL_POOL": self.identity.pool}, self.base_env)
+            status = health.HEALTHY if pool is None else health.check(pool, env)
+            previous, self.health = self.health, status
+        if status != previous:
+            if status.healthy:
+                log.warning("healthy again: consuming %s", self.identity.queue)
+            else:
+                log.warning("unhealthy (%s): not consuming %s until healthy; running steps "
+                            "finish", status.reason, self.identity.queue)
+            self.beat()
+        return status.healthy
+
+    def _health_loop(self) -> None:
+        while not self.stopping.wait(self.settings.health_interval):
+            try:
+                self.check_health()
+            except redis.RedisError as exc:
+                log.warning("could not read the pool for its health check (will retry): %s", exc)
+            except Exception:  # a bug here must not stop the health checks
+                log.exception("health check loop error")
+
+    def _heartbeat_loop(self) -> None:
+        pause = self.settings.heartbeat_interval
+        while not self.stopping.wait(pause):
+            pause = self.settings.heartbeat_interval
+            try:
+                self.beat()
+                self.leases.reap(self.settings.heartbeat_interval / 4,
+                                 2 * self.settings.heartbeat_ttl)
+                self._check_leases()
+            except redis.RedisError as exc:
+                # The key outlives the last beat by only one more interval: a beat lost to a
+                # brief network cut is retried soon, not a whole interval later.
+                pause = self.settings.heartbeat_interval / 4
+                log.warning("heartbeat failed (will retry): %s", exc)
+            except Exception:  # a bug here must not stop the heartbeat
+                log.exception("heartbeat loop error")
+
+    def _check_leases(self) -> None:
+        """Stop local scripts whose step was cancelled or taken from this worker meanwhile."""
+        with self.lock:
+            ids = list(self.running)
+        if not ids:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for step_id in ids:
+            pipe.hmget(keys.step(step_id), "state", "instance", "cancel")
+        for step_id, (state, instance, cancel) in zip(ids, pipe.execute(), strict=True):
+            if state != RUNNING or instance != self.identity.instance:
+                self._stop_local(step_id, STOP_ABORT)
+            elif cancel:
+                self._stop_local(step_id, STOP_CANCEL)
+
+    def _control_loop(self) -> None:
+        channel = keys.control(self.identity.instance)
+        while not self.stopping.is_set():
+            try:
+                pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+                pubsub.subscribe(channel)
+                for message in pubsub.listen():
+                    self._stop_local(str(message["data"]), STOP_CANCEL)
+            except redis.RedisError as exc:
+                log.warning("cancel listener lost Redis (will resubscribe): %s", exc)
+                self.stopping.wait(1.0)
+
+    def _stop_local(self, step_id: str, reason: str) -> None:
+        with self.lock:
+            process = self.running.get(step_id)
+        if process is not None:
+            process.stop(reason)
+
+    def abort_running(self) -> None:
+        """Stop every local script now; their steps end WorkerLost (or run once more)."""
+        with self.lock:
+            processes = list(self.running.values())
+        for process in processes:
+            process.stop(STOP_ABORT)
+
+    def begin_shutdown(self) -> None:
+        """A warm stop began: running steps get the shutdown grace, then are stopped."""
+        if self.running:
+            log.warning("stopping: %d running step(s) get %gs to finish", len(self.running),
+                        self.settings.shutdown_grace)
+        timer = threading.Timer(self.settings.shutdown_grace, self.abort_running)
+        timer.daemon = True
+        timer.start()
+
+    def shutdown(self) -> None:
+        """Stop every local script (steps end WorkerLost), deregister, release the watchdog."""
+        self.stopping.set()
+        self.abort_running()
+        deadline = time.monotonic() + self.settings.kill_grace + 5
+        while self.running and time.monotonic() < deadline:
+            time.sleep(0.05)
+        try:
+            self.redis.eval(DEREGISTER, 2, keys.WORKERS, keys.heartbeat(self.identity.instance),
+                            self.identity.name, self.identity.instance)
+        except redis.RedisError as exc:
+            log.warning("could not deregister: %s", exc)
+        self.setup.close()  # stops staging package copies before the watchdog removes the root
+        self.watchdog.close()
+
+    # -- running a step -----------------------------------------------------------------
+
+    def execute(self, step_id: str, attempt: int,
+                ack: Callable[[], None] = _nothing) -> None:
+        """The body of the Celery task: claim, run, finish. Never raises.
+
+        *ack* acknowledges the step's message (``celeryapp.StepRequest``). It is called once
+        the step's script has started: the step is claimed, so its record, not the message,
+        decides what happens to it (a copy delivered again is discarded by the claim; if this
+        worker dies, the reaper ends the step or queues it once more). The ack's round trip
+        then runs while the script does, out of the way of both the script's start and the
+        next fetch. A message whose script never starts (not claimed, handed back, or a
+        setup that failed) is acked by Celery when the task returns.
+        """
+        if not self.health.healthy:
+            self._hand_back(step_id, attempt)
+            return
+        claim = self._claim(step_id, attempt)
+        if claim is None:
+            return
+        if claim.outcome != "ok":
+            log.warning("discarded message for step %s: %s (state %s)", step_id, claim.outcome,
+                        claim.record.get("state"))
+            return
+        try:
+            self._run_claimed(step_id, claim.record, ack)
+        except Exception as exc:
+            log.exception("step %s failed inside the worker", step_id)
+            self._finish(step_id, FAILED, message=f"worker error: {exc}")
+
+    def _claim(self, step_id: str, attempt: int) -> Claim | None:
+        """Claim the step, retrying while Redis is away: a claim whose reply was lost may have
+        been applied, and the retry (same token) then finds it ours, so the step is neither
+        left Running with nobody running it nor run twice. None if Redis stayed away."""
+        token = os.urandom(8).hex()
+        return self._while_redis_away(
+            f"claim step {step_id}", "if it stays Running, its lease deadline ends it",
+            lambda: self.leases.claim(step_id, attempt, self.identity.name,
+                                      self.identity.instance, self.identity.pool, token),
+            until_stopping=True)
+
+    def _while_redis_away(self, what: str, if_given_up: str, action: Callable[[], T],
+                          until_stopping: bool = False) -> T | None:
+        """*action*, tried again every second while Redis is away, for up to
+        ``REDIS_RETRY_SECONDS`` (and, *until_stopping*, only until the worker stops); None if
+        it never got through."""
+        deadline = time.monotonic() + REDIS_RETRY_SECONDS
+        while True:
+            try:
+                return action()
+            except redis.RedisError as exc:
+                if time.monotonic() > deadline or (until_stopping and self.stopping.is_set()):
+                    log.error("gave up trying to %s (%s): %s", what, if_given_up, exc)
+                    return None
+                log.warning("could not %s yet (will retry): %s", what, exc)
+                if until_stopping:
+                    self.stopping.wait(1.0)
+                else:  # also while stopping: a stopped step's end must still be recorded
+                    time.sleep(1.0)
+
+    def _hand_back(self, step_id: str, attempt: int) -> None:
+        """Give back, unclaimed, a step that reached this worker while it is unhealthy.
+
+        The queue gate stops consumption within a fraction of a second of the worker turning
+        unhealthy, so only a message already on its way (taken by the Celery consumer before
+        the gate cancelled its queue) gets here. It is pushed back at the head of its queue
+        rather than rejected through Celery: kombu would requeue it at the tail and altered,
+        and the lease reaper removes a message by value.
+        """
+        self.stopping.wait(HAND_BACK_DELAY)
+        try:
+            record = self.store.record(step_id)
+            queue = record.get("queue", "")
+            returned = self.redis.eval(HAND_BACK, 2, keys.step(step_id), queue, str(attempt),
+                                       messages.for_record(step_id, attempt, record))
+        except redis.RedisError as exc:
+            log.error("unhealthy, could not hand step %s back (it stays queued until its lease "
+                      "deadline): %s", step_id, exc)
+            return
+        if returned:
+            log.warning("unhealthy (%s): handed step %s back to %s unclaimed",
+                        self.health.reason, step_id, queue)
+        else:
+            log.warning("discarded message for step %s: stale (state %s)", step_id,
+                        record.get("state"))
+
+    def _run_claimed(self, step_id: str, record: dict[str, str],
+                     started: Callable[[], None]) -> None:
+        if self.identity.pool == keys.BUILTIN_POOL and self.redis.exists(keys.BUILTIN_DISABLED):
+            self._finish(step_id, FAILED, message="refused: the built-in worker is disabled, so "
+                         "it runs nothing; `workerpool builtin-worker enable` or use a pool")
+            return
+        try:
+            secrets = self.store.keyring.open_map(record.get("secrets", ""), "this worker")
+        except SealError as exc:
+            log.error("step %s: %s", step_id, exc)
+            self._finish(step_id, FAILED, message=str(exc))
+            return
+        variables: dict[str, str] = json.loads(record.get("variables") or "{}")
+        steplog = StepLog(self.redis, step_id, Masker(secrets.values()),
+                          self.settings.log_max_lines, self.settings.log_max_line_bytes)
+        workdir = make_workdir(self.workdir_root, step_id, record.get("attempt", "0"))
+        ending: Ending | None = None
+        try:
+            try:
+                ending = self._setup_and_run(step_id, record, workdir, steplog,
+                                             {**variables, **secrets}, started)
+            finally:
+                with self.lock:
+                    self.running.pop(step_id, None)
+                if ending is None:
+                    steplog.close()  # every line is stored before any end marker
+            if ending is not None:  # the last lines go with the end: one round trip
+                self._finish(step_id, ending.state, exit_code=ending.exit_code,
+                             outputs=steplog.outputs, message=steplog.mask(ending.message),
+                             lines=steplog.last_lines())
+        finally:  # after the end is recorded: the caller need not wait for the removal
+            if not self.settings.keep_workdirs:
+                remove_workdir(workdir)
+
+    def _setup_and_run(self, step_id: str, record: dict[str, str], workdir: Path,
+                       steplog: StepLog, variables: dict[str, str],
+                       started: Callable[[], None]) -> Ending | None:
+        """Prepare the working directory, run the script, collect artifacts; None if the step
+        was queued once more instead of ending."""
+        variables.update(system_variables(step_id, record, self.identity.name, self.host))
+        try:
+            prepared = self.setup.prepare(workdir, record, variables, steplog.system)
+        except WorkerPoolError as exc:
+            return Ending(FAILED, None, str(exc))
+        try:
+            return self._run_prepared(step_id, record, workdir, steplog, prepared, started)
+        finally:
+            prepared.release()
+
+    def _run_prepared(self, step_id: str, record: dict[str, str], workdir: Path,
+                      steplog: StepLog, prepared: Prepared,
+                      started: Callable[[], None]) -> Ending | None:
+        if not prepared.syntax.available():
+            return Ending(FAILED, None, f"{prepared.syntax.program} is not installed on worker "
+                          f"{self.identity.name}; install it or run the step elsewhere")
+        argv, extra_env = prepared.syntax.prepare(workdir, prepared.script, self.support_dir)
+        env = script_environment(prepared.variables, {
+            **extra_env, "WORKERPOOL_STEP_ID": step_id,
+            "WORKERPOOL_WORKER_NAME": self.identity.name, "WORKERPOOL_POOL": self.identity.pool},
+            self.base_env)
+        process = ScriptProcess(argv, workdir, env, steplog,
+                                float(record.get("timeout") or self.settings.step_timeout),
+                                self.settings.kill_grace, self.containment)
+        with self.lock:
+            self.running[step_id] = process
+        if record.get("cancel"):
+            process.stop(STOP_CANCEL)
+        outcome = process.run(watch=self.watchdog.tell, started=started)
+        for line in collect(self.redis, step_id, workdir, steplog.artifacts,
+                            self.settings.result_ttl):
+            steplog.system(line)
+        return self._ending(step_id, outcome.exit_code, outcome.stopped, record, process.timeout)
+
+    def _ending(self, step_id: str, exit_code: int | None, stopped: str | None,
+                record: dict[str, str], timeout: float) -> Ending | None:
+        if stopped == STOP_TIMEOUT:
+            return Ending(TIMED_OUT, exit_code, f"timed out after {timeout:g}s;"
+                          " the script's process group was killed")
+        if stopped == STOP_CANCEL:
+            return Ending(CANCELLED, exit_code, "cancelled; the script's process group was killed")
+        if stopped == STOP_ABORT:
+            if self._retry_after_abort(step_id, record):
+                return None
+            return Ending(WORKER_LOST, exit_code, f"worker {self.identity.name} stopped while "
+                          "the step ran; the script's process group was killed")
+        if exit_code == 0:
+            return Ending(SUCCESS, 0, "")
+        return Ending(FAILED, exit_code, f"the script exited with code {exit_code}")
+
+    def _retry_after_abort(self, step_id: str, record: dict[str, str]) -> bool:
+        """A step this worker had to stop runs once more elsewhere, if it opted in."""
+        try:
+            return self.leases.retry(step_id, self.identity.instance, self.identity.name,
+                                     record)
+        except redis.RedisError as exc:
+            log.warning("could not queue step %s once more: %s", step_id, exc)
+            return False
+
+    def _finish(self, step_id: str, state: str, exit_code: int | None = None,
+                outputs: dict[str, str] | None = None, message: str = "",
+                lines: list[dict[str, str]] | None = None) -> None:
+        """Record the end, retrying while Redis is away so the step is not left Running."""
+        self._while_redis_away(
+            f"record the end of step {step_id}", "it stays Running until its lease deadline",
+            lambda: self.store.finish(step_id, state, expected=(RUNNING,),
+                                      instance=self.identity.instance, exit_code=exit_code,
+                                      outputs=outputs, message=message, lines=lines or ()))
