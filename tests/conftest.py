@@ -1,5 +1,9 @@
 """Fixtures: one real redis-server per session, a fresh database per test, real worker processes.
 
+The tree follows the package's: ``unit/<layer>/`` holds tests that need no Redis and no worker
+(marker ``unit``: ``pytest -m unit`` runs in seconds), ``e2e/`` tests against a real Redis and
+real worker processes (``e2e``), ``faults/`` the failures a deployment meets (``faults``).
+
 Nothing here fakes Redis, Celery or subprocess. Each test gets its own Redis database (so pools,
 workers and queues never leak between tests) and starts the workers it needs as subprocesses
 running ``workerpool worker start``.
@@ -8,19 +12,24 @@ running ``workerpool worker start``.
 from __future__ import annotations
 
 import base64
+import functools
 import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import redis
+from httpd import CountingHandler, Recorder, Server
 
 from workerpool import Client
 from workerpool.core import keys
@@ -28,10 +37,25 @@ from workerpool.core.sealing import new_key
 from workerpool.core.settings import Settings
 from workerpool.server.embedded import EmbeddedRedis
 
+REPO = Path(__file__).resolve().parent.parent
+LAYERS = ("unit", "e2e", "faults")  # the first folder under tests/ is a test's marker
 HEARTBEAT = 0.5
 SECRET_KEY = new_key()  # every component of a test shares it, as a deployment's would
 DATABASES = 512
 _db_numbers = itertools.count(1)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test by its folder; a unit test that would start Redis is an error."""
+    tests = Path(__file__).parent
+    for item in items:
+        kind = item.path.relative_to(tests).parts[0]
+        if kind not in LAYERS:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in {', '.join(LAYERS)}/")
+        item.add_marker(kind)
+        if kind == "unit" and "redis_server" in getattr(item, "fixturenames", ()):
+            raise pytest.UsageError(f"{item.nodeid} is a unit test but uses Redis; move it "
+                                    "to e2e/")
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 20.0, what: str = "condition",
@@ -245,3 +269,43 @@ def server(env: dict[str, str], raw,
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., Server]]:
+    """Factory: serve a directory over HTTP on 127.0.0.1, counting GETs per path."""
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(root: Path, delay: float = 0.0) -> Server:
+        counts: Counter[str] = Counter()
+        handler = type("Handler", (CountingHandler,),
+                       {"counts": counts, "delay": delay, "lock": threading.Lock()})
+        server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler,
+                                                                         directory=str(root)))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return Server(f"http://127.0.0.1:{server.server_address[1]}", counts)
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def http_server() -> Iterator[Callable[[list[int]], tuple[str, list[tuple[str, str, bytes, str]]]]]:
+    """Factory: a local server answering with the given statuses (the last one repeats)."""
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(statuses: list[int]) -> tuple[str, list[tuple[str, str, bytes, str]]]:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+        server.statuses = list(statuses)  # type: ignore[attr-defined]
+        server.requests = []  # type: ignore[attr-defined]
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}", server.requests  # type: ignore[attr-defined]
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()

@@ -24,7 +24,7 @@ from workerpool.core.packageref import PackageRef
 from workerpool.core.steps import RUNNING
 from workerpool.worker.isolation.containment import owner_tag, pids_cgroup, tagged_processes
 from workerpool.worker.packages.builtin import push
-from workerpool.worker.runtime import workdir_root
+from workerpool.worker.workdirs import workdir_root
 
 POOL = "Work"
 MAX_PROCESSES = 40

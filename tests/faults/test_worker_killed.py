@@ -11,7 +11,7 @@ from pathlib import Path
 from conftest import HEARTBEAT, pid_alive, wait_for, watchdog_groups
 
 from workerpool import ScriptStep
-from workerpool.worker.runtime import workdir_root
+from workerpool.worker.workdirs import workdir_root
 
 # Appends "start <pid>" and notes an overlap if an earlier run of this step is still running.
 # A killed process can stay a zombie until init reaps it (about 1 s on some machines); a

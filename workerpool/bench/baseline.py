@@ -22,7 +22,8 @@ from celery.exceptions import SecurityWarning
 from celery.signals import worker_ready
 
 from workerpool.core.connection import connect
-from workerpool.worker.celery.app import batch_events, make_app
+from workerpool.worker.celery.app import make_app
+from workerpool.worker.celery.consumer import batch_events
 
 QUEUE = "workerpool.bench.baseline"
 QUEUE_B = "workerpool.bench.baseline-b"  # a second queue, for the isolation comparison

@@ -54,12 +54,12 @@ from types import FrameType
 from workerpool import Client, ScriptStep
 from workerpool.bench.extract import build_tree
 from workerpool.bench.harness import BenchFailed, wait_until
+from workerpool.core.children import die_with_parent
 from workerpool.core.packageref import PackageRef
 from workerpool.core.settings import Settings
 from workerpool.core.snapshot import read_snapshot
 from workerpool.core.steps import LogEntry, StepResult
 from workerpool.server.embedded import EmbeddedRedis
-from workerpool.server.stack import die_with_parent
 from workerpool.worker.packages.builtin import push
 from workerpool.worker.packages.cache import PackageCache
 from workerpool.worker.packages.formats import extract

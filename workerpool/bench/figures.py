@@ -25,7 +25,6 @@ from celery import Celery
 from workerpool.bench import baseline
 from workerpool.bench.harness import BenchFailed, wait_until
 from workerpool.client import Client
-from workerpool.client.deployments import Deployments
 from workerpool.core import keys
 from workerpool.core.routing import Route
 from workerpool.core.steps import FAILED, SUCCESS, ScriptStep
@@ -299,7 +298,7 @@ def deployment_fanout(client: Client, process: Process, count: int,
                       seconds: float) -> DeploymentFanout:
     """Submit *process* (one ``worker-per-target`` step over *count* targets) and wait for the
     orchestrator to record its end; then read every run's record."""
-    deployments = Deployments(client)
+    deployments = client.deployments
     submitted = time.time()
     deployment_id = deployments.submit(process, FANOUT_ENVIRONMENT)
     key = keys.deployment(deployment_id)

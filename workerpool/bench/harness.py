@@ -22,13 +22,13 @@ import redis
 from workerpool.bench import baseline
 from workerpool.client import Client
 from workerpool.core import keys
+from workerpool.core.children import die_with_parent
 from workerpool.core.connection import connect, guarded, redact, validate_url
 from workerpool.core.errors import Infrastructure, Refused
 from workerpool.core.pools import slugify
 from workerpool.core.settings import Settings
 from workerpool.core.snapshot import read_snapshot
 from workerpool.server.embedded import EmbeddedRedis
-from workerpool.server.stack import die_with_parent
 
 READY_TIMEOUT = 120.0
 

@@ -23,7 +23,8 @@ COMMAND_MODULES = {
     "server": "stack", "demo": "stack", "secret-key": "stack", "feed": "packages",
     "package": "packages",
     "target": "deployments", "agent": "deployments", "deploy": "deployments",
-    "deployments": "deployments", "template": "templates", "flower": "flower", "bench": "bench",
+    "deployments": "deployments", "template": "templates", "examples": "templates",
+    "flower": "flower", "bench": "bench",
 }
 
 

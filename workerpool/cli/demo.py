@@ -6,18 +6,18 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import tempfile
-import zipfile
 from pathlib import Path
 
 import click
 
 from workerpool.cli.output import table
+from workerpool.client import Client
 from workerpool.core.errors import NoWorker
 from workerpool.core.settings import Settings
 from workerpool.core.steps import ScriptStep
 from workerpool.core.targets import TargetRegistry
 from workerpool.server.stack import Stack
-from workerpool.spec.processes import examples_dir
+from workerpool.spec.shipped import example_packages, examples_dir
 from workerpool.worker.packages.builtin import push
 
 POOLS = {
@@ -41,28 +41,18 @@ STEPS = [
 ]
 
 
-def package_zip(source: Path, target: Path) -> Path:
-    """Zip a package's source folder (keeping exec bits) as the feed file name expects."""
-    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(source.rglob("*")):
-            if path.is_file():
-                archive.write(path, path.relative_to(source).as_posix())
-    return target
-
-
 def deploy_database(stack: Stack, home: Path) -> bool:
     """The seed's database deployment: a migration from a referenced package on the Database
     Worker Pool, then a warm-up per web target, orchestrated by the server."""
-    client = stack.client()
-    examples = examples_dir()
-    push(client.redis, package_zip(examples / "packages" / "Acme.Database",
-                                   home / "Acme.Database.1.0.0.zip"))
+    client = Client(redis_url=stack.url, settings=stack.settings)
+    for package in example_packages():
+        push(client.redis, package.zip_to(home))
     registry = TargetRegistry(client.redis)
     for name in ("web-01", "web-02"):
         registry.add(name, "Test", ("web",))
     stop = stack.start_orchestrator()
     try:
-        result = client.deploy(examples / "database-deployment.yaml", "Test",
+        result = client.deploy(examples_dir() / "database-deployment.yaml", "Test",
                                timeout=120)
     finally:
         stop.set()
@@ -90,7 +80,7 @@ def run_demo() -> int:
                   descriptions={name: d for name, (_, d) in POOLS.items()},
                   log_dir=home / "logs")
     with stack:
-        client = stack.client()
+        client = Client(redis_url=stack.url, settings=stack.settings)
         handles = [client.run(step) for step in STEPS]
         results = [h.wait(timeout=120) for h in handles]
         echo("\nWhat ran where:")

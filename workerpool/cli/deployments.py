@@ -9,10 +9,10 @@ import click
 
 from workerpool.cli import cli
 from workerpool.cli.output import client, emit_json, table
-from workerpool.client.deployments import DeploymentResult, Deployments, StepOutcome
 from workerpool.core.settings import Settings
 from workerpool.core.steps import parse_assignment
 from workerpool.core.targets import TargetRegistry
+from workerpool.spec.deployment import DeploymentResult, StepOutcome
 from workerpool.spec.processes import load_process
 
 
@@ -68,7 +68,7 @@ def agent() -> None:
 @click.option("--loglevel", default="WARNING", show_default=True)
 def agent_start(target_name: str, concurrency: int, loglevel: str) -> None:
     """Consume the target's queue: scripts for location 'target' run here."""
-    from workerpool.worker.celery.app import serve
+    from workerpool.worker.celery.serve import serve
 
     sys.exit(serve(Settings.from_env(), None, None, concurrency, loglevel.upper(),
                    target=target_name))
@@ -132,7 +132,7 @@ def deploy(process_file: str, environment: str, variables: tuple[str, ...],
     process = load_process(Path(process_file),
                            extra_variables_file=Path(variables_file) if variables_file else None)
     extra = dict(map(parse_assignment, variables))
-    deployments = Deployments(client())
+    deployments = client().deployments
     deployment_id = deployments.submit(process, environment, extra)
     if detach:
         click.echo(deployment_id)
@@ -151,7 +151,7 @@ def deployments_group() -> None:
 @deployments_group.command("list")
 @click.option("--json", "as_json", is_flag=True)
 def deployments_list(as_json: bool) -> None:
-    found = Deployments(client()).list()
+    found = client().deployments.list()
     if as_json:
         emit_json([d.to_json() for d in found])
         return
@@ -163,7 +163,7 @@ def deployments_list(as_json: bool) -> None:
 @click.argument("deployment_id")
 @click.option("--json", "as_json", is_flag=True)
 def deployments_show(deployment_id: str, as_json: bool) -> None:
-    result = Deployments(client()).result(deployment_id)
+    result = client().deployments.result(deployment_id)
     if as_json:
         emit_json(result.to_json())
         return

@@ -170,9 +170,7 @@ def logs(step_id: str, follow: bool, as_json: bool) -> None:
 
 def _deployment_logs(c: Client, deployment_id: str, follow: bool, as_json: bool) -> None:
     """Each run's log in step order, headed by step and target; with --follow, until the end."""
-    from workerpool.client.deployments import Deployments
-
-    deployments = Deployments(c)
+    deployments = c.deployments
     shown: set[str] = set()
     while True:
         result = deployments.result(deployment_id)

@@ -1,8 +1,11 @@
-"""``workerpool template list|show``, and the step that ``run --template NAME`` builds."""
+"""``workerpool template list|show``, the step that ``run --template NAME`` builds, and
+``workerpool examples``."""
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import click
 
@@ -11,6 +14,7 @@ from workerpool.cli.output import emit_json, table
 from workerpool.core.errors import BadInput
 from workerpool.core.packageref import PackageRef
 from workerpool.core.steps import check_variable
+from workerpool.spec.shipped import example_packages, example_processes
 from workerpool.spec.templates import (
     Template,
     default_templates_dir,
@@ -136,3 +140,37 @@ def template_show(name: str, as_json: bool) -> None:
             click.echo(f"  {line}")
     click.echo("\nScript:")
     click.echo(found.script.rstrip("\n"))
+
+
+@cli.command("examples")
+@click.option("--copy", "copy_to", type=click.Path(file_okay=False, path_type=Path),
+              help="Write the example processes, and their packages as zips, into this folder.")
+@click.option("--json", "as_json", is_flag=True)
+def examples(copy_to: Path | None, as_json: bool) -> None:
+    """The example deployment processes shipped with workerpool, and the packages they use;
+    with --copy DIR, written out ready for `workerpool package push` and `workerpool deploy`."""
+    processes, packages = example_processes(), example_packages()
+    if copy_to is None:
+        rows = [{"kind": "process", "name": path.stem, "path": str(path)} for path in processes]
+        rows += [{"kind": "package", "name": f"{p.package_id} {p.version}", "path": str(p.source)}
+                 for p in packages]
+        if as_json:
+            emit_json(rows)
+        else:
+            table(["KIND", "NAME", "PATH"], [[r["kind"], r["name"], r["path"]] for r in rows])
+        return
+    try:
+        copy_to.mkdir(parents=True, exist_ok=True)
+        written = [Path(shutil.copy(path, copy_to)) for path in processes]
+        written += [package.zip_to(copy_to) for package in packages]
+    except OSError as exc:
+        raise BadInput(f"cannot write the examples into {copy_to}: {exc.strerror or exc}"
+                       ) from None
+    if as_json:
+        emit_json([str(path) for path in written])
+        return
+    for path in written:
+        click.echo(f"wrote {path}")
+    zips = " ".join(str(copy_to / p.file_name) for p in packages)
+    click.echo(f"next: workerpool package push {zips}; then workerpool deploy "
+               f"{copy_to / processes[0].name} --environment Test (see its comments)")

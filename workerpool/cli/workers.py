@@ -34,7 +34,7 @@ def worker_start(pool: str | None, builtin: bool, name: str | None, concurrency:
     """Run a worker that consumes exactly one pool's queue."""
     if builtin == (pool is not None):
         raise click.UsageError("give exactly one of --pool NAME or --builtin")
-    from workerpool.worker.celery.app import serve  # worker-side code loads only here
+    from workerpool.worker.celery.serve import serve  # worker-side code loads only here
 
     sys.exit(serve(Settings.from_env(), None if builtin else pool, name, concurrency,
                    loglevel.upper()))

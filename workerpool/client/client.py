@@ -24,7 +24,8 @@ from workerpool.core.store import StepStore
 from workerpool.core.workers import WorkerInfo
 
 if TYPE_CHECKING:
-    from workerpool.client.deployments import DeploymentResult
+    from workerpool.client.deployments import Deployments
+    from workerpool.spec.deployment import DeploymentResult
     from workerpool.spec.processes import Process
 
 P = ParamSpec("P")
@@ -79,7 +80,6 @@ class Client:
                timeout: float | None = None) -> DeploymentResult:
         """Submit a deployment process (a loaded ``Process`` or a YAML path) to the server and,
         by default, wait for it; the result is what ``deploy --json`` prints."""
-        from workerpool.client.deployments import Deployments
         from workerpool.spec.processes import Process, load_process
 
         if isinstance(process, (str, Path)):
@@ -87,15 +87,20 @@ class Client:
         elif not isinstance(process, Process):
             raise BadInput(f"deploy() takes a Process or the path of a process file, not "
                            f"{type(process).__name__}")
-        deployments = Deployments(self)
-        deployment_id = deployments.submit(process, environment, variables)
+        deployment_id = self.deployments.submit(process, environment, variables)
         if not wait:
-            return deployments.result(deployment_id)
-        return deployments.wait(deployment_id, timeout=timeout)
+            return self.deployments.result(deployment_id)
+        return self.deployments.wait(deployment_id, timeout=timeout)
+
+    @functools.cached_property
+    def deployments(self) -> Deployments:
+        """Submit and read deployments (loaded on first use: ``run`` never needs it)."""
+        from workerpool.client.deployments import Deployments
+
+        return Deployments(self.redis, self.url, self.store.keyring)
 
     def reap(self) -> int:
-        every = self.settings.heartbeat_interval / 4
-        return self.guard(lambda: self.leases.reap(every, 2 * self.settings.heartbeat_ttl))
+        return self.guard(lambda: self.leases.reap_on_schedule(self.settings))
 
     def close(self) -> None:
         self.redis.close()

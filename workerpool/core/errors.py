@@ -39,6 +39,11 @@ class UnknownStep(Refused):
     """No step with that id is stored (never existed, or its record expired)."""
 
 
+class Incompatible(Refused):
+    """An installed dependency lacks a part workerpool relies on (a Celery or kombu version
+    outside the supported range)."""
+
+
 class Infrastructure(WorkerPoolError):
     """Something workerpool depends on is unavailable (exit code 3)."""
 

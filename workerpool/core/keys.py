@@ -34,8 +34,8 @@ Layout (``P`` is ``workerpool:``)::
     P deployment:<id>         hash   deployment record: process JSON, environment, state, steps
     P deployment:<id>:done    list   ids of its runs as they finish (finish pushes them)
     P server:hb               string the orchestrator's heartbeat, expiring
-    unacked_index             zset   kombu's: delivery tag -> delivery time of unacked messages;
-                                     a worker refreshes the time of the steps it runs
+    unacked_index             zset   kombu's: delivery tag -> delivery time of unacked messages
+                                     (a worker acks a step's message once its script starts)
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ TARGET_QUEUE_PREFIX = "workerpool.target."
 BUILTIN_QUEUE = "workerpool.builtin"
 BUILTIN_POOL = "builtin"
 POOL_QUEUE_PREFIX = "workerpool.pool."
-# kombu redelivers a message whose time here is older than the visibility timeout.
+# kombu's, read by tests: it redelivers a message whose time here is older than the visibility
+# timeout, which only a message fetched by a worker that died before the script started reaches.
 KOMBU_UNACKED_INDEX = "unacked_index"
 
 
@@ -80,12 +81,16 @@ def deployment_done(deployment_id: str) -> str:
     return f"{PREFIX}deployment:{deployment_id}:done"
 
 
+HEARTBEAT_PREFIX = PREFIX + "hb:"
+STEP_PREFIX = PREFIX + "step:"
+
+
 def heartbeat(instance: str) -> str:
-    return f"{PREFIX}hb:{instance}"
+    return HEARTBEAT_PREFIX + instance
 
 
 def step(step_id: str) -> str:
-    return f"{PREFIX}step:{step_id}"
+    return STEP_PREFIX + step_id
 
 
 def step_log(step_id: str) -> str:

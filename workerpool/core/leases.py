@@ -14,7 +14,8 @@ from typing import Any, cast
 
 import redis
 
-from workerpool.core import keys, messages
+from workerpool.core import keys, messages, scripts
+from workerpool.core.settings import Settings
 from workerpool.core.snapshot import pairs
 from workerpool.core.steps import (
     CANCELLED,
@@ -29,60 +30,9 @@ log = logging.getLogger(__name__)
 
 BATCH = 1000  # step records read, or queue entries listed, per round trip when re-queuing
 
-# KEYS: step, running, pending. ARGV: attempt, worker name, instance, now, worker's pool, step
-# id, claim token. The token (new for each delivery) makes a retried claim safe: if the first
-# call was applied but its reply lost with the connection, the retry finds its own token.
-CLAIM = """
-local st = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'pool', 'claim')
-if not st[1] then return {'gone', ''} end
-if st[1] == 'Running' and st[4] == ARGV[7] then return {'ok', redis.call('HGETALL', KEYS[1])} end
-if st[1] ~= 'Queued' or st[2] ~= ARGV[1] then return {'stale', st[1]} end
-if st[3] ~= ARGV[5] then return {'wrong-pool', st[3]} end
-redis.call('HSET', KEYS[1], 'state', 'Running', 'worker', ARGV[2], 'instance', ARGV[3],
-           'started_at', ARGV[4], 'claim', ARGV[7])
-redis.call('ZREM', KEYS[3], ARGV[6])
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[6])
-return {'ok', redis.call('HGETALL', KEYS[1])}
-"""
 
-# KEYS: running. ARGV: heartbeat key prefix, step key prefix.
-# Running steps whose worker instance no longer heartbeats.
-LOST = """
-local lost = {}
-for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  local f = redis.call('HMGET', ARGV[2] .. id, 'instance', 'worker', 'retry', 'attempt', 'queue',
-                       'name', 'pool_name', 'lease_timeout', 'target')
-  if f[1] and redis.call('EXISTS', ARGV[1] .. f[1]) == 0 then
-    lost[#lost + 1] = {id, f[1], f[2] or '', f[3] or '0', f[4] or '0', f[5] or '', f[6] or '',
-                       f[7] or '', f[8] or '0', f[9] or ''}
-  elseif not f[1] then
-    redis.call('ZREM', KEYS[1], id)
-  end
-end
-return lost
-"""
 
-# KEYS: step, running, pending, queue, log. ARGV: dead instance, now, deadline, message,
-# note, step id. Puts a lost step back in its queue once, if it opted in.
-REQUEUE = """
-local st = redis.call('HMGET', KEYS[1], 'state', 'instance', 'retry', 'attempt')
-if st[1] ~= 'Running' or st[2] ~= ARGV[1] or st[3] ~= '1' or st[4] ~= '0' then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'Queued', 'attempt', '1', 'deadline', ARGV[3])
-redis.call('HDEL', KEYS[1], 'worker', 'instance', 'started_at')
-redis.call('ZREM', KEYS[2], ARGV[6])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[6])
-redis.call('LPUSH', KEYS[4], ARGV[4])
-redis.call('XADD', KEYS[5], '*', 't', ARGV[2], 's', 'system', 'x', ARGV[5])
-return 1
-"""
 
-# KEYS: step. Marks a running step for cancellation; reports where it is.
-CANCEL = """
-local st = redis.call('HMGET', KEYS[1], 'state', 'instance')
-if not st[1] then return {'gone', ''} end
-if st[1] == 'Running' then redis.call('HSET', KEYS[1], 'cancel', '1') end
-return {st[1], st[2] or ''}
-"""
 
 
 @dataclass(frozen=True)
@@ -97,10 +47,11 @@ class Leases:
     def __init__(self, client: redis.Redis, store: StepStore) -> None:
         self.redis = client
         self.store = store
-        self._claim = client.register_script(CLAIM)
-        self._lost = client.register_script(LOST)
-        self._requeue = client.register_script(REQUEUE)
-        self._cancel = client.register_script(CANCEL)
+        self._claim = scripts.load(client, "claim")
+        self._lost = scripts.load(client, "lost")
+        self._requeue = scripts.load(client, "requeue")
+        self._cancel = scripts.load(client, "cancel")
+        self._hand_back = scripts.load(client, "hand_back")
 
     def claim(self, step_id: str, attempt: int, worker: str, instance: str, pool: str,
               token: str) -> Claim:
@@ -113,6 +64,13 @@ class Leases:
             return Claim(outcome, {"state": str(payload)})
         return Claim("ok", pairs(payload))
 
+    def hand_back(self, step_id: str, attempt: int, record: dict[str, str]) -> bool:
+        """Put the message of a step that reached a worker which must not run it back at the
+        head of its queue, unclaimed; False if the step no longer waits for that message."""
+        return bool(self._hand_back(
+            keys=[keys.step(step_id), record.get("queue", "")],
+            args=[str(attempt), messages.for_record(step_id, attempt, record)]))
+
     def cancel(self, step_id: str) -> str:
         """Ask for *step_id* to stop; returns the state it was in when asked."""
         state, instance = self._cancel(keys=[keys.step(step_id)])
@@ -124,6 +82,11 @@ class Leases:
         elif state == RUNNING and instance:
             self.redis.publish(keys.control(instance), step_id)
         return str(state)
+
+    def reap_on_schedule(self, settings: Settings) -> int:
+        """``reap`` as every component runs it: at most once per quarter heartbeat interval
+        across the cluster, judging no worker lost for two heartbeat TTLs after Redis starts."""
+        return self.reap(settings.heartbeat_interval / 4, 2 * settings.heartbeat_ttl)
 
     def reap(self, every: float = 0.0, restart_grace: float = 0.0) -> int:
         """End steps whose worker stopped heartbeating and steps past their lease deadline.
@@ -186,7 +149,7 @@ class Leases:
 
     def _reap_lost(self) -> int:
         ended = 0
-        rows = self._lost(keys=[keys.RUNNING], args=[keys.PREFIX + "hb:", keys.PREFIX + "step:"])
+        rows = self._lost(keys=[keys.RUNNING], args=[keys.HEARTBEAT_PREFIX, keys.STEP_PREFIX])
         for row in rows:
             step_id, instance, worker, retry, attempt, queue, name, pool_name, lease, target = row
             record = {"retry": retry, "attempt": attempt, "queue": queue, "name": name,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import redis
 
-from workerpool.core import keys
+from workerpool.core import keys, scripts
 from workerpool.core.errors import BadInput, PoolConflict, UnknownPool
 
 DEFAULT_POOL_NAME = "Default Worker Pool"
@@ -126,50 +126,9 @@ def find(pools: dict[str, Pool], ident: str) -> Pool:
                       f"create it with `workerpool pool add {ident!r}`")
 
 
-# KEYS: pools, default-pool. ARGV: default slug, default pool JSON. Creates the default once.
-ENSURE_DEFAULT = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
-redis.call('SET', KEYS[2], ARGV[1])
-return 1
-"""
 
-# KEYS: pools, default-pool. ARGV: slug, JSON, make_default ('1'/'0').
-ADD = """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 'exists' end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-if ARGV[3] == '1' then redis.call('SET', KEYS[2], ARGV[1]) end
-return 'ok'
-"""
 
-# KEYS: pools, default-pool, workers, old queue. ARGV: old slug, new slug, JSON, make_default.
-EDIT = """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 'missing' end
-if ARGV[1] ~= ARGV[2] then
-  if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then return 'exists' end
-  for _, w in ipairs(redis.call('HVALS', KEYS[3])) do
-    if cjson.decode(w)['pool'] == ARGV[1] then return 'has-workers' end
-  end
-  if redis.call('LLEN', KEYS[4]) > 0 then return 'has-steps' end
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('SET', KEYS[2], ARGV[2]) end
-end
-redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
-if ARGV[4] == '1' then redis.call('SET', KEYS[2], ARGV[2]) end
-return 'ok'
-"""
 
-# KEYS: pools, default-pool, workers, queue. ARGV: slug.
-REMOVE = """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 'missing' end
-if redis.call('GET', KEYS[2]) == ARGV[1] then return 'default' end
-for _, w in ipairs(redis.call('HVALS', KEYS[3])) do
-  if cjson.decode(w)['pool'] == ARGV[1] then return 'has-workers' end
-end
-if redis.call('LLEN', KEYS[4]) > 0 then return 'has-steps' end
-redis.call('HDEL', KEYS[1], ARGV[1])
-return 'ok'
-"""
 
 
 def _record(name: str, description: str, requires: tuple[str, ...] = (),
@@ -183,10 +142,10 @@ class PoolRegistry:
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
-        self._ensure = client.register_script(ENSURE_DEFAULT)
-        self._add = client.register_script(ADD)
-        self._edit = client.register_script(EDIT)
-        self._remove = client.register_script(REMOVE)
+        self._ensure = scripts.load(client, "pool_ensure_default")
+        self._add = scripts.load(client, "pool_add")
+        self._edit = scripts.load(client, "pool_edit")
+        self._remove = scripts.load(client, "pool_remove")
 
     def ensure_default(self) -> None:
         self._ensure(keys=[keys.POOLS, keys.DEFAULT_POOL],

@@ -59,7 +59,8 @@ class Settings:
     package_cache_bytes: int = 10 * 1024**3
     package_spares: int = 1  # staged copies per recently used package version; 0: none
     step_max_processes: int | None = None  # per-step cap (pids cgroup); None: no cap
-    # kombu redelivers a message unacked for this long; a worker refreshes the ones it runs.
+    # kombu redelivers a message unacked for this long; a worker acks a step's message once the
+    # step's script starts, so only a message whose worker died before that is redelivered.
     visibility_timeout: float = 24 * 3600.0
     # Seals sensitive values (workerpool.core.sealing); kept out of repr so it never reaches a log.
     secret_key: str | None = field(default=None, repr=False)

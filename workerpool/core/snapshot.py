@@ -9,37 +9,9 @@ from typing import Any
 
 import redis
 
-from workerpool.core import keys
+from workerpool.core import keys, scripts
 from workerpool.core.pools import DEFAULT_POOL_NAME, Pool, ordered, pools_from_hash, slugify
 from workerpool.core.workers import WorkerInfo
-
-# KEYS: pools, default-pool, builtin-disabled, workers, running.
-# ARGV: default slug, default pool JSON, heartbeat key prefix, detail ('1': queue depths + leases).
-SNAPSHOT = """
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
-  redis.call('SET', KEYS[2], ARGV[1])
-end
-local pools = redis.call('HGETALL', KEYS[1])
-local workers = redis.call('HGETALL', KEYS[4])
-local beats = {}
-for i = 2, #workers, 2 do
-  beats[#beats + 1] = redis.call('GET', ARGV[3] .. cjson.decode(workers[i])['instance']) or ''
-end
-local depths, leases = {}, {}
-if ARGV[4] == '1' then
-  for i = 1, #pools, 2 do
-    depths[#depths + 1] = redis.call('LLEN', 'workerpool.pool.' .. pools[i])
-  end
-  depths[#depths + 1] = redis.call('LLEN', 'workerpool.builtin')
-  for _, id in ipairs(redis.call('ZRANGE', KEYS[5], 0, -1)) do
-    local f = redis.call('HMGET', 'workerpool:step:' .. id, 'worker', 'pool', 'started_at', 'name')
-    leases[#leases + 1] = {id, f[1] or '', f[2] or '', f[3] or '', f[4] or ''}
-  end
-end
-return {pools, redis.call('GET', KEYS[2]), redis.call('EXISTS', KEYS[3]), workers, beats,
-        depths, leases}
-"""
 
 
 @dataclass(frozen=True)
@@ -87,10 +59,12 @@ def pairs(flat: list[Any]) -> dict[str, str]:
 def read_snapshot(client: redis.Redis, detail: bool = False) -> Snapshot:
     """Everything routing or status needs, in one round trip (creating the default pool if new)."""
     default_slug = slugify(DEFAULT_POOL_NAME)
-    reply = client.register_script(SNAPSHOT)(  # EVALSHA; loaded again if Redis lost it
-        keys=[keys.POOLS, keys.DEFAULT_POOL, keys.BUILTIN_DISABLED, keys.WORKERS, keys.RUNNING],
+    reply = scripts.load(client, "snapshot")(
+        keys=[keys.POOLS, keys.DEFAULT_POOL, keys.BUILTIN_DISABLED, keys.WORKERS, keys.RUNNING,
+              keys.BUILTIN_QUEUE],
         args=[default_slug, json.dumps({"name": DEFAULT_POOL_NAME, "description": ""}),
-              keys.PREFIX + "hb:", "1" if detail else "0"])
+              keys.HEARTBEAT_PREFIX, "1" if detail else "0", keys.POOL_QUEUE_PREFIX,
+              keys.STEP_PREFIX])
     raw_pools, default, disabled, raw_workers, beats, depths, raw_leases = reply
     pools = pools_from_hash(pairs(raw_pools), default)
     records = list(pairs(raw_workers).values())

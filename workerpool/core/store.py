@@ -9,54 +9,10 @@ from typing import Any, cast
 
 import redis
 
-from workerpool.core import keys, messages
+from workerpool.core import keys, messages, scripts
 from workerpool.core.routing import Route
 from workerpool.core.sealing import Keyring
 from workerpool.core.steps import QUEUED, LogEntry, ScriptStep, StepResult
-
-# KEYS: step, log, running, pending. ARGV: instance ('' = any holder), expected states (",A,B,"),
-# new state, exit code or '', outputs JSON or '', now, message, ttl seconds, step id, then the
-# script's last log lines as (time, stream, text) triples.
-# The one way a step reaches a terminal state: stored, logged, lease released, end marked. The
-# last lines are stored whatever the state (as a separate flush would), so they are never lost.
-FINISH = """
-local st = redis.call('HMGET', KEYS[1], 'state', 'instance', 'notify')
-if not st[1] then return 0 end
-if st[1] == ARGV[3] and ARGV[1] ~= '' and st[2] == ARGV[1] then return 1 end  -- a retry of ours
-for i = 10, #ARGV, 3 do
-  redis.call('XADD', KEYS[2], '*', 't', ARGV[i], 's', ARGV[i + 1], 'x', ARGV[i + 2])
-end
-if not string.find(ARGV[2], ',' .. st[1] .. ',', 1, true) then return 0 end
-if ARGV[1] ~= '' and st[2] ~= ARGV[1] then return 0 end
-local fields = {'state', ARGV[3], 'finished_at', ARGV[6], 'message', ARGV[7]}
-if ARGV[4] ~= '' then fields[#fields + 1] = 'exit_code'; fields[#fields + 1] = ARGV[4] end
-if ARGV[5] ~= '' then fields[#fields + 1] = 'outputs'; fields[#fields + 1] = ARGV[5] end
-redis.call('HSET', KEYS[1], unpack(fields))
-if ARGV[7] ~= '' then
-  redis.call('XADD', KEYS[2], '*', 't', ARGV[6], 's', 'system', 'x', ARGV[7])
-end
-redis.call('XADD', KEYS[2], '*', 'end', ARGV[3])
-local notify = st[3]
-if notify then
-  redis.call('LPUSH', notify, ARGV[9])
-  redis.call('EXPIRE', notify, ARGV[8])
-end
-redis.call('ZREM', KEYS[3], ARGV[9])
-redis.call('ZREM', KEYS[4], ARGV[9])
-redis.call('EXPIRE', KEYS[1], ARGV[8])
-redis.call('EXPIRE', KEYS[2], ARGV[8])
-return 1
-"""
-
-
-# KEYS: step, pending, queue. ARGV: deadline, step id, message, then the record's fields.
-ENQUEUE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
-redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
-redis.call('LPUSH', KEYS[3], ARGV[3])
-return 1
-"""
 
 
 def new_step_id() -> str:
@@ -73,8 +29,8 @@ class StepStore:
         self.redis = client
         self.result_ttl = result_ttl
         self.keyring = keyring or Keyring(None, "WORKERPOOL_SECRET_KEY")
-        self._finish = client.register_script(FINISH)
-        self._enqueue = client.register_script(ENQUEUE)
+        self._finish = scripts.load(client, "finish")
+        self._enqueue = scripts.load(client, "enqueue")
 
     def enqueue(self, step: ScriptStep, route: Route, lease_timeout: float,
                 step_timeout: float, *, step_id: str | None = None, notify: str = "",

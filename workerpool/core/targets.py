@@ -18,7 +18,7 @@ from workerpool.core.pools import slugify, validate_name
 
 
 @dataclass(frozen=True)
-class TargetInfo:
+class Target:
     name: str
     environment: str
     roles: tuple[str, ...]
@@ -41,8 +41,8 @@ class TargetInfo:
                 "roles": list(self.roles), "queue": self.queue}
 
 
-def matching(targets: list[TargetInfo], environment: str,
-             roles: tuple[str, ...]) -> list[TargetInfo]:
+def matching(targets: list[Target], environment: str,
+             roles: tuple[str, ...]) -> list[Target]:
     """Targets in *environment* that have any of *roles* (case-insensitive), sorted by name."""
     wanted = {r.lower() for r in roles}
     return sorted((t for t in targets if t.environment.lower() == environment.lower()
@@ -53,33 +53,33 @@ class TargetRegistry:
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
 
-    def add(self, name: str, environment: str, roles: tuple[str, ...]) -> TargetInfo:
+    def add(self, name: str, environment: str, roles: tuple[str, ...]) -> Target:
         name = validate_name(name)
         if not environment.strip():
             raise BadInput("a target needs --environment (e.g. --environment Production)")
         if not roles or not all(r.strip() for r in roles):
             raise BadInput("a target needs at least one --role (e.g. --role web)")
-        target = TargetInfo(name, environment.strip(), tuple(r.strip() for r in roles))
+        target = Target(name, environment.strip(), tuple(r.strip() for r in roles))
         record = json.dumps({"name": target.name, "environment": target.environment,
                              "roles": list(target.roles)})
         if not self.redis.hsetnx(keys.TARGETS, target.slug, record):
             raise PoolConflict(f"a target named {name!r} already exists")
         return target
 
-    def list(self) -> list[TargetInfo]:
+    def list(self) -> list[Target]:
         raw = cast(dict[str, str], self.redis.hgetall(keys.TARGETS))
         targets = [json.loads(v) for v in raw.values()]
-        return sorted((TargetInfo(t["name"], t["environment"], tuple(t["roles"]))
+        return sorted((Target(t["name"], t["environment"], tuple(t["roles"]))
                        for t in targets), key=lambda t: t.name.lower())
 
-    def get(self, ident: str) -> TargetInfo:
+    def get(self, ident: str) -> Target:
         for target in self.list():
             if ident.lower() in (target.name.lower(), target.slug):
                 return target
         raise BadInput(f"no target named {ident!r}; add it with `workerpool target add {ident!r}"
                        " --environment ENV --role ROLE`")
 
-    def remove(self, ident: str) -> TargetInfo:
+    def remove(self, ident: str) -> Target:
         target = self.get(ident)
         self.redis.hdel(keys.TARGETS, target.slug)
         return target

@@ -11,6 +11,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
+
+from workerpool.core import keys, scripts
 from workerpool.core.errors import BadInput
 
 STARTING = "Starting"
@@ -94,37 +97,19 @@ class WorkerInfo:
                 "started_at": self.started_at, "syntaxes": list(self.syntaxes)}
 
 
-# KEYS: workers. ARGV: explicit name or '', name prefix, record JSON (name filled in by the
-# script), heartbeat key prefix, heartbeat JSON, heartbeat ttl ms, instance.
-# Takes the explicit name unless a live worker holds it; otherwise the lowest free or offline
-# <prefix>NN. Returns the name, or '' when the explicit name is held by a live worker.
-REGISTER = """
-local function live(name)
-  local raw = redis.call('HGET', KEYS[1], name)
-  if not raw then return false end
-  return redis.call('EXISTS', ARGV[4] .. cjson.decode(raw)['instance']) == 1
-end
-local name = ARGV[1]
-if name ~= '' then
-  if live(name) then return '' end
-else
-  local n = 1
-  repeat
-    name = ARGV[2] .. string.format('%02d', n)
-    n = n + 1
-  until not live(name)
-end
-local rec = cjson.decode(ARGV[3])
-rec['name'] = name
-redis.call('HSET', KEYS[1], name, cjson.encode(rec))
-redis.call('SET', ARGV[4] .. ARGV[7], ARGV[5], 'PX', ARGV[6])
-return name
-"""
+def register(client: redis.Redis, info: WorkerInfo, beat: Heartbeat, name: str | None,
+             name_prefix: str, ttl: float) -> str | None:
+    """Record *info* under *name*, or under the lowest free ``<name_prefix>NN``, with its first
+    heartbeat (expiring after *ttl* seconds); the name taken, or None when *name* is held by a
+    live worker."""
+    taken = scripts.load(client, "register")(
+        keys=[keys.WORKERS],
+        args=[name or "", name_prefix, info.record_json(), keys.HEARTBEAT_PREFIX, beat.to_json(),
+              int(ttl * 1000), info.instance])
+    return str(taken) if taken else None
 
-# KEYS: workers, heartbeat key. ARGV: name, instance. Removes the record only if still ours.
-DEREGISTER = """
-redis.call('DEL', KEYS[2])
-local raw = redis.call('HGET', KEYS[1], ARGV[1])
-if raw and cjson.decode(raw)['instance'] == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
-return 1
-"""
+
+def deregister(client: redis.Redis, name: str, instance: str) -> None:
+    """Remove a worker's heartbeat, and its record if no other instance took the name since."""
+    scripts.load(client, "deregister")(keys=[keys.WORKERS, keys.heartbeat(instance)],
+                                       args=[name, instance])

@@ -8,32 +8,35 @@ from the kernel if the supervisor itself dies.
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import functools
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
-from workerpool.client import Client
-from workerpool.core import keys
-from workerpool.core.connection import validate_url
+import redis
+
+from workerpool.core.children import die_with_parent
+from workerpool.core.connection import connect, guarded, validate_url
 from workerpool.core.errors import BadInput, Infrastructure, PoolConflict
+from workerpool.core.leases import Leases
+from workerpool.core.pools import PoolRegistry
 from workerpool.core.sealing import Keyring, ensure_local_key
 from workerpool.core.settings import Settings
+from workerpool.core.snapshot import read_snapshot
+from workerpool.core.store import StepStore
+from workerpool.core.workers import HEALTHY
 from workerpool.server.embedded import EmbeddedRedis, clear_state, publish_state
+from workerpool.server.orchestrator import Orchestrator, beat
 
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> None:
-    """``preexec_fn`` for children (or called by the child itself): the kernel sends it *sig*
-    if its parent dies."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
+T = TypeVar("T")
 
 
 def parse_pool_counts(spec: str) -> dict[str, int]:
@@ -78,8 +81,12 @@ class Stack:
                  tb: TracebackType | None) -> None:
         self.stop()
 
-    def client(self) -> Client:
-        return Client(redis_url=self.url, settings=self.settings)
+    def connect(self) -> redis.Redis:
+        """A new Redis client for the stack's Redis."""
+        return connect(self.url)
+
+    def guard(self, action: Callable[[], T]) -> T:
+        return guarded(action, self.url)
 
     def start(self, ready_timeout: float = 90.0) -> None:
         Keyring.load(self.settings).check()
@@ -91,10 +98,11 @@ class Stack:
             self.redis_server.start()
             self.url = self.redis_server.url
             publish_state(self.settings, self.redis_server)
-        client = self.client()
+        client = self.connect()
+        pools = PoolRegistry(client)
         for name in self.pools:
             with contextlib.suppress(PoolConflict):  # already there
-                client.pools.add(name, self.descriptions.get(name, ""))
+                self.guard(functools.partial(pools.add, name, self.descriptions.get(name, "")))
         if self.builtin:
             self.spawn(["--builtin"])
         for name, count in self.pools.items():
@@ -122,12 +130,13 @@ class Stack:
         self.children.append(proc)
         return proc
 
-    def wait_ready(self, client: Client, timeout: float) -> None:
+    def wait_ready(self, client: redis.Redis, timeout: float) -> None:
         """Block until every child worker is registered and consuming."""
         deadline = time.monotonic() + timeout
         pids = {p.pid for p in self.children}
         while True:
-            ready = {w.pid for w in client.snapshot().workers if w.state == "Healthy"}
+            snapshot = self.guard(lambda: read_snapshot(client))
+            ready = {w.pid for w in snapshot.workers if w.state == HEALTHY}
             if pids <= ready:
                 return
             dead = [p for p in self.children if p.poll() is not None]
@@ -143,13 +152,14 @@ class Stack:
     def supervise(self, stop_requested: list[bool]) -> None:
         """Reap lost and overdue steps (and orchestrate deployments) until *stop_requested* is
         set by a signal handler."""
-        client = self.client()
+        client = self.connect()
+        leases = Leases(client, StepStore(client, self.settings.result_ttl))
         stop = self.start_orchestrator() if self.orchestrate else threading.Event()
         while not stop_requested:
             try:
-                client.reap()
+                self.guard(lambda: leases.reap_on_schedule(self.settings))
                 if self.orchestrate:
-                    self.beat_server(client)
+                    self.guard(lambda: beat(client, self.settings))
             except Infrastructure as exc:
                 print(f"workerpool: {exc}", file=sys.stderr)
             for proc in self.children:
@@ -162,21 +172,14 @@ class Stack:
 
     def start_orchestrator(self) -> threading.Event:
         """Run the deployment orchestrator in threads of this process until the event is set."""
-        from workerpool.client.deployments import Orchestrator
-
         stop = threading.Event()
-        client = self.client()
-        self.beat_server(client)
-        orchestrator = Orchestrator(client, self.deployment_cap)
+        client = self.connect()
+        self.guard(lambda: beat(client, self.settings))
+        store = StepStore(client, self.settings.result_ttl, Keyring.load(self.settings))
+        orchestrator = Orchestrator(store, self.settings, self.deployment_cap)
         threading.Thread(target=orchestrator.serve, args=(stop,), name="orchestrator",
                          daemon=True).start()
         return stop
-
-    def beat_server(self, client: Client) -> None:
-        """Tell clients a server orchestrates deployments (``deploy`` refuses otherwise)."""
-        client.guard(lambda: client.redis.set(
-            keys.SERVER_HEARTBEAT, time.time(),
-            px=int(max(self.settings.heartbeat_ttl, 5.0) * 1000)))
 
     def stop(self) -> None:
         """Warm-stop workers (each gives running steps the shutdown grace, then stops them),

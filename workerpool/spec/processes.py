@@ -3,8 +3,8 @@
 Everything that can be checked without Redis is checked here, before anything runs. Every
 refusal is one ``BadInput`` line that names the file, the step and the field, e.g.
 ``process.yaml: step 'Migrate': field 'location': unknown location 'somewhere' (use one of ...)``.
-The format is described in ``docs/processes.md``; ``examples/`` beside this module holds the
-example processes shipped in the package, and the packages they reference.
+The format is described in ``docs/processes.md``; example processes ship in ``examples/``
+(``shipped.py``).
 """
 
 from __future__ import annotations
@@ -21,19 +21,12 @@ from workerpool.core.packageref import PackageRef
 from workerpool.core.pools import validate_name
 from workerpool.core.steps import MAX_SCRIPT_BYTES, check_variable
 from workerpool.core.syntaxes import SYNTAXES, syntax_for_path
-from workerpool.spec.projectvars import ProjectVariable, Target, check_cycles, parse_variables
-from workerpool.spec.templates import (
-    check_keys,
-    default_templates_dir,
-    load_template,
-    name_list,
-    parse_field,
-    parse_packages,
-    read_yaml,
-    text_value,
-)
+from workerpool.spec.fields import check_keys, name_list, parse_field, parse_packages, text_value
+from workerpool.spec.projectvars import ProjectVariable, check_cycles, parse_variables
+from workerpool.spec.templates import default_templates_dir, load_template
+from workerpool.spec.yamlfile import read_yaml
 
-__all__ = ["LOCATIONS", "Process", "ProcessStep", "ProjectVariable", "Target", "load_process",
+__all__ = ["LOCATIONS", "Process", "ProcessStep", "ProjectVariable", "load_process",
            "parse_variables"]
 
 LOCATIONS = ("worker", "worker-per-target", "target", "server")
@@ -85,12 +78,6 @@ class Process:
     source: str
     steps: tuple[ProcessStep, ...]
     variables: tuple[ProjectVariable, ...] = field(default=())
-
-
-def examples_dir() -> Path:
-    """The example processes shipped in the package, with the packages they reference
-    (``packages/<id>/``, each a folder to zip)."""
-    return Path(__file__).parent / "examples"
 
 
 def load_process(path: Path, templates_dir: Path | None = None,

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from workerpool.core.errors import BadInput
 from workerpool.core.steps import check_variable
 from workerpool.core.substitution import Resolver, substitute
-from workerpool.spec.templates import check_keys, name_list, text_value
+from workerpool.spec.fields import check_keys, name_list, text_value
 
 VALUE_KEYS = ("value", "sensitive", "environment", "environments", "role", "roles", "target",
               "targets")
@@ -31,8 +31,8 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class Target:
-    """A deployment target as variable scoping sees it: a name, its environment, its roles."""
+class Scope:
+    """What variable scoping sees of a deployment target: its name, environment and roles."""
 
     name: str
     environment: str
@@ -50,7 +50,7 @@ class ProjectVariable:
     roles: tuple[str, ...] = ()
     targets: tuple[str, ...] = ()
 
-    def applies(self, environment: str | None, target: Target | None) -> bool:
+    def applies(self, environment: str | None, target: Scope | None) -> bool:
         if self.environments and not _member(environment, self.environments):
             return False
         if self.roles and not (target and any(_member(r, self.roles) for r in target.roles)):
@@ -68,7 +68,7 @@ def _member(name: str | None, names: tuple[str, ...]) -> bool:
 
 
 def select(variables: Iterable[ProjectVariable], environment: str | None,
-           target: Target | None = None) -> tuple[dict[str, str], set[str]]:
+           target: Scope | None = None) -> tuple[dict[str, str], set[str]]:
     """The winning value of each variable for this environment and target, and the sensitive
     names. A variable is reported under the spelling of its first declaration."""
     spelling: dict[str, str] = {}
@@ -86,7 +86,7 @@ def select(variables: Iterable[ProjectVariable], environment: str | None,
     return values, sensitive
 
 
-def variables_for(process: Process, environment: str, target: Target | None = None,
+def variables_for(process: Process, environment: str, target: Scope | None = None,
                   extra: Mapping[str, str] | None = None) -> tuple[dict[str, str], set[str]]:
     """Values and sensitive names for one run of *process*; *extra* (``--var``) overrides all.
 
@@ -276,9 +276,9 @@ def _check_scopes(variables: list[ProjectVariable], own: Mapping[str, str], wher
     targets = distinct(t for v in variables for t in v.targets)
     for env in (None, *distinct(e for v in variables for e in v.environments)):
         label = f"in environment {env!r}" if env else "unscoped"
-        scopes: list[tuple[str, Target | None]] = [(label, None)]
-        scopes += [(f"{label}, role {r!r}", Target("", env or "", (r,))) for r in roles]
-        scopes += [(f"{label}, target {t!r}", Target(t, env or "")) for t in targets]
+        scopes: list[tuple[str, Scope | None]] = [(label, None)]
+        scopes += [(f"{label}, role {r!r}", Scope("", env or "", (r,))) for r in roles]
+        scopes += [(f"{label}, target {t!r}", Scope(t, env or "")) for t in targets]
         for scope, target in scopes:
             view = {**select(variables, env, target)[0], **own}
             resolver = Resolver(view)

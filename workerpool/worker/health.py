@@ -28,7 +28,7 @@ class Health(NamedTuple):
     reason: str = ""  # why not, for people: shown by `worker list`
 
 
-HEALTHY = Health(True)
+PASSED = Health(True)  # the check passed (a worker state is workers.HEALTHY)
 
 
 def check(pool: Pool, env: Mapping[str, str], timeout: float = DEFAULT_TIMEOUT) -> Health:
@@ -40,7 +40,7 @@ def check(pool: Pool, env: Mapping[str, str], timeout: float = DEFAULT_TIMEOUT) 
             if shutil.which(tool, path=path) is None:
                 return Health(False, f"{tool} is not on PATH")
         if not pool.health_check.strip():
-            return HEALTHY
+            return PASSED
         return run_script(pool.health_check, env, timeout)
     except Exception as exc:  # a broken check must not take the worker down
         return Health(False, _one_line(f"health check could not run: {exc}"))

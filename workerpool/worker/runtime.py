@@ -1,18 +1,14 @@
-"""The worker process: registers in a pool, heartbeats, reaps, and runs the steps it leases."""
+"""A worker's runtime: its heartbeat, reaper, cancel and health threads, and the claim, run and
+end of each step it leases (the body of the Celery task)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-import shutil
 import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,35 +16,34 @@ from typing import TypeVar
 
 import redis
 
-from workerpool.core import keys, messages
+from workerpool.core import keys, workers
 from workerpool.core.artifacts import collect
 from workerpool.core.connection import REDIS_RETRY_SECONDS, connect
-from workerpool.core.errors import WorkerConflict, WorkerPoolError
+from workerpool.core.errors import WorkerPoolError
 from workerpool.core.leases import Claim, Leases
-from workerpool.core.pools import PoolRegistry, worker_type
+from workerpool.core.pools import PoolRegistry
 from workerpool.core.sealing import Keyring, SealError
 from workerpool.core.settings import Settings
 from workerpool.core.steps import CANCELLED, FAILED, RUNNING, SUCCESS, TIMED_OUT, WORKER_LOST
 from workerpool.core.store import StepStore
-from workerpool.core.syntaxes import available_syntaxes, install_helpers
+from workerpool.core.syntaxes import install_helpers
 from workerpool.core.variables import Masker, script_environment
 from workerpool.core.workers import (
-    DEREGISTER,
     HEALTHY,
-    REGISTER,
     STARTING,
     UNHEALTHY,
     Heartbeat,
-    WorkerInfo,
 )
 from workerpool.worker import health
+from workerpool.worker.identity import Identity
 from workerpool.worker.isolation.containment import Containment
-from workerpool.worker.isolation.watchdog import SLOTS, GroupTable
+from workerpool.worker.isolation.watchdog import Watchdog
 from workerpool.worker.packages.cache import PackageCache
 from workerpool.worker.packages.registry import FeedRegistry
-from workerpool.worker.step.execution import STOP_ABORT, STOP_CANCEL, STOP_TIMEOUT, ScriptProcess
+from workerpool.worker.step.execution import STOP_ABORT, STOP_CANCEL, STOP_TIMEOUT, ScriptRun
 from workerpool.worker.step.setup import Prepared, StepSetup, system_variables
 from workerpool.worker.step.steplog import StepLog
+from workerpool.worker.workdirs import make_workdir, remove_workdir, workdir_root
 
 log = logging.getLogger("workerpool.worker")
 T = TypeVar("T")
@@ -57,14 +52,6 @@ T = TypeVar("T")
 # so its queue gate (which checks several times a second) has stopped consumption by then.
 HAND_BACK_DELAY = 0.5
 
-# KEYS: step, queue. ARGV: attempt, message. Puts a message back at the head of its queue
-# (consumers BRPOP from the right) while the step still waits for it; a stale one is dropped.
-HAND_BACK = """
-local st = redis.call('HMGET', KEYS[1], 'state', 'attempt')
-if st[1] ~= 'Queued' or st[2] ~= ARGV[1] then return 0 end
-redis.call('RPUSH', KEYS[2], ARGV[2])
-return 1
-"""
 
 
 @dataclass(frozen=True)
@@ -74,110 +61,8 @@ class Ending:
     message: str
 
 
-@dataclass(frozen=True)
-class Identity:
-    name: str
-    pool: str  # pool slug, or "builtin"
-    instance: str
-
-    @property
-    def checks_health(self) -> bool:
-        """Only pool workers: the built-in worker and target agents have no pool requirements."""
-        return self.pool != keys.BUILTIN_POOL and not self.pool.startswith(keys.TARGET_POOL_PREFIX)
-
-    @property
-    def queue(self) -> str:
-        if self.pool == keys.BUILTIN_POOL:
-            return keys.BUILTIN_QUEUE
-        if self.pool.startswith(keys.TARGET_POOL_PREFIX):
-            return keys.target_queue(self.pool.removeprefix(keys.TARGET_POOL_PREFIX))
-        return keys.pool_queue(self.pool)
-
-
-def register(client: redis.Redis, settings: Settings, pool: str, name: str | None,
-             concurrency: int) -> Identity:
-    """Reserve a worker name (``<type>-worker-NN`` unless given) and write the first heartbeat."""
-    instance = uuid.uuid4().hex
-    info = WorkerInfo(name="", pool=pool, instance=instance, host=socket.gethostname(),
-                      pid=os.getpid(), concurrency=concurrency, started_at=time.time(),
-                      syntaxes=available_syntaxes())
-    beat = Heartbeat(time=time.time(), state=STARTING)
-    taken = client.eval(REGISTER, 1, keys.WORKERS, name or "", f"{worker_type(pool)}-worker-",
-                        info.record_json(), keys.PREFIX + "hb:", beat.to_json(),
-                        int(settings.heartbeat_ttl * 1000), instance)
-    if not taken:
-        raise WorkerConflict(f"a worker named {name!r} is already online; pick another --name "
-                             "or stop that worker first")
-    return Identity(str(taken), pool, instance)
-
-
 def _nothing() -> None:
     """No acknowledgement to make: Celery acks the message when the task returns."""
-
-
-def workdir_root(name: str, instance: str) -> Path:
-    """The directory of one worker instance's step working directories (its watchdog removes
-    it when the worker ends)."""
-    return Path(tempfile.gettempdir()) / "workerpool" / f"{name}-{instance[:8]}"
-
-
-def make_workdir(root: Path, step_id: str, attempt: str) -> Path:
-    """A new private working directory for one attempt of a step, named after it."""
-    path = root / f"{step_id}-{attempt}"
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:  # left by an earlier worker with this root: never reuse one
-        return Path(tempfile.mkdtemp(prefix=f"{step_id}-{attempt}-", dir=root))
-    return path
-
-
-def remove_workdir(path: Path) -> None:
-    """Remove a step's working directory: one holding only files (a script and what it wrote)
-    takes an unlink each and a rmdir; one with a directory in it, ``shutil.rmtree``."""
-    try:
-        with os.scandir(path) as it:
-            entries = list(it)
-        flat = not any(entry.is_dir(follow_symlinks=False) for entry in entries)
-    except OSError:
-        flat = False
-    if flat:
-        try:
-            for entry in entries:
-                os.unlink(entry.path)
-            os.rmdir(path)
-            return
-        except OSError:  # something appeared or could not go: rmtree does the rest
-            pass
-    shutil.rmtree(path, ignore_errors=True)
-
-
-class Watchdog:
-    """The child that kills this worker's script groups if the worker dies without doing so.
-
-    It learns of the worker's end from its stdin (EOF); the groups running then are those in
-    the ``GroupTable`` it shares with this process, so telling it of a group costs a step a
-    store into shared memory, not a message that wakes it nor a file.
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.groups = GroupTable()
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "workerpool.worker.isolation.watchdog", str(root),
-             str(self.groups.fd)],
-            stdin=subprocess.PIPE, start_new_session=True, text=True, pass_fds=(self.groups.fd,))
-
-    def tell(self, sign: str, pgid: int) -> None:
-        if sign == "+":
-            if not self.groups.add(pgid):
-                log.warning("more script groups than the watchdog lists (%d); group %d is "
-                            "found by its step token only", SLOTS, pgid)
-        else:
-            self.groups.remove(pgid)
-
-    def close(self) -> None:
-        assert self._proc.stdin is not None
-        self._proc.stdin.close()
-        self._proc.wait()
 
 
 class Runtime:
@@ -189,12 +74,12 @@ class Runtime:
         self.redis = connect(url)
         self.store = StepStore(self.redis, settings.result_ttl, Keyring.load(settings))
         self.leases = Leases(self.redis, self.store)
-        self.running: dict[str, ScriptProcess] = {}
+        self.running: dict[str, ScriptRun] = {}
         self.lock = threading.Lock()
         self.ready = False
         self.stopping = threading.Event()
         # Replaced whole (never mutated), so readers in other threads see a consistent pair.
-        self.health = health.HEALTHY
+        self.health = health.PASSED
         # Whether the worker consumes its queue now; only the queue gate changes it. The state
         # others see follows this, so Unhealthy means the worker takes nothing.
         self.consuming = True
@@ -251,7 +136,7 @@ class Runtime:
             pool = self.pools.by_slug(self.identity.pool)
             env = script_environment({}, {"WORKERPOOL_WORKER_NAME": self.identity.name,
                                           "WORKERPOOL_POOL": self.identity.pool}, self.base_env)
-            status = health.HEALTHY if pool is None else health.check(pool, env)
+            status = health.PASSED if pool is None else health.check(pool, env)
             previous, self.health = self.health, status
         if status != previous:
             if status.healthy:
@@ -277,8 +162,7 @@ class Runtime:
             pause = self.settings.heartbeat_interval
             try:
                 self.beat()
-                self.leases.reap(self.settings.heartbeat_interval / 4,
-                                 2 * self.settings.heartbeat_ttl)
+                self.leases.reap_on_schedule(self.settings)
                 self._check_leases()
             except redis.RedisError as exc:
                 # The key outlives the last beat by only one more interval: a beat lost to a
@@ -317,16 +201,16 @@ class Runtime:
 
     def _stop_local(self, step_id: str, reason: str) -> None:
         with self.lock:
-            process = self.running.get(step_id)
-        if process is not None:
-            process.stop(reason)
+            script = self.running.get(step_id)
+        if script is not None:
+            script.stop(reason)
 
     def abort_running(self) -> None:
         """Stop every local script now; their steps end WorkerLost (or run once more)."""
         with self.lock:
-            processes = list(self.running.values())
-        for process in processes:
-            process.stop(STOP_ABORT)
+            scripts = list(self.running.values())
+        for script in scripts:
+            script.stop(STOP_ABORT)
 
     def begin_shutdown(self) -> None:
         """A warm stop began: running steps get the shutdown grace, then are stopped."""
@@ -345,8 +229,7 @@ class Runtime:
         while self.running and time.monotonic() < deadline:
             time.sleep(0.05)
         try:
-            self.redis.eval(DEREGISTER, 2, keys.WORKERS, keys.heartbeat(self.identity.instance),
-                            self.identity.name, self.identity.instance)
+            workers.deregister(self.redis, self.identity.name, self.identity.instance)
         except redis.RedisError as exc:
             log.warning("could not deregister: %s", exc)
         self.setup.close()  # stops staging package copies before the watchdog removes the root
@@ -425,8 +308,7 @@ class Runtime:
         try:
             record = self.store.record(step_id)
             queue = record.get("queue", "")
-            returned = self.redis.eval(HAND_BACK, 2, keys.step(step_id), queue, str(attempt),
-                                       messages.for_record(step_id, attempt, record))
+            returned = self.leases.hand_back(step_id, attempt, record)
         except redis.RedisError as exc:
             log.error("unhealthy, could not hand step %s back (it stays queued until its lease "
                       "deadline): %s", step_id, exc)
@@ -498,18 +380,18 @@ class Runtime:
             **extra_env, "WORKERPOOL_STEP_ID": step_id,
             "WORKERPOOL_WORKER_NAME": self.identity.name, "WORKERPOOL_POOL": self.identity.pool},
             self.base_env)
-        process = ScriptProcess(argv, workdir, env, steplog,
-                                float(record.get("timeout") or self.settings.step_timeout),
-                                self.settings.kill_grace, self.containment)
+        script = ScriptRun(argv, workdir, env, steplog,
+                           float(record.get("timeout") or self.settings.step_timeout),
+                           self.settings.kill_grace, self.containment)
         with self.lock:
-            self.running[step_id] = process
+            self.running[step_id] = script
         if record.get("cancel"):
-            process.stop(STOP_CANCEL)
-        outcome = process.run(watch=self.watchdog.tell, started=started)
+            script.stop(STOP_CANCEL)
+        outcome = script.run(watch=self.watchdog.tell, started=started)
         for line in collect(self.redis, step_id, workdir, steplog.artifacts,
                             self.settings.result_ttl):
             steplog.system(line)
-        return self._ending(step_id, outcome.exit_code, outcome.stopped, record, process.timeout)
+        return self._ending(step_id, outcome.exit_code, outcome.stopped, record, script.timeout)
 
     def _ending(self, step_id: str, exit_code: int | None, stopped: str | None,
                 record: dict[str, str], timeout: float) -> Ending | None:

@@ -1,9 +1,10 @@
 """Keeping every process of a step within reach, so that none outlives its step.
 
 A script runs in its own process group, and the group is killed when the step ends; but a process
-can leave the group (``setsid``, a shell's job control). Each step's environment therefore carries
-a token, ``WORKERPOOL_STEP_TOKEN=<owner>.<step>``, that every descendant inherits; when the step
-ends, ``StepProcesses.kill_all`` finds the processes still carrying it in ``/proc`` and kills them.
+can leave the group (``setsid``, a shell's job control). Each step's environment therefore
+carries a token, ``WORKERPOOL_STEP_TOKEN=<owner>.<step>``, that every descendant inherits; when
+the step ends, ``StepContainment.kill_all`` finds the processes still carrying it in ``/proc``
+and kills them.
 
 With ``WORKERPOOL_STEP_MAX_PROCESSES`` set, each step also runs in its own pids cgroup (v2, or
 the v1 ``pids`` hierarchy) capped at that many processes and threads: a fork bomb hits the cap
@@ -258,7 +259,7 @@ class Containment:
                            ) from None
         return parent
 
-    def step(self) -> StepProcesses:
+    def step(self) -> StepContainment:
         """A new token (and cgroup, with a process limit) for one step's processes."""
         unique = uuid.uuid4().hex
         cgroup = None
@@ -266,10 +267,10 @@ class Containment:
             cgroup = self.cgroups / unique
             cgroup.mkdir()
             (cgroup / "pids.max").write_text(str(self.max_processes))
-        return StepProcesses(f"{self.owner}.{unique}", cgroup)
+        return StepContainment(f"{self.owner}.{unique}", cgroup)
 
 
-class StepProcesses:
+class StepContainment:
     """One step's processes: its token, and its cgroup if the worker limits processes."""
 
     def __init__(self, token: str, cgroup: Path | None = None) -> None:

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import array
 import contextlib
+import logging
 import mmap
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -28,6 +30,8 @@ from workerpool.worker.isolation.containment import (
     owner_tag,
     read_environ,
 )
+
+log = logging.getLogger("workerpool.worker")
 
 SLOTS = 1024  # running script groups a worker can list: over its largest concurrency (256)
 SLOT_TYPE = "i"  # a pgid per slot, 0 when free
@@ -85,6 +89,35 @@ def is_own_group(pgid: int, owner: str) -> bool:
         return False
     environ = read_environ(pgid)
     return environ is not None and needle(owner + ".") in b"\0" + environ
+
+
+class Watchdog:
+    """The child that kills this worker's script groups if the worker dies without doing so.
+
+    It learns of the worker's end from its stdin (EOF); the groups running then are those in
+    the ``GroupTable`` it shares with this process, so telling it of a group costs a step a
+    store into shared memory, not a message that wakes it nor a file.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.groups = GroupTable()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "workerpool.worker.isolation.watchdog", str(root),
+             str(self.groups.fd)],
+            stdin=subprocess.PIPE, start_new_session=True, text=True, pass_fds=(self.groups.fd,))
+
+    def tell(self, sign: str, pgid: int) -> None:
+        if sign == "+":
+            if not self.groups.add(pgid):
+                log.warning("more script groups than the watchdog lists (%d); group %d is "
+                            "found by its step token only", SLOTS, pgid)
+        else:
+            self.groups.remove(pgid)
+
+    def close(self) -> None:
+        assert self._proc.stdin is not None
+        self._proc.stdin.close()
+        self._proc.wait()
 
 
 def main() -> None:

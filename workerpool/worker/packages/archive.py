@@ -1,6 +1,6 @@
-"""The archive interface: formats read entries, ``Target`` writes them safely, within limits.
+"""The archive interface: formats read entries, ``SafeWriter`` writes them safely, within limits.
 
-``Target`` is the one place files are created. It never follows a link while writing (every
+``SafeWriter`` is the one place files are created. It never follows a link while writing (every
 parent must be a real directory, files are opened with O_NOFOLLOW), refuses names that could
 leave the directory, and counts entries and bytes as it writes, so a lying header cannot
 make it write more than the limits.
@@ -50,7 +50,7 @@ def relative_parts(name: str) -> list[str]:
     return parts
 
 
-class Target:
+class SafeWriter:
     """Writes entries under *root*; the root and everything made in it are real directories."""
 
     def __init__(self, root: Path, max_bytes: int, max_entries: int) -> None:
@@ -182,5 +182,5 @@ class ArchiveFormat(ABC):
     """One archive format: reads *archive*'s entries into *target* through its methods."""
 
     @abstractmethod
-    def extract_into(self, archive: Path, target: Target) -> None:
+    def extract_into(self, archive: Path, target: SafeWriter) -> None:
         """Feed every entry to *target*; raise ArchiveError for entries it must refuse."""

@@ -10,7 +10,7 @@ import zlib
 from pathlib import Path
 
 from workerpool.core.errors import ArchiveError
-from workerpool.worker.packages.archive import ArchiveFormat, Extracted, Target
+from workerpool.worker.packages.archive import ArchiveFormat, Extracted, SafeWriter
 from workerpool.worker.packages.feed import split_extension
 from workerpool.worker.packages.tars import TarFormat, TarGzFormat
 from workerpool.worker.packages.zips import NupkgFormat, ZipFormat
@@ -38,7 +38,7 @@ def extract(archive: Path, target: Path, max_bytes: int = DEFAULT_MAX_BYTES,
     """Unpack *archive* into *target*, writing nothing outside it. On ArchiveError the target
     may hold part of the archive: discard it."""
     unpacker = format_for(archive)
-    writer = Target(target, max_bytes, max_entries)
+    writer = SafeWriter(target, max_bytes, max_entries)
     try:
         unpacker.extract_into(archive, writer)
         return writer.finish()

@@ -129,7 +129,7 @@ def write(job: dict[str, object]) -> None:
 
 
 def main() -> None:
-    from workerpool.server.stack import die_with_parent
+    from workerpool.core.children import die_with_parent
 
     die_with_parent(signal.SIGKILL)
     if os.getppid() != int(sys.argv[1]):

@@ -12,14 +12,14 @@ import io
 import tarfile
 from pathlib import Path
 
-from workerpool.worker.packages.archive import COPY_BUFFER, ArchiveFormat, Target, unsafe
+from workerpool.worker.packages.archive import COPY_BUFFER, ArchiveFormat, SafeWriter, unsafe
 
 
 class TarFormat(ArchiveFormat):
     def open(self, archive: Path) -> io.BufferedIOBase:
         return archive.open("rb")
 
-    def extract_into(self, archive: Path, target: Target) -> None:
+    def extract_into(self, archive: Path, target: SafeWriter) -> None:
         with self.open(archive) as raw:
             with tarfile.open(fileobj=raw, mode="r:") as tf:
                 for member in tf:
@@ -29,7 +29,7 @@ class TarFormat(ArchiveFormat):
             while raw.read(COPY_BUFFER):
                 pass
 
-    def _entry(self, tf: tarfile.TarFile, member: tarfile.TarInfo, target: Target) -> None:
+    def _entry(self, tf: tarfile.TarFile, member: tarfile.TarInfo, target: SafeWriter) -> None:
         if member.isdir():
             target.directory(member.name)
         elif member.isreg():

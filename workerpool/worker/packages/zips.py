@@ -8,14 +8,14 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from workerpool.core.errors import ArchiveError
-from workerpool.worker.packages.archive import ArchiveFormat, Target, unsafe
+from workerpool.worker.packages.archive import ArchiveFormat, SafeWriter, unsafe
 
 UNIX = 3
 ENCRYPTED = 0x1
 
 
 class ZipFormat(ArchiveFormat):
-    def extract_into(self, archive: Path, target: Target) -> None:
+    def extract_into(self, archive: Path, target: SafeWriter) -> None:
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
                 target.count(info.filename, info.file_size)
@@ -31,7 +31,7 @@ class ZipFormat(ArchiveFormat):
         return False
 
     def _entry(self, zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str,
-               target: Target) -> None:
+               target: SafeWriter) -> None:
         mode = info.external_attr >> 16 if info.create_system == UNIX else 0
         kind = stat.S_IFMT(mode)
         if kind == stat.S_IFLNK:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from workerpool.worker.isolation.containment import Containment, StepProcesses, forks
+from workerpool.worker.isolation.containment import Containment, StepContainment, forks
 from workerpool.worker.step.servicemessages import PREFIX
 from workerpool.worker.step.steplog import StepLog
 
@@ -29,7 +29,7 @@ _PREFIX = PREFIX.encode()
 
 
 @dataclass(frozen=True)
-class ProcessOutcome:
+class ScriptOutcome:
     exit_code: int | None
     stopped: str | None  # None, or why workerpool stopped the script
 
@@ -87,7 +87,7 @@ class OutputStream:
         self._rest, self._skipping = b"", False
 
 
-class ScriptProcess:
+class ScriptRun:
     """A script's process group; ``run`` returns when the leader exits or it is stopped.
 
     Whatever way the script ends, every process it started is killed before ``run`` returns:
@@ -118,13 +118,13 @@ class ScriptProcess:
                 os.write(self._wake_w, b"x")
 
     def run(self, watch: Callable[[str, int], None] = lambda sign, pgid: None,
-            started: Callable[[], None] = lambda: None) -> ProcessOutcome:
+            started: Callable[[], None] = lambda: None) -> ScriptOutcome:
         """Start the script and supervise it; *watch* hears ``("+", pgid)`` and ``("-", pgid)``
         so a watchdog can kill the group should this process die first; *started* is called
         once the script's process exists."""
         try:
             processes = (self.containment.step() if self.containment is not None
-                         else StepProcesses(uuid.uuid4().hex))
+                         else StepContainment(uuid.uuid4().hex))
             try:
                 return self._run(processes, watch, started)
             finally:
@@ -135,8 +135,8 @@ class ScriptProcess:
                     os.close(fd)
                 self._wake_r = self._wake_w = -1
 
-    def _run(self, processes: StepProcesses, watch: Callable[[str, int], None],
-             started: Callable[[], None]) -> ProcessOutcome:
+    def _run(self, processes: StepContainment, watch: Callable[[str, int], None],
+             started: Callable[[], None]) -> ScriptOutcome:
         processes.forks_before = forks()
         argv, env = processes.wrap(self.argv), {**self.env, **processes.env}
         program = find_program(argv[0], env.get("PATH", os.defpath))
@@ -165,7 +165,7 @@ class ScriptProcess:
                                 stderr=subprocess.PIPE, start_new_session=True)
 
     def _supervise(self, proc: subprocess.Popen[bytes],
-                   processes: StepProcesses) -> ProcessOutcome:
+                   processes: StepContainment) -> ScriptOutcome:
         assert proc.stdout is not None and proc.stderr is not None
         sel = selectors.DefaultSelector()
         sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
@@ -182,7 +182,7 @@ class ScriptProcess:
                 if self._stop_reason is not None:
                     self._terminate(proc, processes)
                     self._drain(sel)
-                    return ProcessOutcome(proc.returncode, self._stop_reason)
+                    return ScriptOutcome(proc.returncode, self._stop_reason)
                 if open_streams == 0 and proc.poll() is not None:
                     break
                 for key, _ in sel.select(self._wait_for(deadline)):
@@ -192,7 +192,7 @@ class ScriptProcess:
                         sel.unregister(pidfd)
                         proc.wait()
                         self._drain(sel)
-                        return ProcessOutcome(proc.returncode, None)
+                        return ScriptOutcome(proc.returncode, None)
                     elif not self._read(key, sel):
                         open_streams -= 1
                 if (due := self.log.due_in()) is not None and due <= 0:
@@ -200,7 +200,7 @@ class ScriptProcess:
         finally:
             os.close(pidfd)
             sel.close()
-        return ProcessOutcome(proc.returncode, None)
+        return ScriptOutcome(proc.returncode, None)
 
     def _wait_for(self, deadline: float) -> float:
         remaining = max(0.0, deadline - time.monotonic())
@@ -232,7 +232,7 @@ class ScriptProcess:
                         break
             self._streams[str(key.data)].close()
 
-    def _terminate(self, proc: subprocess.Popen[bytes], processes: StepProcesses) -> None:
+    def _terminate(self, proc: subprocess.Popen[bytes], processes: StepContainment) -> None:
         """SIGTERM the whole group (and the step's processes outside it), then SIGKILL the
         group after the grace period."""
         self._kill_group(proc.pid, signal.SIGTERM)

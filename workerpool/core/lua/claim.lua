@@ -1,0 +1,13 @@
+-- KEYS: step, running, pending. ARGV: attempt, worker name, instance, now, worker's pool, step
+-- id, claim token. The token (new for each delivery) makes a retried claim safe: if the first
+-- call was applied but its reply lost with the connection, the retry finds its own token.
+local st = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'pool', 'claim')
+if not st[1] then return {'gone', ''} end
+if st[1] == 'Running' and st[4] == ARGV[7] then return {'ok', redis.call('HGETALL', KEYS[1])} end
+if st[1] ~= 'Queued' or st[2] ~= ARGV[1] then return {'stale', st[1]} end
+if st[3] ~= ARGV[5] then return {'wrong-pool', st[3]} end
+redis.call('HSET', KEYS[1], 'state', 'Running', 'worker', ARGV[2], 'instance', ARGV[3],
+           'started_at', ARGV[4], 'claim', ARGV[7])
+redis.call('ZREM', KEYS[3], ARGV[6])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[6])
+return {'ok', redis.call('HGETALL', KEYS[1])}

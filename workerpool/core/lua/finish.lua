@@ -1,0 +1,31 @@
+-- KEYS: step, log, running, pending. ARGV: instance ('' = any holder), expected states (",A,B,"),
+-- new state, exit code or '', outputs JSON or '', now, message, ttl seconds, step id, then the
+-- script's last log lines as (time, stream, text) triples.
+-- The one way a step reaches a terminal state: stored, logged, lease released, end marked. The
+-- last lines are stored whatever the state (as a separate flush would), so they are never lost.
+local st = redis.call('HMGET', KEYS[1], 'state', 'instance', 'notify')
+if not st[1] then return 0 end
+if st[1] == ARGV[3] and ARGV[1] ~= '' and st[2] == ARGV[1] then return 1 end  -- a retry of ours
+for i = 10, #ARGV, 3 do
+  redis.call('XADD', KEYS[2], '*', 't', ARGV[i], 's', ARGV[i + 1], 'x', ARGV[i + 2])
+end
+if not string.find(ARGV[2], ',' .. st[1] .. ',', 1, true) then return 0 end
+if ARGV[1] ~= '' and st[2] ~= ARGV[1] then return 0 end
+local fields = {'state', ARGV[3], 'finished_at', ARGV[6], 'message', ARGV[7]}
+if ARGV[4] ~= '' then fields[#fields + 1] = 'exit_code'; fields[#fields + 1] = ARGV[4] end
+if ARGV[5] ~= '' then fields[#fields + 1] = 'outputs'; fields[#fields + 1] = ARGV[5] end
+redis.call('HSET', KEYS[1], unpack(fields))
+if ARGV[7] ~= '' then
+  redis.call('XADD', KEYS[2], '*', 't', ARGV[6], 's', 'system', 'x', ARGV[7])
+end
+redis.call('XADD', KEYS[2], '*', 'end', ARGV[3])
+local notify = st[3]
+if notify then
+  redis.call('LPUSH', notify, ARGV[9])
+  redis.call('EXPIRE', notify, ARGV[8])
+end
+redis.call('ZREM', KEYS[3], ARGV[9])
+redis.call('ZREM', KEYS[4], ARGV[9])
+redis.call('EXPIRE', KEYS[1], ARGV[8])
+redis.call('EXPIRE', KEYS[2], ARGV[8])
+return 1

@@ -1,0 +1,14 @@
+-- KEYS: pools, default-pool, workers, old queue. ARGV: old slug, new slug, JSON, make_default.
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 'missing' end
+if ARGV[1] ~= ARGV[2] then
+  if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then return 'exists' end
+  for _, w in ipairs(redis.call('HVALS', KEYS[3])) do
+    if cjson.decode(w)['pool'] == ARGV[1] then return 'has-workers' end
+  end
+  if redis.call('LLEN', KEYS[4]) > 0 then return 'has-steps' end
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('SET', KEYS[2], ARGV[2]) end
+end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+if ARGV[4] == '1' then redis.call('SET', KEYS[2], ARGV[2]) end
+return 'ok'

@@ -1,0 +1,9 @@
+-- KEYS: pools, default-pool, workers, queue. ARGV: slug.
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 'missing' end
+if redis.call('GET', KEYS[2]) == ARGV[1] then return 'default' end
+for _, w in ipairs(redis.call('HVALS', KEYS[3])) do
+  if cjson.decode(w)['pool'] == ARGV[1] then return 'has-workers' end
+end
+if redis.call('LLEN', KEYS[4]) > 0 then return 'has-steps' end
+redis.call('HDEL', KEYS[1], ARGV[1])
+return 'ok'

@@ -1,0 +1,301 @@
+"""The deployment orchestrator (in ``workerpool server`` and ``up``): it runs the deployments
+clients submit, a process's steps in order against an environment's targets.
+
+It only plans and enqueues; every script runs on a pool worker, a target's agent, or the
+built-in worker. Its state lives in Redis and each run has a deterministic step id
+(deployment, step, target, attempt), enqueued only if absent, so a restarted server resumes a
+deployment without running any step twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import redis
+
+from workerpool.core import keys
+from workerpool.core.leases import Leases
+from workerpool.core.routing import Route, route
+from workerpool.core.sealing import SealError
+from workerpool.core.settings import Settings
+from workerpool.core.snapshot import Snapshot, read_snapshot
+from workerpool.core.steps import (
+    FAILED,
+    LOCATION_SERVER,
+    LOCATION_WORKER,
+    RUNNING,
+    SUCCESS,
+    TERMINAL,
+    ScriptStep,
+)
+from workerpool.core.store import StepStore
+from workerpool.core.targets import Target, TargetRegistry, matching
+from workerpool.spec.deployment import (
+    PENDING,
+    SKIPPED,
+    process_from_json,
+    reseal,
+    run_id,
+)
+from workerpool.spec.processes import ROLE_LOCATIONS, Process, ProcessStep
+from workerpool.spec.projectvars import Scope, pool_for, variables_for
+
+log = logging.getLogger("workerpool.orchestrator")
+
+# Seconds the server's heartbeat outlives its last beat, at least: while it is there, `deploy`
+# hands deployments to the server (and refuses without one).
+SERVER_TTL_FLOOR = 5.0
+SAVE_PERIOD = 0.2  # seconds a deployment's stored list of runs may lag behind its dispatches
+RUN_FIELDS = ("state", "outputs")  # what the orchestrator reads of a run that ended
+
+
+def beat(client: redis.Redis, settings: Settings) -> None:
+    """Tell clients a server orchestrates deployments (``deploy`` refuses otherwise)."""
+    client.set(keys.SERVER_HEARTBEAT, time.time(),
+               px=int(max(settings.heartbeat_ttl, SERVER_TTL_FLOOR) * 1000))
+
+
+@dataclass
+class _Deployment:
+    """A deployment while the orchestrator runs it."""
+
+    id: str
+    process: Process
+    environment: str
+    extra: dict[str, str]  # variables given at submission (`--var`), over the process's
+    steps: dict[str, Any]  # per step: state, runs, targets, outputs (saved in the record)
+    outputs: dict[str, str] = field(default_factory=dict)  # earlier steps' output variables
+
+    @property
+    def done_key(self) -> str:
+        """The list the runs' ends are pushed onto."""
+        return keys.deployment_done(self.id)
+
+
+@dataclass
+class _Planned:
+    id: str
+    target: Target | None
+    attempt: int
+
+
+class Orchestrator:
+    """Runs up to *cap* deployments at once; resumes the ones a previous server left."""
+
+    def __init__(self, store: StepStore, settings: Settings, cap: int = 5) -> None:
+        self.store = store
+        self.redis = store.redis
+        self.settings = settings
+        self.leases = Leases(store.redis, store)
+        self.cap = cap
+        self.targets = TargetRegistry(store.redis)
+        self.slots = threading.Semaphore(cap)
+        self.keyring = store.keyring
+
+    def serve(self, stop: threading.Event) -> None:
+        for deployment_id in sorted(cast(set[str], self.redis.smembers(keys.DEPLOYMENTS_ACTIVE))):
+            self._start(deployment_id)
+        while not stop.is_set():
+            beat(self.redis, self.settings)
+            if not self.slots.acquire(timeout=0.5):
+                continue
+            popped = cast(tuple[str, str] | None,
+                          self.redis.brpop([keys.DEPLOYMENTS_QUEUE], timeout=1))
+            if popped is None:
+                self.slots.release()
+                continue
+            self.redis.sadd(keys.DEPLOYMENTS_ACTIVE, popped[1])
+            self._start(popped[1], acquired=True)
+
+    def _start(self, deployment_id: str, acquired: bool = False) -> None:
+        if not acquired:
+            self.slots.acquire()
+
+        def body() -> None:
+            try:
+                self.run(deployment_id)
+            except Exception as exc:  # a bug must end the deployment, not leave it Running
+                log.exception("deployment %s failed in the orchestrator", deployment_id)
+                self._end(deployment_id, FAILED, f"orchestrator error: {exc}")
+            finally:
+                self.slots.release()
+
+        threading.Thread(target=body, name=f"deploy-{deployment_id}", daemon=True).start()
+
+    def run(self, deployment_id: str) -> None:
+        record = cast(dict[str, str], self.redis.hgetall(keys.deployment(deployment_id)))
+        environment = record["environment"]
+        try:
+            process, extra = reseal(process_from_json(record["process"]),
+                                    json.loads(record.get("extra") or "{}"),
+                                    lambda value: self.keyring.open(value, "the server"))
+        except SealError as exc:
+            log.error("deployment %s: %s", deployment_id, exc)
+            self._end(deployment_id, FAILED, str(exc))
+            return
+        deployment = _Deployment(deployment_id, process, environment, extra,
+                                 json.loads(record.get("steps") or "{}"))
+        self.redis.hset(keys.deployment(deployment_id), "state", RUNNING)
+        failed = False
+        for index, step in enumerate(process.steps):
+            info = deployment.steps.setdefault(step.name, {"state": PENDING, "runs": [],
+                                                           "targets": {}})
+            if info["state"] in (SUCCESS, FAILED, SKIPPED):
+                failed |= info["state"] == FAILED
+                deployment.outputs.update(info.get("outputs", {}))
+                continue
+            if (step.condition == "success" and failed) or \
+                    (step.condition == "failure" and not failed):
+                info["state"] = SKIPPED
+                self._save(deployment)
+                continue
+            info["state"] = RUNNING
+            self._save(deployment)
+            ok, step_outputs = self._run_step(deployment, index, step)
+            info["state"] = SUCCESS if ok else FAILED
+            info["outputs"] = step_outputs
+            deployment.outputs.update(step_outputs)
+            failed |= not ok
+            self._save(deployment)
+        self._end(deployment_id, FAILED if failed else SUCCESS, "")
+
+    def _save(self, deployment: _Deployment) -> None:
+        self.redis.hset(keys.deployment(deployment.id), "steps", json.dumps(deployment.steps))
+
+    def _end(self, deployment_id: str, state: str, message: str) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(keys.deployment(deployment_id),
+                  mapping={"state": state, "finished_at": time.time(), "message": message})
+        pipe.srem(keys.DEPLOYMENTS_ACTIVE, deployment_id)
+        pipe.delete(keys.deployment_done(deployment_id))
+        pipe.execute()
+
+    def _run_step(self, deployment: _Deployment, index: int,
+                  step: ProcessStep) -> tuple[bool, dict[str, str]]:
+        """Run every run of one step (one per matching target, or one), at most
+        ``max_parallelism`` at once, retrying failed ones; (all succeeded, their outputs)."""
+        info = deployment.steps[step.name]
+        targets: list[Target | None] = (
+            list(matching(self.targets.list(), deployment.environment, step.roles))
+            if step.location in ROLE_LOCATIONS else [None])
+        queue = [_Planned(run_id(deployment.id, index, t, 0), t, 0) for t in targets]
+        in_flight: dict[str, _Planned] = {}
+        ok = True
+        step_outputs: dict[str, str] = {}
+        snapshot = read_snapshot(self.redis)  # one routing read per step, not per run
+        unsaved, next_save = False, 0.0
+        while queue or in_flight:
+            while queue and len(in_flight) < step.max_parallelism:
+                planned = queue.pop(0)
+                self._dispatch(deployment, planned, step, snapshot)
+                in_flight[planned.id] = planned
+                if planned.id not in info["runs"]:
+                    info["runs"].append(planned.id)
+                    info["targets"][planned.id] = planned.target.name if planned.target else None
+                    unsaved = True
+            # The list of runs is for display only (run ids are deterministic, so a resumed
+            # deployment finds its runs without it): written at most every SAVE_PERIOD, not
+            # once per run, which would rewrite a list as long as the step's targets each time.
+            wait = self.settings.heartbeat_interval
+            if unsaved:
+                now = time.monotonic()
+                if now >= next_save:
+                    self._save(deployment)
+                    unsaved, next_save = False, now + SAVE_PERIOD
+                else:  # not below 10 ms: Redis would read a timeout under 1 ms as none
+                    wait = min(wait, max(next_save - now, 0.01))
+            for rid, state, record in self._finished(in_flight, deployment.done_key, wait):
+                planned = in_flight.pop(rid)
+                if state == SUCCESS:
+                    step_outputs.update(self._outputs(step, planned, record))
+                elif planned.attempt < step.retries:
+                    attempt = planned.attempt + 1
+                    queue.insert(0, _Planned(run_id(deployment.id, index, planned.target,
+                                                    attempt), planned.target, attempt))
+                else:
+                    ok = False
+        return ok, step_outputs
+
+    def _finished(self, in_flight: dict[str, _Planned], done_key: str,
+                  timeout: float) -> list[tuple[str, str, dict[str, str]]]:
+        """Block until a run ends (finish pushes its id) and check the ids pushed; after
+        *timeout* seconds, reap and check every run in flight (a run may have ended while no
+        one listened). Each check reads only a run's state and outputs."""
+        popped = cast(tuple[str, str] | None, self.redis.blpop([done_key], timeout=timeout))
+        pipe = self.redis.pipeline(transaction=False)
+        if popped is None:
+            self.leases.reap_on_schedule(self.settings)
+            candidates = list(in_flight)
+        else:  # the first ended run is read with the ids pushed since: one round trip
+            candidates = [popped[1]]
+            pipe.lpop(done_key, len(in_flight))
+        for rid in candidates:
+            pipe.hmget(keys.step(rid), RUN_FIELDS)
+        replies: list[Any] = pipe.execute()
+        if popped is not None:
+            pushed = cast(list[str] | None, replies.pop(0)) or []
+            more = [rid for rid in dict.fromkeys(pushed) if rid in in_flight and rid != popped[1]]
+            if more:
+                pipe = self.redis.pipeline(transaction=False)
+                for rid in more:
+                    pipe.hmget(keys.step(rid), RUN_FIELDS)
+                candidates += more
+                replies += pipe.execute()
+        records = [dict(zip(RUN_FIELDS, reply, strict=True)) for reply in replies]
+        return [(rid, cast(str, rec["state"]), cast(dict[str, str], rec))
+                for rid, rec in zip(candidates, records, strict=True)
+                if rid in in_flight and rec["state"] in TERMINAL]
+
+    @staticmethod
+    def _outputs(step: ProcessStep, planned: _Planned,
+                 record: dict[str, str]) -> dict[str, str]:
+        produced: dict[str, str] = json.loads(record.get("outputs") or "{}")
+        result = {}
+        for name, value in produced.items():
+            result[f"Action[{step.name}].Output.{name}"] = value
+            if planned.target is not None:
+                result[f"Action[{step.name}].Output[{planned.target.name}].{name}"] = value
+        return result
+
+    def _dispatch(self, deployment: _Deployment, planned: _Planned, step: ProcessStep,
+                  snapshot: Snapshot) -> None:
+        target, environment = planned.target, deployment.environment
+        scoped = Scope(target.name, target.environment, target.roles) if target else None
+        values, sensitive = variables_for(deployment.process, environment, scoped,
+                                          deployment.extra)
+        values.update(step.variables)
+        values.update({"Environment.Name": environment, "Deployment.Id": deployment.id,
+                       "Project.Name": deployment.process.name, "Step.Name": step.name,
+                       "Step.Attempt": str(planned.attempt)})
+        if target is not None:
+            values.update({"Machine.Name": target.name, "Machine.Roles": ",".join(target.roles),
+                           "Machine.Environment": target.environment})
+        values.update(deployment.outputs)
+        secret = {k: v for k, v in values.items() if k in sensitive}
+        secret.update(step.sensitive_variables)
+        plain = {k: v for k, v in values.items() if k not in secret}
+        script_step = ScriptStep(
+            script=step.script or "", syntax=step.syntax, name=step.name,
+            pool=pool_for(step, values) if step.location != "server" else None,
+            location=LOCATION_SERVER if step.location == "server" else LOCATION_WORKER,
+            variables=plain, sensitive_variables=secret, timeout=step.timeout,
+            packages=step.packages, script_path=step.script_file, substitute=step.substitute,
+            structured=step.structured)
+        chosen = self._route(script_step, step, target, snapshot)
+        self.store.enqueue(
+            script_step.validate(), chosen, self.settings.lease_timeout,
+            self.settings.step_timeout, step_id=planned.id, notify=deployment.done_key,
+            target=target.name if target else "")
+
+    @staticmethod
+    def _route(script_step: ScriptStep, step: ProcessStep, target: Target | None,
+               snapshot: Snapshot) -> Route:
+        if step.location == "target":
+            assert target is not None
+            return Route(target.queue, target.pool_key, f"target {target.name}")
+        return route(script_step, snapshot)

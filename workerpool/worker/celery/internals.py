@@ -1,0 +1,52 @@
+"""The private parts of Celery and kombu that workerpool relies on, named in one place, and the
+start-up check that they are still there.
+
+- kombu's Redis ``Channel._in_poll``: the connection a BRPOP is in flight on, else False. The
+  queue gate waits for it to clear before it publishes Unhealthy: cancelling a queue stops the
+  next BRPOP, not the one Redis already holds.
+- kombu's Redis ``Channel._create_client``: builds a redis-py client, by default for every
+  publish and ack; ``transport.Channel`` overrides it to keep one per channel.
+- Celery's ``Consumer._flush_events`` (publishes the buffered task events) and
+  ``Consumer.on_send_event_buffered`` (called when an event is buffered):
+  ``consumer.BatchingConsumer`` overrides the hook to publish once per 50 ms.
+
+If one of them is renamed, a worker would silently lose what it gave (a fixed race would
+reopen); ``check`` makes it refuse to start instead, naming what is missing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.worker.consumer import Consumer
+from kombu.transport import redis as kombu_redis
+
+from workerpool.core.errors import Incompatible
+
+REQUIRED: tuple[tuple[type, str], ...] = (
+    (kombu_redis.Channel, "_in_poll"),
+    (kombu_redis.Channel, "_create_client"),
+    (Consumer, "_flush_events"),
+    (Consumer, "on_send_event_buffered"),
+)
+
+
+def check() -> None:
+    """Incompatible (exit 2) naming the first private part the installed Celery or kombu lacks."""
+    for owner, name in REQUIRED:
+        if not hasattr(owner, name):
+            module = owner.__module__.split(".")[0]
+            raise Incompatible(
+                f"the installed {module} has no {owner.__module__}.{owner.__name__}.{name}, "
+                "which workerpool's worker relies on; install the celery and kombu versions "
+                "pyproject.toml allows (pip install -e .)")
+
+
+def brpop_in_flight(channel: Any) -> bool:
+    """Whether *channel* (kombu's Redis channel) has a BRPOP in flight."""
+    return bool(channel._in_poll)
+
+
+def flush_events(consumer: Any) -> None:
+    """Publish the task events *consumer* (Celery's) has buffered, now."""
+    consumer._flush_events()
