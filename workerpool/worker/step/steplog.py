@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
 import redis
 
-from workerpool.core import keys
+from workerpool.core import keys, scripts
 from workerpool.core.connection import REDIS_RETRY_SECONDS
 from workerpool.core.variables import Masker
 from workerpool.worker.step.servicemessages import PREFIX, parse
@@ -29,6 +30,10 @@ class StepLog:
                  max_line_bytes: int) -> None:
         self.redis = client
         self.key = keys.step_log(step_id)
+        self._step_key = keys.step(step_id)
+        self._append = scripts.load(client, "log_append")
+        self._writer = os.urandom(4).hex()  # this log's batches are numbered under its name
+        self._batches = 0
         self.mask = masker
         self.max_lines = max_lines
         self.max_line_chars = max_line_bytes
@@ -90,16 +95,19 @@ class StepLog:
         """Write the buffered lines; False (and they stay buffered) if Redis is away."""
         if not self._pending:
             return True
+        batch = self._batches + 1
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            for fields in self._pending:
-                pipe.xadd(self.key, fields)  # type: ignore[arg-type]
-            pipe.execute()
+            # Numbered, so a batch whose reply was lost is not stored twice when sent again.
+            self._append(keys=[self._step_key, self.key],
+                         args=[self._writer, batch,
+                               *(v for line in self._pending for v in (line["t"], line["s"],
+                                                                      line["x"]))])
         except redis.RedisError as exc:  # keep the lines and try again a little later
             log.warning("could not write %d log lines yet: %s", len(self._pending), exc)
             # Not due again at once: the script's output loop would spin on it.
             self._retry_at = time.monotonic() + RETRY_SECONDS
             return False
+        self._batches = batch
         self._pending.clear()
         return True
 
