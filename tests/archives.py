@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import stat
 import tarfile
 import zipfile
 from pathlib import Path
@@ -54,3 +56,65 @@ def make_zip(path: Path, files: dict[str, str]) -> Path:
             archive.writestr(info, text)
     path.write_bytes(buffer.getvalue())
     return path
+MiB = 1 << 20
+
+
+README = b"the database package\n"
+
+
+SQL = b"CREATE TABLE customers (id int);\n" * 200
+
+
+def package_zip() -> bytes:
+    return zip_bytes([("scripts/deploy.sh", SCRIPT, 0o100755),
+                      ("scripts/", b"", 0o040755),
+                      ("README.txt", README, 0o100644),
+                      ("sql/001-schema.sql", SQL, None)])
+
+
+def package_tar(gz: bool = True) -> bytes:
+    return tar_bytes([("./scripts/deploy.sh", SCRIPT, 0o755), ("./README.txt", README, 0o644),
+                      ("./sql/001-schema.sql", SQL, 0o644)], gz=gz)
+
+
+def nupkg() -> bytes:
+    return zip_bytes([("[Content_Types].xml", b"<Types/>", None),
+                      ("_rels/.rels", b"<Relationships/>", None),
+                      ("package/services/metadata/core-properties/x.psmdcp", b"<core/>", None),
+                      ("Acme.Database.nuspec", b"<package/>", None),
+                      ("tools/deploy%20it.sh", SCRIPT, 0o100755),
+                      ("content/README.txt", README, None)])
+
+
+def executable(path: Path) -> bool:
+    return bool(path.stat().st_mode & stat.S_IXUSR)
+
+
+def tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+LIMITS = (64 * MiB, 1000)
+
+
+def tools_tar() -> bytes:
+    """Directories, an executable, a symbolic and a hard link: everything a tree can hold."""
+    return tar_bytes([("bin/tool", SCRIPT, 0o755), ("etc/app.config", b"Server=x\n", 0o600),
+                      ("docs/readme.txt", b"read me\n" * 1000, 0o644), link("current", "bin"),
+                      link("bin/alias", "tool"), link("bin/copy", "bin/tool", tarfile.LNKTYPE)])
+
+
+def tree_state(root: Path) -> dict[str, tuple[object, ...]]:
+    """Everything extraction decides about a tree: names, types, modes, contents, link targets,
+    and which files are hard links of which."""
+    found: dict[str, tuple[object, ...]] = {}
+    inodes: dict[int, str] = {}
+    for path in sorted(root.rglob("*")):
+        info = path.lstat()
+        rel = str(path.relative_to(root))
+        kind = stat.S_IFMT(info.st_mode)
+        detail: object = None
+        if stat.S_ISLNK(info.st_mode):
+            detail = os.readlink(path)
+        elif stat.S_ISREG(info.st_mode):
+            detail = (path.read_bytes(), info.st_nlink, inodes.setdefault(info.st_ino, rel))
+        found[rel] = (kind, stat.S_IMODE(info.st_mode), detail)
+    return found

@@ -40,6 +40,7 @@ from workerpool.server.embedded import EmbeddedRedis
 REPO = Path(__file__).resolve().parent.parent
 LAYERS = ("unit", "e2e", "faults")  # the first folder under tests/ is a test's marker
 HEARTBEAT = 0.5
+TOOL = "wp-fake-tool"  # a tool a pool requires, put on and taken off the PATH by tests
 SECRET_KEY = new_key()  # every component of a test shares it, as a deployment's would
 DATABASES = 512
 _db_numbers = itertools.count(1)
@@ -118,6 +119,19 @@ class TaskEvents:
 
     def close(self) -> None:
         self.pubsub.close()
+
+
+def start_up(argv: list[str], env: dict[str, str], cwd: Path | None = None
+             ) -> tuple[subprocess.Popen[str], str]:
+    """``workerpool up`` (*argv*: the command and its arguments) started and ready: it printed
+    its ready line, which is returned with the process. Ctrl-C (SIGINT) stops it."""
+    up = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+    assert up.stderr is not None
+    for line in up.stderr:
+        if "Ctrl-C stops everything" in line:
+            return up, line
+    raise AssertionError(f"workerpool up exited with {up.wait()} before it was ready")
 
 
 def pid_alive(pid: int) -> bool:
@@ -309,3 +323,35 @@ def http_server() -> Iterator[Callable[[list[int]], tuple[str, list[tuple[str, s
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Iterator[Path]:
+    """An empty directory around the extraction target; a test asserts nothing but the target
+    (and what is inside it) appears in it."""
+    box = tmp_path / "sandbox"
+    (box / "target").mkdir(parents=True)
+    yield box
+
+
+def one_line(exc: BaseException, *words: str) -> str:
+    """The text of *exc*, asserted to be one line holding each of *words*."""
+    text = str(exc)
+    assert "\n" not in text, text
+    for word in words:
+        assert word in text, (word, text)
+    return text
+
+
+@pytest.fixture
+def tools(tmp_path: Path) -> Path:
+    """A directory on the worker's PATH where the test puts and removes ``wp-fake-tool``."""
+    directory = tmp_path / "tools"
+    directory.mkdir()
+    return directory
+
+
+def put_tool(tools: Path) -> None:
+    tool = tools / TOOL
+    tool.write_text("#!/bin/sh\nexit 0\n")
+    tool.chmod(0o755)

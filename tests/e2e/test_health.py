@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import HEARTBEAT, Worker, wait_for
+from conftest import HEARTBEAT, TOOL, Worker, put_tool, wait_for
 
 from workerpool import Client, ScriptStep
 from workerpool.core import keys, messages
@@ -25,23 +25,12 @@ Cli = Callable[..., subprocess.CompletedProcess[str]]
 StartWorker = Callable[..., Worker]
 
 HEALTH_INTERVAL = 0.5
-TOOL = "wp-fake-tool"
 POOL = "Kubernetes Worker Pool"
 QUEUE = keys.pool_queue("kubernetes-worker-pool")
 
 
-@pytest.fixture
-def tools(tmp_path: Path) -> Path:
-    """A directory on the worker's PATH where the test puts and removes ``wp-fake-tool``."""
-    directory = tmp_path / "tools"
-    directory.mkdir()
-    return directory
 
 
-def put_tool(tools: Path) -> None:
-    tool = tools / TOOL
-    tool.write_text("#!/bin/sh\nexit 0\n")
-    tool.chmod(0o755)
 
 
 def worker_env(tools: Path) -> dict[str, str]:

@@ -1,6 +1,6 @@
-"""Packages: feeds served for real (a directory, local HTTP servers, Redis), the shared cache,
-and safe extraction of every format. Nothing is mocked: archives are built with zipfile and
-tarfile, HTTP feeds are ``http.server`` threads on 127.0.0.1, the built-in feed is real Redis.
+"""Package feeds served for real (a directory, local HTTP servers, the built-in feed in Redis),
+the shared cache and its checksums, and preparing a step's packages. Nothing is mocked: HTTP
+feeds are ``http.server`` threads on 127.0.0.1, the built-in feed is real Redis.
 """
 
 from __future__ import annotations
@@ -9,17 +9,26 @@ import hashlib
 import json
 import os
 import socket
-import stat
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import redis
-from archives import SCRIPT, tar_bytes, zip_bytes
+from archives import (
+    SCRIPT,
+    MiB,
+    executable,
+    nupkg,
+    package_tar,
+    package_zip,
+    tree,
+    zip_bytes,
+)
+from conftest import one_line
 from httpd import Server
 
 from workerpool.core.errors import BadInput, PackageError, UnknownFeed
@@ -34,9 +43,6 @@ from workerpool.worker.packages.nuget import NuGetFeed
 from workerpool.worker.packages.registry import FeedRegistry
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
-MiB = 1 << 20
-README = b"the database package\n"
-SQL = b"CREATE TABLE customers (id int);\n" * 200
 
 
 # --- building archives ---------------------------------------------------------------------------
@@ -46,51 +52,15 @@ SQL = b"CREATE TABLE customers (id int);\n" * 200
 
 
 
-def package_zip() -> bytes:
-    return zip_bytes([("scripts/deploy.sh", SCRIPT, 0o100755),
-                      ("scripts/", b"", 0o040755),
-                      ("README.txt", README, 0o100644),
-                      ("sql/001-schema.sql", SQL, None)])
 
 
-def package_tar(gz: bool = True) -> bytes:
-    return tar_bytes([("./scripts/deploy.sh", SCRIPT, 0o755), ("./README.txt", README, 0o644),
-                      ("./sql/001-schema.sql", SQL, 0o644)], gz=gz)
-
-
-def nupkg() -> bytes:
-    return zip_bytes([("[Content_Types].xml", b"<Types/>", None),
-                      ("_rels/.rels", b"<Relationships/>", None),
-                      ("package/services/metadata/core-properties/x.psmdcp", b"<core/>", None),
-                      ("Acme.Database.nuspec", b"<package/>", None),
-                      ("tools/deploy%20it.sh", SCRIPT, 0o100755),
-                      ("content/README.txt", README, None)])
-
-
-def executable(path: Path) -> bool:
-    return bool(path.stat().st_mode & stat.S_IXUSR)
-
-
-def tree(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*")}
-
-
-@pytest.fixture
-def sandbox(tmp_path: Path) -> Iterator[Path]:
-    """An empty directory around the extraction target; a test asserts nothing but the target
-    (and what is inside it) appears in it."""
-    box = tmp_path / "sandbox"
-    (box / "target").mkdir(parents=True)
-    yield box
-
-
-# --- feeds served for real -----------------------------------------------------------------------
 
 
 
 
 
 
+# --- feeds served for real -----------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -110,12 +80,6 @@ def feed_dir(tmp_path: Path) -> Path:
 DB = PackageRef("db", "Acme.Database", "1.2.0", feed="files")
 
 
-def one_line(exc: BaseException, *words: str) -> str:
-    text = str(exc)
-    assert "\n" not in text, text
-    for word in words:
-        assert word in text, (word, text)
-    return text
 
 
 # --- directory feed ------------------------------------------------------------------------------

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 import stat
-import tarfile
 import threading
 from pathlib import Path
 
 import pytest
 import redis
-from archives import SCRIPT, link, tar_bytes, zip_bytes
+from archives import LIMITS, tools_tar, tree_state, zip_bytes
 from conftest import wait_for
 
 from workerpool.core.packageref import PackageRef
@@ -22,21 +21,15 @@ from workerpool.worker.packages.registry import FeedRegistry
 from workerpool.worker.packages.spares import Kind, Spares
 
 MiB = 1 << 20
-LIMITS = (64 * MiB, 1000)
 
 
-def package_tar() -> bytes:
-    """Directories, an executable, a symbolic and a hard link: everything a tree can hold."""
-    return tar_bytes([("bin/tool", SCRIPT, 0o755), ("etc/app.config", b"Server=x\n", 0o600),
-                      ("docs/readme.txt", b"read me\n" * 1000, 0o644), link("current", "bin"),
-                      link("bin/alias", "tool"), link("bin/copy", "bin/tool", tarfile.LNKTYPE)])
 
 
 @pytest.fixture
 def feeds(tmp_path: Path, raw: redis.Redis) -> FeedRegistry:
     folder = tmp_path / "feed"
     folder.mkdir()
-    (folder / "Acme.Tools.1.0.0.tar.gz").write_bytes(package_tar())
+    (folder / "Acme.Tools.1.0.0.tar.gz").write_bytes(tools_tar())
     for n in range(6):
         (folder / f"Acme.V{n}.1.0.0.zip").write_bytes(zip_bytes([(f"v{n}.txt", b"x" * n, None)]))
     registry = FeedRegistry(raw)
@@ -82,22 +75,6 @@ def folder(spares: Spares, prepared: PreparedPackage) -> Path:
     return spares.root / f"{prepared.cached.sha256}.{'tree' if prepared.ref.extract else 'file'}"
 
 
-def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
-    """Everything extraction decides about a tree: names, types, modes, contents, link targets,
-    and which files are hard links of which."""
-    found: dict[str, tuple[object, ...]] = {}
-    inodes: dict[int, str] = {}
-    for path in sorted(root.rglob("*")):
-        info = path.lstat()
-        rel = str(path.relative_to(root))
-        kind = stat.S_IFMT(info.st_mode)
-        detail: object = None
-        if stat.S_ISLNK(info.st_mode):
-            detail = os.readlink(path)
-        elif stat.S_ISREG(info.st_mode):
-            detail = (path.read_bytes(), info.st_nlink, inodes.setdefault(info.st_ino, rel))
-        found[rel] = (kind, stat.S_IMODE(info.st_mode), detail)
-    return found
 
 
 def test_a_staged_copy_is_what_a_fresh_extraction_writes(feeds, cache, make_spares,
@@ -111,7 +88,7 @@ def test_a_staged_copy_is_what_a_fresh_extraction_writes(feeds, cache, make_spar
     fresh = tmp_path / "fresh"
     with cache.fetch(TOOLS, feeds.get("files")) as cached:
         extract(cached.path, fresh, *LIMITS)
-    assert snapshot(tmp_path / "work" / "two" / "tools") == snapshot(fresh)
+    assert tree_state(tmp_path / "work" / "two" / "tools") == tree_state(fresh)
     assert stat.S_IMODE((tmp_path / "work" / "two" / "tools").stat().st_mode) == \
         stat.S_IMODE(fresh.stat().st_mode)
     # Private: the staged tree shares no file with the first step's tree or the next spare.

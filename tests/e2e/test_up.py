@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import pid_alive, wait_for
+from conftest import pid_alive, start_up, wait_for
 
 from workerpool import ScriptStep
 
@@ -50,18 +50,9 @@ def test_up_runs_the_stack_until_ctrl_c(tmp_path):
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith("WORKERPOOL_")}
     env.update(WORKERPOOL_HOME=str(home), WORKERPOOL_HEARTBEAT_INTERVAL="0.5")
-    up = subprocess.Popen(
-        [sys.executable, "-m", "workerpool", "up", "--pools",
-         "Database Worker Pool=2,Kubernetes Worker Pool=1"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    assert up.stderr is not None
+    up, _ = start_up([sys.executable, "-m", "workerpool", "up", "--pools",
+                      "Database Worker Pool=2,Kubernetes Worker Pool=1"], env)
     try:
-        for line in up.stderr:
-            if "Ctrl-C stops everything" in line:
-                break
-        else:
-            raise AssertionError(f"up exited early with {up.wait()}")
-
         def cli(*args: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run([sys.executable, "-m", "workerpool", *args], env=env,
                                   capture_output=True, text=True, timeout=60)
@@ -95,16 +86,9 @@ def test_up_runs_the_stack_until_ctrl_c(tmp_path):
 
 
 def test_up_with_a_redis_url_starts_no_embedded_server(env, tmp_path, client):
-    up = subprocess.Popen([sys.executable, "-m", "workerpool", "up", "--pools", "Ops=1"],
-                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    assert up.stderr is not None
+    up, ready = start_up([sys.executable, "-m", "workerpool", "up", "--pools", "Ops=1"], env)
     try:
-        for line in up.stderr:
-            if "Ctrl-C stops everything" in line:
-                assert "WORKERPOOL_REDIS_URL" in line
-                break
-        else:
-            raise AssertionError(f"up exited early with {up.wait()}")
+        assert "WORKERPOOL_REDIS_URL" in ready
         names = sorted(w.name for w in client.workers.list())
         assert names == ["builtin-worker-01", "ops-worker-01"]
         assert not any("redis-server" in Path(f"/proc/{pid}/cmdline").read_text()

@@ -21,8 +21,6 @@ def answers(url: str, auth: str | None = None) -> bool:
         return False
 
 
-
-
 def test_pools_page_shows_pools_workers_queue_depth_and_leases(client, start_worker, redis_url):
     client.pools.add("Database Worker Pool", description="SQL Server tools on 1433")
     client.pools.add("Azure Worker Pool", description="Machines with the Azure CLI")

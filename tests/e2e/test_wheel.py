@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, start_up
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -73,17 +73,9 @@ def test_the_five_templates_ship_in_the_wheel(run: Run) -> None:
 def stack(run: Run, tmp_path: Path) -> Iterator[Run]:
     """``workerpool up`` from the wheel with the example process's two pools, until Ctrl-C."""
     env = dict(run.env, WORKERPOOL_HEARTBEAT_INTERVAL="0.5")  # type: ignore[attr-defined]
-    up = subprocess.Popen([str(Path(env["PATH"].split(":")[0]) / "workerpool"), "up", "--pools",
-                           "Database Worker Pool=1,Kubernetes Worker Pool=1"],
-                          env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
-    assert up.stderr is not None
+    up, _ = start_up([str(Path(env["PATH"].split(":")[0]) / "workerpool"), "up", "--pools",
+                      "Database Worker Pool=1,Kubernetes Worker Pool=1"], env, tmp_path)
     try:
-        for line in up.stderr:
-            if "Ctrl-C stops everything" in line:
-                break
-        else:
-            pytest.fail(f"workerpool up exited with {up.wait()} before it was ready")
         yield run
     finally:
         up.send_signal(signal.SIGINT)

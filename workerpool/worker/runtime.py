@@ -17,7 +17,6 @@ from typing import TypeVar
 import redis
 
 from workerpool.core import keys, workers
-from workerpool.core.artifacts import collect
 from workerpool.core.connection import REDIS_RETRY_SECONDS, connect
 from workerpool.core.errors import WorkerPoolError
 from workerpool.core.leases import Claim, Leases
@@ -40,6 +39,7 @@ from workerpool.worker.isolation.containment import Containment
 from workerpool.worker.isolation.watchdog import Watchdog
 from workerpool.worker.packages.cache import PackageCache
 from workerpool.worker.packages.registry import FeedRegistry
+from workerpool.worker.step.artifacts import collect
 from workerpool.worker.step.execution import STOP_ABORT, STOP_CANCEL, STOP_TIMEOUT, ScriptRun
 from workerpool.worker.step.setup import Prepared, StepSetup, system_variables
 from workerpool.worker.step.steplog import StepLog

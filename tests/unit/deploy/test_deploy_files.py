@@ -3,15 +3,13 @@
 No Docker engine runs here, so these tests check what can be checked without one. Every
 workerpool command in the compose file and in the systemd unit is a valid invocation (its
 subcommand path and options pass ``--help``, and click parses its arguments). Every file
-mounted from the host exists. A real redis-server accepts deploy/redis.conf. The one-shot
-``init`` script creates the pools that the workers consume, and a second run still succeeds,
-against a real Redis.
+mounted from the host exists. A real redis-server accepts deploy/redis.conf. (The ``init``
+script runs against a real Redis in tests/e2e/test_deploy_files.py.)
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import pkgutil
 import re
@@ -28,36 +26,34 @@ import click
 import pytest
 import redis
 from conftest import REPO
-from ruamel.yaml import YAML
+from deployfiles import (
+    SEED_POOLS,
+    WORKERS,
+    as_argv,
+    compose,
+    dockerfile_instructions,
+    image_entrypoint,
+    seconds,
+    service_argv,
+    services,
+)
 
 import workerpool.cli
 from workerpool.core.settings import Settings
 from workerpool.server.embedded import free_port, redis_server_binary
 
-ROOT = REPO
-COMPOSE = ROOT / "docker-compose.yml"
-DOCKERFILE = ROOT / "deploy" / "Dockerfile"
-REDIS_CONF = ROOT / "deploy" / "redis.conf"
-UNIT = ROOT / "deploy" / "workerpool-worker@.service"
-ENV_EXAMPLE = ROOT / "deploy" / "worker.env.example"
-DOCS = ROOT / "docs" / "running-workers.md"
+REDIS_CONF = REPO / "deploy" / "redis.conf"
+UNIT = REPO / "deploy" / "workerpool-worker@.service"
+ENV_EXAMPLE = REPO / "deploy" / "worker.env.example"
+DOCS = REPO / "docs" / "running-workers.md"
 
-SEED_POOLS = {"Kubernetes Worker Pool", "Azure Worker Pool", "Database Worker Pool"}
-WORKERS = {"kubernetes-worker": "Kubernetes Worker Pool", "azure-worker": "Azure Worker Pool",
-           "database-worker": "Database Worker Pool"}
 REDIS_URL = "redis://redis:6379/0"
 SHELL_OPERATORS = {"||", "&&", ";", "|", "&"}
 UNIT_INSTANCE = "database-worker-pool"  # what %i becomes: a pool's slug
 
 
-def compose() -> dict[str, Any]:
-    data: dict[str, Any] = YAML(typ="safe").load(COMPOSE.read_text())
-    return data
 
 
-def services() -> dict[str, dict[str, Any]]:
-    found: dict[str, dict[str, Any]] = compose()["services"]
-    return found
 
 
 def workerpool_services() -> dict[str, dict[str, Any]]:
@@ -65,24 +61,10 @@ def workerpool_services() -> dict[str, dict[str, Any]]:
     return {name: s for name, s in services().items() if "build" in s}
 
 
-def dockerfile_instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, rest) pairs, with continuation lines joined and comments dropped."""
-    lines = [ln for ln in DOCKERFILE.read_text().splitlines() if not ln.lstrip().startswith("#")]
-    joined = "\n".join(lines).replace("\\\n", " ")
-    return [(ln.split(None, 1)[0].upper(), ln.split(None, 1)[1].strip())
-            for ln in joined.splitlines() if ln.strip()]
 
 
-def as_argv(value: str | list[str] | None) -> list[str]:
-    if value is None:
-        return []
-    return shlex.split(value) if isinstance(value, str) else [str(v) for v in value]
 
 
-def image_entrypoint() -> list[str]:
-    found = [json.loads(rest) for kind, rest in dockerfile_instructions() if kind == "ENTRYPOINT"]
-    assert found, "deploy/Dockerfile has no ENTRYPOINT"
-    return [str(part) for part in found[-1]]
 
 
 def shell_invocations(script: str) -> list[list[str]]:
@@ -112,9 +94,6 @@ def invocations_of(argv: list[str]) -> list[list[str]]:
     raise AssertionError(f"{argv!r} runs neither workerpool nor a shell script")
 
 
-def service_argv(service: dict[str, Any]) -> list[str]:
-    entrypoint = as_argv(service.get("entrypoint")) or image_entrypoint()
-    return [*entrypoint, *as_argv(service.get("command"))]
 
 
 def unit_directives() -> dict[str, list[str]]:
@@ -169,12 +148,6 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60)
 
 
-def seconds(value: str) -> float:
-    """``30``, ``30s``, ``1m``, ``1min``, ``1m30s`` -> seconds."""
-    units = {"": 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
-    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]*)", value.strip())
-    assert parts, f"not a duration: {value!r}"
-    return sum(float(number) * units[unit] for number, unit in parts)
 
 
 def stop_budget() -> float:
@@ -200,7 +173,7 @@ def test_compose_has_redis_server_a_service_per_seed_pool_and_flower() -> None:
 def test_workerpool_services_build_the_image_and_use_the_compose_redis(name: str) -> None:
     service = services()[name]
     assert service["build"] == {"context": ".", "dockerfile": "deploy/Dockerfile"}
-    assert (ROOT / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
+    assert (REPO / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
     assert service["environment"]["WORKERPOOL_REDIS_URL"] == REDIS_URL
     assert service["depends_on"]["redis"]["condition"] == "service_healthy"
     if name in WORKERS:
@@ -216,7 +189,7 @@ def test_redis_service_runs_the_mounted_config_with_a_volume_and_a_healthcheck()
                                                  "/usr/local/etc/redis/redis.conf"]
     source_of = {target: source for source, target in
                  (str(v).split(":")[:2] for v in redis_service["volumes"])}
-    assert (ROOT / source_of["/usr/local/etc/redis/redis.conf"]).resolve() == REDIS_CONF
+    assert (REPO / source_of["/usr/local/etc/redis/redis.conf"]).resolve() == REDIS_CONF
     assert source_of["/data"] in compose()["volumes"]
     assert "ping" in as_argv(redis_service["healthcheck"]["test"])
 
@@ -228,12 +201,12 @@ def test_every_mounted_host_file_exists_and_named_volumes_are_declared() -> None
         for volume in service.get("volumes", []):
             source = volume["source"] if isinstance(volume, dict) else str(volume).split(":")[0]
             if source.startswith((".", "/", "~")):
-                assert (ROOT / source).exists(), f"{name} mounts {source}, which does not exist"
+                assert (REPO / source).exists(), f"{name} mounts {source}, which does not exist"
                 checked += 1
             else:
                 assert source in declared, f"{name} uses volume {source!r}; declare it"
         for env_file in as_argv(service.get("env_file")):
-            assert (ROOT / env_file).is_file(), f"{name} reads {env_file}, which does not exist"
+            assert (REPO / env_file).is_file(), f"{name} reads {env_file}, which does not exist"
     assert checked, "the compose file mounts no host file (deploy/redis.conf?)"
 
 
@@ -327,10 +300,10 @@ def test_dockerfile_installs_the_wheel_built_from_pyproject_as_a_non_root_user()
     assert [steps[i][1] for i in stages] == ["python:3.11-slim AS wheel", "python:3.11-slim"]
     build, image = steps[:stages[1]], steps[stages[1]:]
     copied = {src for kind, rest in build if kind == "COPY" for src in shlex.split(rest)[:-1]}
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert {"pyproject.toml", pyproject["project"]["readme"], "workerpool"} == copied
     for source in copied:
-        assert (ROOT / source).exists(), f"the Dockerfile copies {source}, which does not exist"
+        assert (REPO / source).exists(), f"the Dockerfile copies {source}, which does not exist"
     assert any(kind == "RUN" and re.search(r"pip wheel .*--no-deps .*\.$", rest)
                for kind, rest in build)
     # The image holds the installed wheel only: no sources, and the shipped templates.

@@ -3,20 +3,11 @@ options, and queue depth in ``status`` for a pool with no online worker."""
 
 from __future__ import annotations
 
-from httpd import fetch
-
 from workerpool.core import messages
 from workerpool.core.pools import Pool
 from workerpool.core.snapshot import Lease, Snapshot
 from workerpool.core.workers import Heartbeat, WorkerInfo
 from workerpool.server import web
-
-
-def answers(url: str, auth: str | None = None) -> bool:
-    try:
-        return fetch(url, auth)[0] == 200
-    except OSError:
-        return False
 
 
 def test_pools_page_escapes_every_value():

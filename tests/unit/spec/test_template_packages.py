@@ -4,15 +4,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from archives import make_zip
 
 from workerpool.core.errors import BadInput
 from workerpool.core.packageref import PackageRef
 from workerpool.spec.templates import default_templates_dir, load_template, parse_template
-from workerpool.worker.packages.builtin import push
 
 # --- packages whose id and version are parameters (no Redis) ------------------------------------
 
@@ -73,24 +69,7 @@ def test_shipped_templates_with_packages_take_them_as_parameters():
         assert template.package_refs(variables) == (PackageRef(name, "Acme.X", "1.0.0"),)
 
 
-@pytest.fixture
-def migrations(client, tmp_path) -> Path:
-    """Acme.Migrations 1.0.0 (two .sql files) in the built-in feed."""
-    package = make_zip(tmp_path / "Acme.Migrations.1.0.0.zip", {
-        "001_create_orders.sql": "CREATE TABLE orders (id INTEGER PRIMARY KEY, note TEXT);\n",
-        "002_seed_orders.sql": "INSERT INTO orders (note) VALUES ('first; with a semicolon');\n"
-                               "INSERT INTO orders (note) VALUES ('second');\n",
-        "README.txt": "not a migration\n"})
-    push(client.redis, package)
-    return package
 
 
-@pytest.fixture
-def manifests(client, tmp_path) -> Path:
-    package = make_zip(tmp_path / "Acme.Web.Manifests.1.4.0.zip", {
-        "deployment.yaml": "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n",
-        "service/service.yaml": "apiVersion: v1\nkind: Service\nmetadata: {name: web}\n"})
-    push(client.redis, package)
-    return package
 
 

@@ -6,39 +6,10 @@ import os
 import time
 from pathlib import Path
 
-import pytest
-from conftest import Worker, pid_alive, wait_for
+from conftest import TOOL, pid_alive, put_tool, wait_for
 
-from workerpool import Client
 from workerpool.core.pools import Pool
-from workerpool.core.workers import WorkerInfo
 from workerpool.worker.health import check
-
-TOOL = "wp-fake-tool"
-
-
-@pytest.fixture
-def tools(tmp_path: Path) -> Path:
-    """A directory on the worker's PATH where the test puts and removes ``wp-fake-tool``."""
-    directory = tmp_path / "tools"
-    directory.mkdir()
-    return directory
-
-
-def put_tool(tools: Path) -> None:
-    tool = tools / TOOL
-    tool.write_text("#!/bin/sh\nexit 0\n")
-    tool.chmod(0o755)
-
-
-def info(client: Client, worker: Worker) -> WorkerInfo:
-    return next(w for w in client.workers.list() if w.name == worker.name)
-
-
-def reason(client: Client, worker: Worker) -> str:
-    heartbeat = info(client, worker).heartbeat
-    return heartbeat.reason if heartbeat else "(offline)"
-
 
 # --- the check itself (no Redis) -----------------------------------------------------------------
 

@@ -1,6 +1,5 @@
-"""Packages: feeds served for real (a directory, local HTTP servers, Redis), the shared cache,
-and safe extraction of every format. Nothing is mocked: archives are built with zipfile and
-tarfile, HTTP feeds are ``http.server`` threads on 127.0.0.1, the built-in feed is real Redis.
+"""Packages without Redis: references, file names, versions, and safe extraction of every
+archive format (archives are built with zipfile and tarfile; nothing is mocked).
 """
 
 from __future__ import annotations
@@ -8,28 +7,32 @@ from __future__ import annotations
 import io
 import json
 import os
-import stat
 import subprocess
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
-from archives import SCRIPT, link, tar_bytes, zip_bytes
+from archives import (
+    README,
+    SCRIPT,
+    SQL,
+    MiB,
+    executable,
+    link,
+    package_tar,
+    package_zip,
+    tar_bytes,
+    tree,
+    zip_bytes,
+)
+from conftest import one_line
 
 from workerpool.core.errors import ArchiveError, BadInput
 from workerpool.core.packageref import PackageRef
 from workerpool.worker.packages.archive import SafeWriter
-from workerpool.worker.packages.cache import PackageCache
 from workerpool.worker.packages.feed import split_file_name
 from workerpool.worker.packages.formats import extract
 from workerpool.worker.packages.nuget import normalize_version
-
-MiB = 1 << 20
-README = b"the database package\n"
-SQL = b"CREATE TABLE customers (id int);\n" * 200
-
 
 # --- building archives ---------------------------------------------------------------------------
 
@@ -40,42 +43,10 @@ SQL = b"CREATE TABLE customers (id int);\n" * 200
 
 
 
-def package_zip() -> bytes:
-    return zip_bytes([("scripts/deploy.sh", SCRIPT, 0o100755),
-                      ("scripts/", b"", 0o040755),
-                      ("README.txt", README, 0o100644),
-                      ("sql/001-schema.sql", SQL, None)])
 
 
-def package_tar(gz: bool = True) -> bytes:
-    return tar_bytes([("./scripts/deploy.sh", SCRIPT, 0o755), ("./README.txt", README, 0o644),
-                      ("./sql/001-schema.sql", SQL, 0o644)], gz=gz)
 
 
-def nupkg() -> bytes:
-    return zip_bytes([("[Content_Types].xml", b"<Types/>", None),
-                      ("_rels/.rels", b"<Relationships/>", None),
-                      ("package/services/metadata/core-properties/x.psmdcp", b"<core/>", None),
-                      ("Acme.Database.nuspec", b"<package/>", None),
-                      ("tools/deploy%20it.sh", SCRIPT, 0o100755),
-                      ("content/README.txt", README, None)])
-
-
-def executable(path: Path) -> bool:
-    return bool(path.stat().st_mode & stat.S_IXUSR)
-
-
-def tree(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*")}
-
-
-@pytest.fixture
-def sandbox(tmp_path: Path) -> Iterator[Path]:
-    """An empty directory around the extraction target; a test asserts nothing but the target
-    (and what is inside it) appears in it."""
-    box = tmp_path / "sandbox"
-    (box / "target").mkdir(parents=True)
-    yield box
 
 
 def only_target_written(box: Path) -> None:
@@ -88,21 +59,6 @@ def only_target_written(box: Path) -> None:
 
 
 
-
-
-
-
-@pytest.fixture
-def cache(tmp_path: Path, raw: redis.Redis) -> PackageCache:
-    return PackageCache(tmp_path / "cache", 1 << 30, raw)
-
-
-def one_line(exc: BaseException, *words: str) -> str:
-    text = str(exc)
-    assert "\n" not in text, text
-    for word in words:
-        assert word in text, (word, text)
-    return text
 
 
 # --- references ----------------------------------------------------------------------------------
@@ -300,8 +256,5 @@ def test_damaged_zip_data_is_corrupt(tmp_path: Path) -> None:
 # --- CLI -----------------------------------------------------------------------------------------
 
 
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, (result.stdout, result.stderr)
-    return result.stdout
 
 

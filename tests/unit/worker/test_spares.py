@@ -3,55 +3,25 @@ a real directory feed and cache, real archives; the stager is the real thread.""
 
 from __future__ import annotations
 
-import os
-import stat
-import tarfile
 import threading
 from pathlib import Path
 
 import pytest
-import redis
-from archives import SCRIPT, link, tar_bytes
+from archives import LIMITS, tools_tar, tree_state
 from conftest import wait_for
 
 from workerpool.core.errors import BadInput
 from workerpool.core.settings import Settings
-from workerpool.worker.packages.cache import PackageCache
 from workerpool.worker.packages.formats import extract
 from workerpool.worker.packages.stager import Stager
 
 MiB = 1 << 20
-LIMITS = (64 * MiB, 1000)
 
 
-def package_tar() -> bytes:
-    """Directories, an executable, a symbolic and a hard link: everything a tree can hold."""
-    return tar_bytes([("bin/tool", SCRIPT, 0o755), ("etc/app.config", b"Server=x\n", 0o600),
-                      ("docs/readme.txt", b"read me\n" * 1000, 0o644), link("current", "bin"),
-                      link("bin/alias", "tool"), link("bin/copy", "bin/tool", tarfile.LNKTYPE)])
 
 
-@pytest.fixture
-def cache(tmp_path: Path, raw: redis.Redis) -> PackageCache:
-    return PackageCache(tmp_path / "cache", 1 << 30, raw)
 
 
-def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
-    """Everything extraction decides about a tree: names, types, modes, contents, link targets,
-    and which files are hard links of which."""
-    found: dict[str, tuple[object, ...]] = {}
-    inodes: dict[int, str] = {}
-    for path in sorted(root.rglob("*")):
-        info = path.lstat()
-        rel = str(path.relative_to(root))
-        kind = stat.S_IFMT(info.st_mode)
-        detail: object = None
-        if stat.S_ISLNK(info.st_mode):
-            detail = os.readlink(path)
-        elif stat.S_ISREG(info.st_mode):
-            detail = (path.read_bytes(), info.st_nlink, inodes.setdefault(info.st_ino, rel))
-        found[rel] = (kind, stat.S_IMODE(info.st_mode), detail)
-    return found
 
 
 def state(pid: int) -> str:
@@ -61,7 +31,7 @@ def state(pid: int) -> str:
 
 def test_the_helper_waits_while_a_step_starts_then_writes(tmp_path: Path) -> None:
     archive = tmp_path / "Acme.Tools.1.0.0.tar.gz"
-    archive.write_bytes(package_tar())
+    archive.write_bytes(tools_tar())
     target = tmp_path / "spare"
     stager = Stager()
     resume_at = [float("inf")]  # a step is starting, for as long as the test says
@@ -85,7 +55,7 @@ def test_the_helper_waits_while_a_step_starts_then_writes(tmp_path: Path) -> Non
         assert not thread.is_alive() and failures == []
         fresh = tmp_path / "fresh"
         extract(archive, fresh, *LIMITS)
-        assert snapshot(target) == snapshot(fresh)
+        assert tree_state(target) == tree_state(fresh)
         with pytest.raises(OSError, match="archive bomb"):
             stager.write({"archive": str(archive), "target": str(tmp_path / "small"),
                           "extract": True, "max_bytes": LIMITS[0], "max_entries": 2},
