@@ -17,6 +17,7 @@ import itertools
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -38,7 +39,7 @@ from workerpool.core.settings import Settings
 from workerpool.server.embedded import EmbeddedRedis
 
 REPO = Path(__file__).resolve().parent.parent
-LAYERS = ("unit", "e2e", "faults")  # the first folder under tests/ is a test's marker
+LAYERS = ("unit", "e2e", "faults", "security")  # a test's first folder is its marker
 HEARTBEAT = 0.5
 TOOL = "wp-fake-tool"  # a tool a pool requires, put on and taken off the PATH by tests
 SECRET_KEY = new_key()  # every component of a test shares it, as a deployment's would
@@ -72,6 +73,14 @@ def wait_for(condition: Callable[[], object], timeout: float = 20.0, what: str =
         time.sleep(interval)
 
 
+def shared_file(path: Path) -> Path:
+    """An empty file every script may append to: scripts of different workers (and slots) run
+    as different users, and a file one of them creates is its own (mode 0600)."""
+    path.touch()
+    path.chmod(0o666)
+    return path
+
+
 def watchdog_groups(worker_pid: int) -> tuple[Path, list[int]]:
     """A worker's group table as its watchdog sees it: a path to the shared table (under
     /proc, writable like the table itself) and the script groups it would kill now."""
@@ -79,8 +88,9 @@ def watchdog_groups(worker_pid: int) -> tuple[Path, list[int]]:
     for task in Path(f"/proc/{worker_pid}/task").iterdir():
         for child in (task / "children").read_text().split():
             argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-            if b"workerpool.worker.isolation.watchdog" in argv:
-                table = Path(f"/proc/{child}/fd/{int(argv[-2])}")
+            if b"workerpool.worker.isolation.watchdog" in argv:  # ... watchdog ROOT FD UIDS
+                fd_arg = argv[argv.index(b"workerpool.worker.isolation.watchdog") + 2]
+                table = Path(f"/proc/{child}/fd/{int(fd_arg)}")
                 fd = os.open(table, os.O_RDONLY)
                 try:
                     return table, read_groups(fd)
@@ -140,6 +150,30 @@ def pid_alive(pid: int) -> bool:
             return fh.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def searchable_by_others(path: Path) -> None:
+    """Let users other than root pass through every folder above *path* (o+x, not listing):
+    scripts run as users of their own (worker/isolation/users.py) and must reach the worker's
+    Python (in this checkout's .venv) and the files a test gives them."""
+    for folder in [path, *path.parents]:
+        mode = folder.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            folder.chmod(mode | stat.S_IXOTH)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def scripts_reach_the_checkout(tmp_path_factory: pytest.TempPathFactory) -> None:
+    if os.geteuid() == 0:
+        searchable_by_others(Path(sys.executable).parent)
+        searchable_by_others(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(autouse=True)
+def scripts_share_tmp_path(tmp_path: Path) -> None:
+    """A test's folder is the scripts' too: they write the files a test reads (a script's pid,
+    its side effects), as they would in a folder a deployment gives them."""
+    tmp_path.chmod(0o777)
 
 
 @pytest.fixture(scope="session")

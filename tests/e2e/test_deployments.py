@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import wait_for
+from conftest import shared_file, wait_for
 
 from workerpool.core import keys
 from workerpool.core.targets import TargetRegistry
@@ -37,7 +37,7 @@ def test_worker_per_target_respects_max_parallelism(client, start_worker, server
     workers = {start_worker("Kubernetes Worker Pool", concurrency=2).name for _ in range(3)}
     targets(client, 12)
     server()
-    events = tmp_path / "events"
+    events = shared_file(tmp_path / "events")  # appended by the scripts of three workers
     process = write(tmp_path, f"""
 name: Warm up
 variables:
@@ -182,7 +182,7 @@ def test_outputs_flow_to_later_steps_and_no_script_runs_on_the_orchestrator(
         wait_for(lambda: sum(w.state == "Healthy" for w in client.workers.list()
                              if w.pool.startswith("target:")) == 2, 60, "target agents")
         server()
-        seen = tmp_path / "seen"
+        seen = shared_file(tmp_path / "seen")  # appended by workers, agents and the server
         process = write(tmp_path, f"""
 name: Outputs
 steps:

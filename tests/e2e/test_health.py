@@ -19,6 +19,7 @@ from workerpool.core import keys, messages
 from workerpool.core.settings import Settings
 from workerpool.core.workers import WorkerInfo
 from workerpool.worker.identity import register
+from workerpool.worker.isolation.users import ScriptUsers
 from workerpool.worker.runtime import Runtime
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
@@ -192,7 +193,8 @@ def test_unhealthy_runtime_hands_a_message_back_unclaimed(
     """Belt and braces: a message that reaches an unhealthy worker goes back, unclaimed."""
     client.pools.add(POOL, requires=[TOOL])  # not on this test process's PATH
     identity = register(client.redis, settings, "kubernetes-worker-pool", None, 1)
-    runtime = Runtime(settings, client.url, identity)
+    runtime = Runtime(settings, client.url, identity,
+                      ScriptUsers(settings.script_user, 1, settings.script_uids))
     try:
         assert runtime.check_health() is False
         step = client.run(ScriptStep("echo ran", pool=POOL))

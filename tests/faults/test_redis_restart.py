@@ -46,6 +46,8 @@ def test_all_queued_steps_run_exactly_once_after_a_redis_restart(own_redis, tmp_
         wait_for(lambda: sum(w.state == "Healthy" for w in client.workers.list()) == 3, 60,
                  "three workers")
         runs = tmp_path / "runs"
+        runs.touch(mode=0o666)  # every worker's script users append to it
+        runs.chmod(0o666)
         snapshot = client.snapshot()
         ids = []
         for n in range(STEPS):

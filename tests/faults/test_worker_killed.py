@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import HEARTBEAT, pid_alive, wait_for, watchdog_groups
+from conftest import HEARTBEAT, pid_alive, shared_file, wait_for, watchdog_groups
 
 from workerpool import ScriptStep
 from workerpool.worker.workdirs import workdir_root
@@ -65,7 +65,7 @@ def test_opted_in_step_runs_once_more_elsewhere_and_never_overlaps(client, start
                                                                    tmp_path):
     client.pools.add("Database Worker Pool")
     first = start_worker("Database Worker Pool")
-    log = tmp_path / "runs"
+    log = shared_file(tmp_path / "runs")  # both workers' scripts append to it
     body = '[ "$(grep -c start ' + str(log) + ')" -ge 2 ] || sleep 300'
     handle = client.run(ScriptStep(script=RECORDING_SCRIPT.format(log=log, body=body),
                                    pool="Database Worker Pool", retry_on_worker_lost=True))
@@ -86,7 +86,7 @@ def test_twenty_kills_in_a_row_lose_nothing_and_never_overlap(client, start_work
     workers = [start_worker("Chaos"), start_worker("Chaos")]
     outcomes = []
     for round_number in range(20):
-        log = tmp_path / f"runs-{round_number}"
+        log = shared_file(tmp_path / f"runs-{round_number}")  # the scripts of two workers
         retry = round_number % 2 == 0
         body = '[ "$(grep -c start ' + str(log) + ')" -ge 2 ] || sleep 300'
         handle = client.run(ScriptStep(script=RECORDING_SCRIPT.format(log=log, body=body),

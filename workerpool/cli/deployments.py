@@ -66,12 +66,16 @@ def agent() -> None:
 @click.option("--target", "target_name", required=True, help="Target name or slug.")
 @click.option("--concurrency", default=1, type=click.IntRange(1, 64), show_default=True)
 @click.option("--loglevel", default="WARNING", show_default=True)
-def agent_start(target_name: str, concurrency: int, loglevel: str) -> None:
+@click.option("--script-user", default=None, metavar="USER",
+              help="Who scripts run as (see `workerpool worker start --help`).")
+def agent_start(target_name: str, concurrency: int, loglevel: str,
+                script_user: str | None) -> None:
     """Consume the target's queue: scripts for location 'target' run here."""
+    from workerpool.cli.workers import with_script_user
     from workerpool.worker.celery.serve import serve
 
-    sys.exit(serve(Settings.from_env(), None, None, concurrency, loglevel.upper(),
-                   target=target_name))
+    sys.exit(serve(with_script_user(Settings.from_env(), script_user), None, None, concurrency,
+                   loglevel.upper(), target=target_name))
 
 
 class Progress:

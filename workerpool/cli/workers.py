@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 
@@ -29,15 +30,25 @@ def worker() -> None:
               help="Steps this worker runs at once.")
 @click.option("--loglevel", default="WARNING", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--script-user", default=None, metavar="USER",
+              help="Who scripts run as: a user name, or 'same' for this worker's own user "
+                   "(default: users of their own per slot when the worker runs as root; "
+                   "WORKERPOOL_SCRIPT_USER).")
 def worker_start(pool: str | None, builtin: bool, name: str | None, concurrency: int,
-                 loglevel: str) -> None:
+                 loglevel: str, script_user: str | None) -> None:
     """Run a worker that consumes exactly one pool's queue."""
     if builtin == (pool is not None):
         raise click.UsageError("give exactly one of --pool NAME or --builtin")
     from workerpool.worker.celery.serve import serve  # worker-side code loads only here
 
-    sys.exit(serve(Settings.from_env(), None if builtin else pool, name, concurrency,
-                   loglevel.upper()))
+    sys.exit(serve(with_script_user(Settings.from_env(), script_user),
+                   None if builtin else pool, name, concurrency, loglevel.upper()))
+
+
+def with_script_user(settings: Settings, script_user: str | None) -> Settings:
+    """*settings* with ``--script-user`` over ``WORKERPOOL_SCRIPT_USER``."""
+    return settings if script_user is None else dataclasses.replace(settings,
+                                                                    script_user=script_user)
 
 
 def _shown(w: WorkerInfo) -> str:

@@ -28,6 +28,9 @@ from workerpool.core.store import StepStore
 
 log = logging.getLogger(__name__)
 
+# Seconds a client's clock (which stamps a step's queued_at) may run ahead of Redis's and a
+# step enqueued just before a restart still be checked for a lost message.
+RESTART_CLOCK_SKEW = 10.0
 BATCH = 1000  # step records read, or queue entries listed, per round trip when re-queuing
 
 
@@ -104,15 +107,22 @@ class Leases:
             lost = self._reap_lost()
         if server and self.redis.set(keys.requeue_check(str(server["run_id"])), "1", nx=True,
                                      ex=86400):
-            self._requeue_missing()  # once per Redis run, by whoever reaps first
+            seconds, micros = self.redis.time()
+            started = seconds + micros / 1e6 - float(server["uptime_in_seconds"])
+            self._requeue_missing(started)  # once per Redis run, by whoever reaps first
         return lost + self._reap_overdue()
 
-    def _requeue_missing(self) -> int:
-        """Once after Redis starts: push again the message of every Queued step whose message
-        is not in its queue. Around a restart a message can be popped with its reply lost, or
-        held by a worker whose connection then died (kombu would only restore it after the
-        visibility timeout). A duplicate is harmless: only one claim can succeed."""
-        fields = ("state", "attempt", "queue", "name", "pool_name", "target")
+    def _requeue_missing(self, restarted_at: float) -> int:
+        """Once after Redis starts (at *restarted_at*): push again the message of every Queued
+        step enqueued before then whose message is not in its queue. Around a restart a message
+        can be popped with its reply lost, or held by a worker whose connection then died
+        (kombu would only restore it after the visibility timeout). A step enqueued since
+        cannot have lost its message to the restart, and its message may be on its way to a
+        worker right now (popped, not yet claimed): pushing it again would run its task twice
+        (the claim would discard the copy, but Flower would show it). A duplicate is otherwise
+        harmless: only one claim can succeed."""
+        fields = ("state", "attempt", "queue", "name", "pool_name", "target", "queued_at")
+        before = restarted_at + RESTART_CLOCK_SKEW
         expected: dict[str, list[str]] = {}  # queue -> the messages its Queued steps need
         ids = cast(list[str], self.redis.zrange(keys.PENDING, 0, -1))
         for start in range(0, len(ids), BATCH):  # pipelined: one round trip per batch
@@ -121,7 +131,8 @@ class Leases:
                 pipe.hmget(keys.step(step_id), fields)
             for step_id, values in zip(ids[start:start + BATCH], pipe.execute(), strict=True):
                 record = {k: v for k, v in zip(fields, values, strict=True) if v is not None}
-                if record.get("state") == QUEUED:
+                if (record.get("state") == QUEUED
+                        and float(record.get("queued_at") or 0) <= before):
                     message = messages.for_record(step_id, int(record.get("attempt", 0)), record)
                     expected.setdefault(record.get("queue", ""), []).append(message)
         pushed = 0

@@ -40,6 +40,22 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> i
     return value
 
 
+def _uid_range(env: Mapping[str, str], name: str, default: range) -> range:
+    """``START-END`` (inclusive) -> range; BadInput saying the form otherwise."""
+    raw = env.get(ENV_PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    start, sep, end = raw.partition("-")
+    try:
+        first, last = int(start), int(end)
+    except ValueError:
+        first, last = 0, -1
+    if not sep or not 0 < first <= last < 2**31:
+        raise BadInput(f"{ENV_PREFIX}{name}={raw!r} must be START-END, two uids above 0 with "
+                       "START <= END (e.g. 61000-61999)")
+    return range(first, last + 1)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Configuration shared by the client, the workers and the stack supervisor."""
@@ -59,6 +75,10 @@ class Settings:
     package_cache_bytes: int = 10 * 1024**3
     package_spares: int = 1  # staged copies per recently used package version; 0: none
     step_max_processes: int | None = None  # per-step cap (pids cgroup); None: no cap
+    # Who scripts run as (worker/isolation/users.py): None, per-slot users when the worker is
+    # root; "same", the worker's own user; or a user name.
+    script_user: str | None = None
+    script_uids: range = range(61000, 62000)  # the per-slot users' uids
     # kombu redelivers a message unacked for this long; a worker acks a step's message once the
     # step's script starts, so only a message whose worker died before that is redelivered.
     visibility_timeout: float = 24 * 3600.0
@@ -91,6 +111,8 @@ class Settings:
             package_spares=_int(env, "PACKAGE_SPARES", cls.package_spares, minimum=0),
             step_max_processes=_int(env, "STEP_MAX_PROCESSES", 0) or None,
             secret_key=env.get(ENV_PREFIX + "SECRET_KEY") or None,
+            script_user=env.get(ENV_PREFIX + "SCRIPT_USER") or None,
+            script_uids=_uid_range(env, "SCRIPT_UIDS", cls.script_uids),
             keep_workdirs=env.get(ENV_PREFIX + "KEEP_WORKDIRS", "").lower() in ("1", "true", "yes"),
         )
 

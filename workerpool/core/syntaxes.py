@@ -126,14 +126,18 @@ class Sh(Syntax):
 
 class Python(Syntax):
     name, program = "python", "python"
+    # The worker's own interpreter; a worker whose script users cannot reach it picks another
+    # (``worker/isolation/users.py``), or None: then it runs no Python steps.
+    interpreter: str | None = sys.executable
 
     def available(self) -> bool:
-        return True  # the worker's own interpreter runs Python steps
+        return self.interpreter is not None
 
     def prepare(self, workdir: Path, script: str,
                 support: Path) -> tuple[list[str], dict[str, str]]:
         write_script(workdir / "script.py", script)
-        return ([sys.executable, "-u", str(support / "workerpool_bootstrap.py"), "script.py"],
+        assert self.interpreter is not None
+        return ([self.interpreter, "-u", str(support / "workerpool_bootstrap.py"), "script.py"],
                 {"PYTHONUNBUFFERED": "1"})
 
 
@@ -148,7 +152,8 @@ class PowerShell(Syntax):
                  f". '{helpers}'; & ./script.ps1; exit $LASTEXITCODE"], {})
 
 
-SYNTAXES: dict[str, Syntax] = {s.name: s for s in (Bash(), Sh(), Python(), PowerShell())}
+PYTHON = Python()
+SYNTAXES: dict[str, Syntax] = {s.name: s for s in (Bash(), Sh(), PYTHON, PowerShell())}
 
 
 EXTENSIONS = {".sh": "bash", ".bash": "bash", ".py": "python", ".ps1": "powershell"}

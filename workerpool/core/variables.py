@@ -48,11 +48,16 @@ def env_name(name: str) -> str:
     return "_" + mapped if mapped[:1].isdigit() else mapped
 
 
+def without_settings(env: Mapping[str, str]) -> dict[str, str]:
+    """*env* without workerpool's own settings (``WORKERPOOL_*``: the Redis URL, keys): what a
+    worker passes to anything it starts."""
+    return {k: v for k, v in env.items() if not k.startswith("WORKERPOOL_")}
+
+
 def script_environment(variables: Mapping[str, str], system: Mapping[str, str],
                        base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The worker's environment without workerpool's own settings, plus the step's variables."""
-    base = os.environ if base is None else base
-    env = {k: v for k, v in base.items() if not k.startswith("WORKERPOOL_")}
+    env = without_settings(os.environ if base is None else base)
     env.update(system)
     env.update({env_name(k): v for k, v in variables.items()})
     return env

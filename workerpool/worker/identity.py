@@ -39,12 +39,13 @@ class Identity:
 
 
 def register(client: redis.Redis, settings: Settings, pool: str, name: str | None,
-             concurrency: int) -> Identity:
-    """Reserve a worker name (``<type>-worker-NN`` unless given) and write the first heartbeat."""
+             concurrency: int, syntaxes: tuple[str, ...] | None = None) -> Identity:
+    """Reserve a worker name (``<type>-worker-NN`` unless given) and write the first heartbeat;
+    the worker says it runs *syntaxes* (default: those this machine has)."""
     instance = uuid.uuid4().hex
     info = WorkerInfo(name="", pool=pool, instance=instance, host=socket.gethostname(),
                       pid=os.getpid(), concurrency=concurrency, started_at=time.time(),
-                      syntaxes=available_syntaxes())
+                      syntaxes=available_syntaxes() if syntaxes is None else syntaxes)
     beat = Heartbeat(time=time.time(), state=STARTING)
     taken = workers.register(client, info, beat, name, f"{worker_type(pool)}-worker-",
                              settings.heartbeat_ttl)

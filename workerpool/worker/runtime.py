@@ -35,7 +35,8 @@ from workerpool.core.workers import (
 )
 from workerpool.worker import health
 from workerpool.worker.identity import Identity
-from workerpool.worker.isolation.containment import Containment
+from workerpool.worker.isolation.containment import Containment, clear_users
+from workerpool.worker.isolation.users import ScriptUser, ScriptUsers, hand_over
 from workerpool.worker.isolation.watchdog import Watchdog
 from workerpool.worker.packages.cache import PackageCache
 from workerpool.worker.packages.registry import FeedRegistry
@@ -43,7 +44,7 @@ from workerpool.worker.step.artifacts import collect
 from workerpool.worker.step.execution import STOP_ABORT, STOP_CANCEL, STOP_TIMEOUT, ScriptRun
 from workerpool.worker.step.setup import Prepared, StepSetup, system_variables
 from workerpool.worker.step.steplog import StepLog
-from workerpool.worker.workdirs import make_workdir, remove_workdir, workdir_root
+from workerpool.worker.workdirs import make_root, make_workdir, private_dir, remove_workdir
 
 log = logging.getLogger("workerpool.worker")
 T = TypeVar("T")
@@ -68,9 +69,11 @@ def _nothing() -> None:
 class Runtime:
     """Per-process worker state shared by the Celery task threads and the background threads."""
 
-    def __init__(self, settings: Settings, url: str, identity: Identity) -> None:
+    def __init__(self, settings: Settings, url: str, identity: Identity,
+                 users: ScriptUsers) -> None:
         self.settings = settings
         self.identity = identity
+        self.users = users
         self.redis = connect(url)
         self.store = StepStore(self.redis, settings.result_ttl, Keyring.load(settings))
         self.leases = Leases(self.redis, self.store)
@@ -87,18 +90,20 @@ class Runtime:
         self._health_lock = threading.Lock()
         self._beat_lock = threading.Lock()
         # One directory per worker instance; its watchdog removes it when the worker ends.
-        self.workdir_root = workdir_root(identity.name, identity.instance)
-        self.workdir_root.mkdir(parents=True, exist_ok=True)
-        self.watchdog = Watchdog(self.workdir_root)
+        self.workdir_root = make_root(identity.name, identity.instance)
+        clear_users(users.uids)  # left by a worker whose watchdog died too
+        self.watchdog = Watchdog(self.workdir_root, users.uids, users.locks)
         self.containment = Containment(self.workdir_root, settings.step_max_processes)
         self.host = socket.gethostname()
         # The environment every script starts from (read once: os.environ decodes each time).
         self.base_env = dict(os.environ)
         self.support_dir = install_helpers(self.workdir_root / "support")
+        private_dir(settings.home)
         self.setup = StepSetup(FeedRegistry(self.redis),
                                PackageCache(settings.home / "package-cache",
                                             settings.package_cache_bytes, self.redis),
-                               self.workdir_root / ".staged", settings.package_spares)
+                               private_dir(self.workdir_root / ".staged")
+                               if settings.package_spares else None, settings.package_spares)
 
     # -- background threads -------------------------------------------------------------
 
@@ -136,7 +141,8 @@ class Runtime:
             pool = self.pools.by_slug(self.identity.pool)
             env = script_environment({}, {"WORKERPOOL_WORKER_NAME": self.identity.name,
                                           "WORKERPOOL_POOL": self.identity.pool}, self.base_env)
-            status = health.PASSED if pool is None else health.check(pool, env)
+            status = health.PASSED if pool is None else health.check(pool, env,
+                                                                      user=self.users.health)
             previous, self.health = self.health, status
         if status != previous:
             if status.healthy:
@@ -234,6 +240,7 @@ class Runtime:
             log.warning("could not deregister: %s", exc)
         self.setup.close()  # stops staging package copies before the watchdog removes the root
         self.watchdog.close()
+        self.users.close()
 
     # -- running a step -----------------------------------------------------------------
 
@@ -335,12 +342,13 @@ class Runtime:
         variables: dict[str, str] = json.loads(record.get("variables") or "{}")
         steplog = StepLog(self.redis, step_id, Masker(secrets.values()),
                           self.settings.log_max_lines, self.settings.log_max_line_bytes)
+        user = self.users.take()
         workdir = make_workdir(self.workdir_root, step_id, record.get("attempt", "0"))
         ending: Ending | None = None
         try:
             try:
                 ending = self._setup_and_run(step_id, record, workdir, steplog,
-                                             {**variables, **secrets}, started)
+                                             {**variables, **secrets}, started, user)
             finally:
                 with self.lock:
                     self.running.pop(step_id, None)
@@ -353,36 +361,38 @@ class Runtime:
         finally:  # after the end is recorded: the caller need not wait for the removal
             if not self.settings.keep_workdirs:
                 remove_workdir(workdir)
+            self.users.give_back(user)  # every process of it was killed as the script ended
 
     def _setup_and_run(self, step_id: str, record: dict[str, str], workdir: Path,
                        steplog: StepLog, variables: dict[str, str],
-                       started: Callable[[], None]) -> Ending | None:
-        """Prepare the working directory, run the script, collect artifacts; None if the step
-        was queued once more instead of ending."""
+                       started: Callable[[], None], user: ScriptUser | None) -> Ending | None:
+        """Prepare the working directory, run the script as *user*, collect artifacts; None if
+        the step was queued once more instead of ending."""
         variables.update(system_variables(step_id, record, self.identity.name, self.host))
         try:
             prepared = self.setup.prepare(workdir, record, variables, steplog.system)
         except WorkerPoolError as exc:
             return Ending(FAILED, None, str(exc))
         try:
-            return self._run_prepared(step_id, record, workdir, steplog, prepared, started)
+            return self._run_prepared(step_id, record, workdir, steplog, prepared, started, user)
         finally:
             prepared.release()
 
     def _run_prepared(self, step_id: str, record: dict[str, str], workdir: Path,
-                      steplog: StepLog, prepared: Prepared,
-                      started: Callable[[], None]) -> Ending | None:
+                      steplog: StepLog, prepared: Prepared, started: Callable[[], None],
+                      user: ScriptUser | None) -> Ending | None:
         if not prepared.syntax.available():
             return Ending(FAILED, None, f"{prepared.syntax.program} is not installed on worker "
                           f"{self.identity.name}; install it or run the step elsewhere")
         argv, extra_env = prepared.syntax.prepare(workdir, prepared.script, self.support_dir)
+        hand_over(workdir, user)
         env = script_environment(prepared.variables, {
-            **extra_env, "WORKERPOOL_STEP_ID": step_id,
+            **extra_env, **(user.env(workdir) if user else {}), "WORKERPOOL_STEP_ID": step_id,
             "WORKERPOOL_WORKER_NAME": self.identity.name, "WORKERPOOL_POOL": self.identity.pool},
             self.base_env)
         script = ScriptRun(argv, workdir, env, steplog,
                            float(record.get("timeout") or self.settings.step_timeout),
-                           self.settings.kill_grace, self.containment)
+                           self.settings.kill_grace, self.containment, user)
         with self.lock:
             self.running[step_id] = script
         if record.get("cancel"):

@@ -17,6 +17,7 @@ from workerpool.core.pools import find
 from workerpool.core.sealing import Keyring
 from workerpool.core.settings import Settings
 from workerpool.core.snapshot import read_snapshot
+from workerpool.core.syntaxes import PYTHON, available_syntaxes
 from workerpool.core.targets import TargetRegistry
 from workerpool.core.workers import validate_worker_name
 from workerpool.worker.celery import internals
@@ -24,6 +25,7 @@ from workerpool.worker.celery.app import bind, make_app
 from workerpool.worker.celery.consumer import batch_events, queue_gate
 from workerpool.worker.identity import register
 from workerpool.worker.isolation.containment import require_pids_cgroup
+from workerpool.worker.isolation.users import isolate, python_for_scripts
 from workerpool.worker.runtime import Runtime
 
 log = logging.getLogger("workerpool.worker")
@@ -40,6 +42,9 @@ def serve(settings: Settings, pool: str | None, name: str | None, concurrency: i
     internals.check()
     require_pids_cgroup(settings.step_max_processes)
     Keyring.load(settings).check()
+    users = isolate(settings.script_user, concurrency, settings.script_uids,
+                    settings.step_max_processes)
+    print(users.describe(), flush=True)
     url = resolve_url(settings)
     client = connect(url)
     if target is not None:
@@ -51,8 +56,11 @@ def serve(settings: Settings, pool: str | None, name: str | None, concurrency: i
     else:
         found = find(guarded(lambda: read_snapshot(client), url).pools, pool)
         slug, pool_name = found.slug, found.name
-    identity = guarded(lambda: register(client, settings, slug, name, concurrency), url)
-    runtime = Runtime(settings, url, identity)
+    PYTHON.interpreter = python_for_scripts(users)
+    syntaxes = available_syntaxes()
+    identity = guarded(lambda: register(client, settings, slug, name, concurrency, syntaxes),
+                       url)
+    runtime = Runtime(settings, url, identity, users)
     app = make_app(url, settings.visibility_timeout)
     batch_events(app)
     bind(app, runtime)

@@ -24,12 +24,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from workerpool.core.errors import BadInput
+from workerpool.worker.isolation.users import SETPRIV, ScriptUser
 
 log = logging.getLogger(__name__)
 
 TOKEN_VAR = "WORKERPOOL_STEP_TOKEN"
+SCRIPT_UMASK = 0o077  # what a script creates is its own
 KILL_ROUNDS_SECONDS = 5.0  # how long kill_all keeps finding and killing stragglers
 PROBE_RANGE = 512  # up to this many new pids are probed one by one; beyond, /proc is listed
 PROC = Path("/proc")
@@ -168,8 +171,55 @@ def _stat(pid: int) -> tuple[bytes, int] | None:
 def signal_tagged(prefix: str, sig: signal.Signals, first_pid: int | None = None,
                   forks_before: int | None = None) -> int:
     """Send *sig* to every process tagged with *prefix*; how many there were."""
+    return _signal_all(tagged_processes(prefix, first_pid, forks_before), sig)
+
+
+def real_uid(pid: int) -> int | None:
+    """*pid*'s real uid (from ``status``, which a process cannot hide by making itself
+    undumpable, unlike the owner of ``/proc/PID``); None if it is gone."""
+    try:
+        with open(f"{PROC}/{pid}/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Uid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def user_processes(uid: int, first_pid: int | None = None,
+                   forks_before: int | None = None) -> Iterator[int]:
+    """Pidfds of the live processes whose real uid is *uid* (among those started since
+    *first_pid*, when given); the pidfd is opened before the uid is read, as for tokens."""
+    for pid in candidates(first_pid, forks_before):
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            continue
+        if real_uid(pid) == uid:
+            yield pidfd
+        else:
+            os.close(pidfd)
+
+
+def signal_user(uid: int, sig: signal.Signals, first_pid: int | None = None,
+                forks_before: int | None = None) -> int:
+    """Send *sig* to every process of *uid*; how many there were."""
+    return _signal_all(user_processes(uid, first_pid, forks_before), sig)
+
+
+def clear_users(uids: list[int]) -> None:
+    """Kill every process of *uids*, uids only this worker's scripts use: whatever runs as them
+    now was left by an earlier worker that died with its watchdog."""
+    for _ in range(100):
+        if not sum(signal_user(uid, signal.SIGKILL) for uid in uids):
+            return
+        time.sleep(0.01)
+
+
+def _signal_all(pidfds: Iterator[int], sig: signal.Signals) -> int:
     count = 0
-    for pidfd in tagged_processes(prefix, first_pid, forks_before):
+    for pidfd in pidfds:
         with contextlib.suppress(OSError):
             signal.pidfd_send_signal(pidfd, sig)
         os.close(pidfd)
@@ -259,23 +309,27 @@ class Containment:
                            ) from None
         return parent
 
-    def step(self) -> StepContainment:
-        """A new token (and cgroup, with a process limit) for one step's processes."""
+    def step(self, user: ScriptUser | None = None) -> StepContainment:
+        """A new token (and cgroup, with a process limit) for one step's processes, which run
+        as *user* (None: the worker's own)."""
         unique = uuid.uuid4().hex
         cgroup = None
         if self.cgroups is not None:
             cgroup = self.cgroups / unique
             cgroup.mkdir()
             (cgroup / "pids.max").write_text(str(self.max_processes))
-        return StepContainment(f"{self.owner}.{unique}", cgroup)
+        return StepContainment(f"{self.owner}.{unique}", cgroup, user)
 
 
 class StepContainment:
-    """One step's processes: its token, and its cgroup if the worker limits processes."""
+    """One step's processes: its token, its cgroup if the worker limits processes, and the user
+    they run as; when only this step runs as that user, every process of it is the step's."""
 
-    def __init__(self, token: str, cgroup: Path | None = None) -> None:
+    def __init__(self, token: str, cgroup: Path | None = None,
+                 user: ScriptUser | None = None) -> None:
         self.token = token
         self.cgroup = cgroup
+        self.user = user
         self.first_pid: int | None = None  # the script's leader, once started
         self.forks_before: int | None = None  # forks() just before the leader started
 
@@ -283,18 +337,27 @@ class StepContainment:
     def env(self) -> dict[str, str]:
         return {TOKEN_VAR: self.token}
 
-    def wrap(self, argv: list[str]) -> list[str]:
-        """*argv* made to start inside the step's cgroup (the shell moves itself, then execs),
-        so nothing the script starts is ever outside it."""
+    def start(self, argv: list[str]) -> tuple[list[str], dict[str, Any]]:
+        """*argv*, and the ``Popen`` options, that start the script inside the step's cgroup
+        (the shell moves itself while still the worker's user, then execs) and as its user."""
+        user = self.user
         if self.cgroup is None:
-            return argv
-        return ["/bin/sh", "-c", 'echo 0 > "$0" && exec "$@"',
-                str(self.cgroup / "cgroup.procs"), *argv]
+            if user is None:
+                return argv, {}
+            return argv, {"user": user.uid, "group": user.gid, "extra_groups": [],
+                          "umask": SCRIPT_UMASK}
+        drop = [] if user is None else [SETPRIV, f"--reuid={user.uid}", f"--regid={user.gid}",
+                                        "--clear-groups", "--"]
+        return (["/bin/sh", "-c", 'echo 0 > "$0" && exec "$@"',
+                 str(self.cgroup / "cgroup.procs"), *drop, *argv],
+                {} if user is None else {"umask": SCRIPT_UMASK})
 
     def signal(self, sig: signal.Signals) -> None:
         """Send *sig* to every process of the step, in its process group or not."""
         kill_pids(self._cgroup_pids(), sig)
         signal_tagged(self.token, sig, self.first_pid, self.forks_before)
+        if self.user is not None and self.user.exclusive:
+            signal_user(self.user.uid, sig, self.first_pid, self.forks_before)
 
     def kill_all(self) -> bool:
         """SIGKILL every process of the step until none is left; False if some survived
@@ -306,8 +369,11 @@ class StepContainment:
                     (self.cgroup / "cgroup.kill").write_text("1")
             pids = self._cgroup_pids()
             kill_pids(pids, signal.SIGKILL)
-            if (not signal_tagged(self.token, signal.SIGKILL, self.first_pid, self.forks_before)
-                    and not pids):
+            found = signal_tagged(self.token, signal.SIGKILL, self.first_pid, self.forks_before)
+            if self.user is not None and self.user.exclusive:
+                found += signal_user(self.user.uid, signal.SIGKILL, self.first_pid,
+                                     self.forks_before)
+            if not found and not pids:
                 return True
             time.sleep(0.01)
         log.warning("processes of step token %s survived %gs of killing", self.token,
@@ -354,12 +420,14 @@ def remove_cgroup(cgroup: Path) -> None:
             time.sleep(0.01)
 
 
-def kill_worker_leftovers(root: Path) -> None:
-    """For a worker's watchdog: kill every process any of the worker's steps left (by token and
-    by cgroup) and remove the worker's cgroups."""
+def kill_worker_leftovers(root: Path, uids: tuple[int, ...] = ()) -> None:
+    """For a worker's watchdog: kill every process any of the worker's steps left (by token,
+    by the worker's script uids, and by cgroup) and remove the worker's cgroups."""
     owner = owner_tag(root)
     for _ in range(100):
-        if not signal_tagged(owner + ".", signal.SIGKILL):
+        killed = signal_tagged(owner + ".", signal.SIGKILL)
+        killed += sum(signal_user(uid, signal.SIGKILL) for uid in uids)
+        if not killed:
             break
         time.sleep(0.01)
     found = pids_cgroup()

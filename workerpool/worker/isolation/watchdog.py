@@ -1,13 +1,13 @@
 """Kills a dead worker's script process groups and removes its working directories.
 
-A worker starts one watchdog (``python -m workerpool.worker.isolation.watchdog ROOT FD``)
+A worker starts one watchdog (``python -m workerpool.worker.isolation.watchdog ROOT FD UIDS``)
 holding a pipe to it, and lists its running script process groups in a ``GroupTable``: slots of
 shared memory (a memfd the watchdog inherits as FD), written by the worker with no system call
 and read by the watchdog only at the end. When the pipe closes (the worker exited or was
-SIGKILLed), the watchdog kills every group still listed, and every process that left its group
-but still carries one of the worker's step tokens or sits in one of its step cgroups
-(``containment.py``), so no script outlives its worker; then it removes ROOT, the worker's
-directory of step working directories.
+SIGKILLed), the watchdog kills every group still listed, every process of the worker's script
+uids, and every process that left its group but still carries one of the worker's step tokens or
+sits in one of its step cgroups (``containment.py``), so no script outlives its worker; then it
+removes ROOT, the worker's directory of step working directories.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import sys
 import threading
 from pathlib import Path
 
+from workerpool.core.variables import without_settings
 from workerpool.worker.isolation.containment import (
     kill_worker_leftovers,
     needle,
@@ -99,12 +100,15 @@ class Watchdog:
     store into shared memory, not a message that wakes it nor a file.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, uids: list[int], locks: tuple[int, ...] = ()) -> None:
         self.groups = GroupTable()
+        # The watchdog holds the script uids' locks too (*locks*, inherited), so no new worker
+        # takes a uid while this one's watchdog may still be killing its processes.
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "workerpool.worker.isolation.watchdog", str(root),
-             str(self.groups.fd)],
-            stdin=subprocess.PIPE, start_new_session=True, text=True, pass_fds=(self.groups.fd,))
+             str(self.groups.fd), ",".join(map(str, uids))],
+            stdin=subprocess.PIPE, start_new_session=True, text=True,
+            pass_fds=(self.groups.fd, *locks), env=without_settings(os.environ))
 
     def tell(self, sign: str, pgid: int) -> None:
         if sign == "+":
@@ -124,6 +128,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     root, groups = Path(sys.argv[1]), int(sys.argv[2])
+    uids = tuple(int(uid) for uid in sys.argv[3].split(",") if uid)
     while sys.stdin.buffer.read(65536):  # until the worker's end closes the pipe
         pass
     owner = owner_tag(root)
@@ -131,7 +136,7 @@ def main() -> None:
         if is_own_group(pgid, owner):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGKILL)
-    kill_worker_leftovers(root)
+    kill_worker_leftovers(root, uids)
     shutil.rmtree(root, ignore_errors=True)
 
 

@@ -15,8 +15,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from workerpool.worker.isolation.containment import Containment, StepContainment, forks
+from workerpool.worker.isolation.users import ScriptUser
 from workerpool.worker.step.servicemessages import PREFIX
 from workerpool.worker.step.steplog import StepLog
 
@@ -96,7 +98,7 @@ class ScriptRun:
 
     def __init__(self, argv: list[str], workdir: Path, env: dict[str, str], steplog: StepLog,
                  timeout: float, kill_grace: float,
-                 containment: Containment | None = None) -> None:
+                 containment: Containment | None = None, user: ScriptUser | None = None) -> None:
         self.argv = argv
         self.workdir = workdir
         self.env = env
@@ -104,6 +106,7 @@ class ScriptRun:
         self.timeout = timeout
         self.kill_grace = kill_grace
         self.containment = containment
+        self.user = user  # None: the worker's own
         self._wake_r, self._wake_w = os.pipe()
         self._wake_lock = threading.Lock()
         self._stop_reason: str | None = None
@@ -123,8 +126,8 @@ class ScriptRun:
         so a watchdog can kill the group should this process die first; *started* is called
         once the script's process exists."""
         try:
-            processes = (self.containment.step() if self.containment is not None
-                         else StepContainment(uuid.uuid4().hex))
+            processes = (self.containment.step(self.user) if self.containment is not None
+                         else StepContainment(uuid.uuid4().hex, None, self.user))
             try:
                 return self._run(processes, watch, started)
             finally:
@@ -138,15 +141,15 @@ class ScriptRun:
     def _run(self, processes: StepContainment, watch: Callable[[str, int], None],
              started: Callable[[], None]) -> ScriptOutcome:
         processes.forks_before = forks()
-        argv, env = processes.wrap(self.argv), {**self.env, **processes.env}
+        (argv, options), env = processes.start(self.argv), {**self.env, **processes.env}
         program = find_program(argv[0], env.get("PATH", os.defpath))
         try:
-            proc = self._start(argv, env, program)
+            proc = self._start(argv, env, program, options)
         except FileNotFoundError:
             if program is None:
                 raise
             find_program.cache_clear()  # moved since it was looked up: search the PATH again
-            proc = self._start(argv, env, None)
+            proc = self._start(argv, env, None, options)
         processes.first_pid = proc.pid
         try:
             watch("+", proc.pid)
@@ -158,11 +161,11 @@ class ScriptRun:
             processes.kill_all()  # those that left the group: setsid, job control
             watch("-", proc.pid)
 
-    def _start(self, argv: list[str], env: dict[str, str],
-               program: str | None) -> subprocess.Popen[bytes]:
+    def _start(self, argv: list[str], env: dict[str, str], program: str | None,
+               options: dict[str, Any]) -> subprocess.Popen[bytes]:
         return subprocess.Popen(argv, executable=program, cwd=self.workdir, env=env,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True)
+                                stderr=subprocess.PIPE, start_new_session=True, **options)
 
     def _supervise(self, proc: subprocess.Popen[bytes],
                    processes: StepContainment) -> ScriptOutcome:
