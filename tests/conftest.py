@@ -34,6 +34,7 @@ from httpd import CountingHandler, Recorder, Server
 
 from workerpool import Client
 from workerpool.core import keys
+from workerpool.core.pools import slugify
 from workerpool.core.sealing import new_key
 from workerpool.core.settings import Settings
 from workerpool.server.embedded import EmbeddedRedis
@@ -239,6 +240,11 @@ class Worker:
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    @property
+    def pool_slug(self) -> str:
+        """The worker's pool key (its keys' space): the pool's slug, or ``builtin``."""
+        return self.pool if self.pool == keys.BUILTIN_POOL else slugify(self.pool)
 
 
 @pytest.fixture

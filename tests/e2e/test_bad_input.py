@@ -32,8 +32,8 @@ from workerpool.core.packageref import PackageRef
     (["pool", "show", "ghost"], "no pool named 'ghost'"),
     (["worker", "start"], "exactly one of --pool NAME or --builtin"),
     (["worker", "start", "--pool", "ghost"], "no pool named 'ghost'"),
-    (["logs", "0123456789abcdef"], "no step with id"),
-    (["cancel", "0123456789abcdef"], "no step with id"),
+    (["logs", "0123456789abcdef"], "is not a step id"),
+    (["cancel", "pool~0123456789abcdef"], "no step with id"),
     (["nosuchcommand"], "No such command"),
 ])
 def test_refused_with_one_line_and_exit_2(cli, args, needle):
@@ -112,8 +112,9 @@ HUGE_VALUE = "v" * 120_000
     (["worker", "start", "--builtin", "--name", "../../etc/evil"], "worker name"),
     (["worker", "start", "--builtin", "--name", "two\nlines"], "worker name"),
     (["worker", "start", "--builtin", "--name", "w" * 101], "worker name"),
-    (["logs", "workerpool:step:*"], "no step with id 'workerpool:step:*'"),
-    (["cancel", "?[x]{y}"], "no step with id '?[x]{y}'"),
+    (["logs", "workerpool:step:*"], "'workerpool:step:*' is not a step id"),
+    (["logs", "p~nothing"], "no step with id 'p~nothing'"),
+    (["cancel", "?[x]{y}"], "'?[x]{y}' is not a step id"),
 ], ids=["timeout-inf", "timeout-nan", "lease-timeout-huge", "name-newline", "name-too-long",
         "var-name-newline", "too-many-vars", "vars-too-big", "package-garbage",
         "package-unknown-key", "package-name-dotdot", "package-version-latest",
@@ -121,7 +122,7 @@ HUGE_VALUE = "v" * 120_000
         "script-file-escapes-package", "pool-name-newline", "pool-name-no-ascii",
         "pool-name-reserved", "pool-show-star", "worker-pool-star", "worker-name-metachars",
         "worker-name-path", "worker-name-newline", "worker-name-too-long", "logs-key-pattern",
-        "cancel-glob"])
+        "logs-unknown-step", "cancel-glob"])
 def test_more_refusals_with_one_line_and_exit_2(cli, args, needle):
     assert needle in one_line_error(cli(*args))
 
@@ -205,7 +206,7 @@ def test_bad_files_are_refused_with_one_line(cli, tmp_path, command, make, needl
     (lambda c: c.pools.add(None), "pool name must be text (str), not NoneType"),
     (lambda c: c.pools.add("DB\x00Pool"), "control characters"),
     (lambda c: c.deploy(42, "Test"), "deploy() takes a Process or the path"),
-    (lambda c: c.step("*"), "no step with id '*'"),
+    (lambda c: c.step("*"), "'*' is not a step id"),
 ], ids=["run-str", "script-list", "pool-int", "variables-list", "variable-int",
         "sensitive-none", "timeout-str", "timeout-bool", "timeout-inf", "retry-str",
         "packages-str", "substitute-str", "script-5mb", "name-10k", "variable-200kb",

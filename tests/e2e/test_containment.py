@@ -34,7 +34,7 @@ def test_worker_start_refuses_a_limit_it_cannot_enforce_where_there_is_no_cgroup
 
 @pytest.fixture
 def steplog(raw) -> StepLog:
-    return StepLog(raw, "0" * 16, Masker(()), max_lines=5, max_line_bytes=10)
+    return StepLog(raw, "p~" + "0" * 16, Masker(()), max_lines=5, max_line_bytes=10)
 
 
 def test_output_lines_are_decoded_safely_and_long_lines_cut_once(steplog):
@@ -74,7 +74,7 @@ def test_a_program_is_found_on_the_scripts_path_and_found_again_once_moved(raw, 
     assert find_program("/bin/sh", path) is None  # a path is used as given
 
     def run() -> list[str]:
-        steplog = StepLog(raw, "1" * 16, Masker(()), max_lines=50, max_line_bytes=100)
+        steplog = StepLog(raw, "p~" + "1" * 16, Masker(()), max_lines=50, max_line_bytes=100)
         outcome = ScriptRun(["mytool"], tmp_path, {"PATH": path}, steplog, 30, 1).run()
         assert outcome.exit_code == 0
         return [p["x"] for p in steplog._pending if p["s"] == "stdout"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from workerpool import ScriptStep
+from workerpool.core import keys
 from workerpool.core.routing import Route
 from workerpool.core.steps import RUNNING, SUCCESS
 from workerpool.core.variables import Masker
@@ -14,7 +15,7 @@ def test_a_retried_finish_stores_the_last_lines_once(client):
     pool = client.snapshot().pools["parked"]
     step_id = client.store.enqueue(ScriptStep(script="true", pool="Parked"),
                                    Route(pool.queue, pool.slug, pool.name), 3600, 3600)
-    client.redis.hset(f"workerpool:step:{step_id}", mapping={"state": RUNNING,
+    client.redis.hset(keys.step(step_id), mapping={"state": RUNNING,
                                                              "instance": "i1"})
     lines = [{"t": "1.0", "s": "stdout", "x": "last words"}]
     for _ in range(2):  # the second is a retry whose first reply was lost

@@ -202,7 +202,7 @@ def test_unhealthy_runtime_hands_a_message_back_unclaimed(
         runtime.execute(step.id, 0)
         assert step.result().state == "Queued"
         assert raw.lrange(QUEUE, 0, -1) == [message]
-        assert raw.zscore(keys.RUNNING, step.id) is None
+        assert raw.zscore(keys.running("kubernetes-worker-pool"), step.id) is None
     finally:
         runtime.shutdown()
 

@@ -100,7 +100,7 @@ def test_sensitive_values_never_leave_the_worker_in_clear(cli, client, pool, raw
                   "--script", script, "--json")
     assert secret not in as_json.stdout
     assert json.loads(as_json.stdout)["output_variables"] == {"Leaked": "x********x"}
-    for key in raw.keys("workerpool:step:*:log"):
+    for key in raw.keys(keys.space("*") + "step:*:log"):
         assert secret not in json.dumps(raw.xrange(key))
 
     # The Celery message as Flower would show it: queue a step where no worker consumes.

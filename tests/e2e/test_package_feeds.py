@@ -31,6 +31,7 @@ from archives import (
 from conftest import one_line
 from httpd import Server
 
+from workerpool.core import keys
 from workerpool.core.errors import BadInput, PackageError, UnknownFeed
 from workerpool.core.packageref import PackageRef
 from workerpool.worker.packages.builtin import BuiltinFeed, list_packages, push
@@ -65,7 +66,7 @@ Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 @pytest.fixture
 def cache(tmp_path: Path, raw: redis.Redis) -> PackageCache:
-    return PackageCache(tmp_path / "cache", 1 << 30, raw)
+    return PackageCache(tmp_path / "cache", 1 << 30, raw, "test-pool")
 
 
 @pytest.fixture
@@ -158,7 +159,7 @@ from workerpool.worker.packages.http import HttpFeed
 from workerpool.worker.packages.cache import PackageCache
 from workerpool.core.packageref import PackageRef
 client = redis.Redis.from_url(sys.argv[1], decode_responses=True)
-cache = PackageCache(pathlib.Path(sys.argv[2]), 1 << 30, client)
+cache = PackageCache(pathlib.Path(sys.argv[2]), 1 << 30, client, "test-pool")
 ref = PackageRef("db", "Acme.Database", "1.2.0", "web")
 with cache.fetch(ref, HttpFeed("web", sys.argv[3])) as got:
     print(got.downloaded, got.sha256)
@@ -360,7 +361,7 @@ def test_checksum_mismatch_when_the_feed_file_is_replaced(cache: PackageCache, f
     feed = HttpFeed("files", server.url)
     with cache.fetch(DB, feed) as first:
         cached = first.path
-    assert raw.get("workerpool:package-sha:files/acme.database/1.2.0") == first.sha256
+    assert raw.get(keys.package_sha("test-pool", "files", "Acme.Database", "1.2.0")) == first.sha256
     (feed_dir / "Acme.Database.1.2.0.zip").write_bytes(zip_bytes([("evil.sh", b"rm", None)]))
     cache._remove(cached.parent)  # force the next fetch to download again
     with pytest.raises(PackageError) as caught:
@@ -381,7 +382,7 @@ def test_least_recently_used_packages_are_evicted_but_not_in_use_ones(
     for name in "abcde":
         (folder / f"Pkg.{name.upper()}.1.0.0.zip").write_bytes(os.urandom(100_000))
     feed = DirectoryFeed("files", str(folder))
-    cache = PackageCache(tmp_path / "cache", 350_000, raw)
+    cache = PackageCache(tmp_path / "cache", 350_000, raw, "test-pool")
 
     def ref(name: str) -> PackageRef:
         return PackageRef(name, f"Pkg.{name.upper()}", "1.0.0", "files")

@@ -10,6 +10,7 @@ from archives import make_zip
 from conftest import wait_for, watchdog_groups
 
 from workerpool import ScriptStep
+from workerpool.core import keys
 from workerpool.core.packageref import PackageRef
 from workerpool.worker.packages.builtin import push
 from workerpool.worker.packages.registry import FeedRegistry
@@ -56,7 +57,7 @@ def test_script_file_inside_an_extracted_package_with_features(cli, pool, acme, 
     assert any("db/app.config" in t for t in texts)
     assert any("ConnectionStrings:Default" in t for t in texts)
     assert "hunter2-secret" not in done.stdout + done.stderr
-    for key in raw.keys("workerpool:step:*:log"):
+    for key in raw.keys(keys.space("*") + "step:*:log"):
         assert "hunter2-secret" not in json.dumps(raw.xrange(key))
 
 

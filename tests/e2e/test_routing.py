@@ -54,7 +54,7 @@ def test_default_pool_with_a_worker_does_not_use_builtin(client, start_worker):
 def test_disabled_builtin_worker_refuses_before_enqueue(cli, raw, start_worker):
     start_worker(None)
     assert cli("builtin-worker", "disable").returncode == 0
-    before = set(raw.keys("workerpool:step:*"))
+    before = set(raw.keys(keys.space("*") + "step:*"))
     done = cli("run", "--script", "echo never")
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
@@ -62,7 +62,7 @@ def test_disabled_builtin_worker_refuses_before_enqueue(cli, raw, start_worker):
     assert "Default Worker Pool" in lines[0] and "built-in worker is disabled" in lines[0]
     assert "builtin-worker enable" in lines[0]
     assert "Traceback" not in done.stderr
-    assert set(raw.keys("workerpool:step:*")) == before
+    assert set(raw.keys(keys.space("*") + "step:*")) == before
     assert raw.llen(keys.BUILTIN_QUEUE) == 0
 
     server = cli("run", "--server", "--script", "echo never")
@@ -89,7 +89,7 @@ def test_unknown_pool_is_refused_before_anything_is_enqueued(cli, raw):
     assert done.returncode == 2
     assert "No Such Pool" in done.stderr and "pool add" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
-    assert raw.keys("workerpool:step:*") == []
+    assert raw.keys(keys.space("*") + "step:*") == []
     assert [k for k in raw.keys("workerpool.*")] == []
 
 

@@ -95,7 +95,8 @@ def test_concurrent_steps_each_get_their_own_staged_tree(client, worker, acme,
     root = Path(stdout(run(client, "pwd"))[0]).parent
     wait_for(lambda: len(ready_spares(root)) == 2, 20, "two spare trees staged")
     meet = tmp_path / "meet"
-    meet.mkdir()
+    meet.mkdir(mode=0o777)
+    meet.chmod(0o777)  # both steps' users mark their start in it
     # Both scripts run at once: each marks its tree, then waits for the other to start.
     script = (f"touch db/mine-$WORKERPOOL_STEP_ID {meet}/$WORKERPOOL_STEP_ID\n"
               f"for _ in $(seq 400); do [ $(ls {meet} | wc -l) -ge 2 ] && break; sleep 0.05; done\n"

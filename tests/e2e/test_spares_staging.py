@@ -39,7 +39,7 @@ def feeds(tmp_path: Path, raw: redis.Redis) -> FeedRegistry:
 
 @pytest.fixture
 def cache(tmp_path: Path, raw: redis.Redis) -> PackageCache:
-    return PackageCache(tmp_path / "cache", 1 << 30, raw)
+    return PackageCache(tmp_path / "cache", 1 << 30, raw, "test-pool")
 
 
 @pytest.fixture
@@ -169,7 +169,7 @@ def test_only_recent_versions_keep_spares_and_evicted_ones_lose_them(
     assert spares.ready(kinds[0]) == 0 and spares.ready(kinds[2]) == 1
     # Another process empties the cache: a step never gets a stale copy (V1), and V2, still
     # among the two most recent, loses its spare at the stager's next round.
-    PackageCache(cache.root, 0, raw).evict()
+    PackageCache(cache.root, 0, raw, "test-pool").evict()
     assert spares.take(kinds[1], tmp_path / "work" / "stale") is None
     assert not (tmp_path / "work" / "stale").exists()
     later = place(PackageRef("v", "Acme.V3", "1.0.0", "files"), feeds, cache,

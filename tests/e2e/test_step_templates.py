@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from archives import make_zip
 
+from workerpool.core import keys
 from workerpool.worker.packages.builtin import push
 
 KUBECTL_MISSING = ("kubectl is not installed on this worker; run this step on the Kubernetes "
@@ -100,7 +101,7 @@ def test_run_template_refusals_are_one_line_exit_2(cli, client, raw, args, messa
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("workerpool: error: ")
     assert message in done.stderr
-    assert not raw.keys("workerpool:step:*")  # refused before anything was stored
+    assert not raw.keys(keys.space("*") + "step:*")  # refused before anything was stored
 
 
 # --- each template, run on a real worker ---------------------------------------------------------

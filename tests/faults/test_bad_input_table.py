@@ -66,9 +66,9 @@ def assert_still_serves(client, raw, worker, pool: str = POOL) -> None:
     after = client.run(ScriptStep(script="echo still serving", pool=pool)).wait(timeout=30)
     assert after.state == "Success" and after.worker == worker.name
     assert stdout(after) == ["still serving"]
-    assert raw.zcard(keys.RUNNING) == 0
-    states = [raw.hget(key, "state") for key in raw.scan_iter(keys.step("*"))
-              if key.count(":") == 2]
+    assert raw.zcard(keys.running(worker.pool_slug)) == 0
+    states = [raw.hget(key, "state") for key in raw.scan_iter(keys.space("*") + "step:*")
+              if not key.endswith((":log", ":artifacts")) and ":artifact:" not in key]
     assert RUNNING not in states
     assert step_processes(client, worker) == []
 

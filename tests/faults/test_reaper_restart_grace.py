@@ -21,13 +21,15 @@ def test_lost_workers_are_judged_only_after_the_restart_grace(tmp_path: Path):
         client = redis.Redis.from_url(server.url, decode_responses=True)
         store = StepStore(client)
         leases = Leases(client, store)
-        client.hset(keys.step("s1"), mapping={"state": "Running", "instance": "gone",
+        step = keys.step_id("p", "s1")
+        client.hset(keys.step(step), mapping={"state": "Running", "instance": "gone",
                                               "worker": "w-01", "attempt": 0, "retry": 0})
-        client.zadd(keys.RUNNING, {"s1": time.time()})
-        assert leases.reap(restart_grace=3600) == 0  # heartbeat missing, but Redis just started
-        assert client.hget(keys.step("s1"), "state") == "Running"
-        assert leases.reap(restart_grace=0) == 1
-        assert client.hget(keys.step("s1"), "state") == "WorkerLost"
+        client.zadd(keys.running("p"), {step: time.time()})
+        # The heartbeat is missing, but Redis just started:
+        assert leases.reap(["p"], restart_grace=3600) == 0
+        assert client.hget(keys.step(step), "state") == "Running"
+        assert leases.reap(["p"], restart_grace=0) == 1
+        assert client.hget(keys.step(step), "state") == "WorkerLost"
         client.close()
     finally:
         server.stop()

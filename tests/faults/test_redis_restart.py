@@ -13,6 +13,7 @@ import pytest
 from conftest import HEARTBEAT, TaskEvents, wait_for
 
 from workerpool import Client, ScriptStep
+from workerpool.core import keys
 from workerpool.core.routing import route
 from workerpool.core.settings import Settings
 from workerpool.core.steps import TERMINAL
@@ -67,7 +68,7 @@ def test_all_queued_steps_run_exactly_once_after_a_redis_restart(own_redis, tmp_
         def states() -> Counter[str]:
             pipe = client.redis.pipeline(transaction=False)
             for step_id in ids:
-                pipe.hget(f"workerpool:step:{step_id}", "state")
+                pipe.hget(keys.step(step_id), "state")
             return Counter(pipe.execute())
 
         wait_for(lambda: set(states()) <= TERMINAL, 60, "every step to end")

@@ -39,7 +39,7 @@ def test_lost_messages_are_pushed_again_once_in_batches(client, redis_url):
     leases = Leases(counted, StepStore(counted))
     CountingConnection.sent = 0
     restart = time.time() + 1  # Redis restarted after these steps were enqueued
-    assert leases._requeue_missing(restart) == len(lost)
+    assert sum(leases._requeue_missing(slug, restart) for slug in ("parked", "other")) == len(lost)
     assert CountingConnection.sent < 20  # batches, not one command per step
 
     for route in routes:
@@ -48,11 +48,12 @@ def test_lost_messages_are_pushed_again_once_in_batches(client, redis_url):
     every = [m for r in routes for m in client.redis.lrange(r.queue, 0, -1)]
     expected = {messages.for_record(s, 0, client.store.record(s)) for s in ids if s != ids[1]}
     assert set(every) == expected
-    assert leases._requeue_missing(restart) == 0  # a second pass finds nothing missing
+    # A second pass finds nothing missing:
+    assert sum(leases._requeue_missing(slug, restart) for slug in ("parked", "other")) == 0
     # A step enqueued after the restart is not looked at: its message may be on its way to a
     # worker (popped, not yet claimed), and pushing it again would run its task twice.
     restarted = time.time() - leases_module.RESTART_CLOCK_SKEW - 1
     late = client.store.enqueue(ScriptStep(script="true", pool="Parked"), routes[0], 3600, 3600)
     record = client.store.record(late)
     assert client.redis.lrem(record["queue"], 1, messages.for_record(late, 0, record))
-    assert leases._requeue_missing(restarted) == 0
+    assert leases._requeue_missing("parked", restarted) == 0

@@ -35,8 +35,10 @@ def test_a_step_longer_than_the_visibility_timeout_is_not_redelivered(
         script=f"echo ran >> {runs}\nwhile [ ! -e {release} ]; do sleep 0.05; done\n"))
     tag = messages.task_id(handle.id, 0)
     wait_for(runs.exists, 30, "the script to start")
-    wait_for(lambda: raw.hget("unacked", tag) is None, 10, "the running step's message to be acked")
-    assert raw.zscore(keys.KOMBU_UNACKED_INDEX, tag) is None
+    kombu = keys.kombu_keys("slow-pool")  # the pool's workers keep their unacked messages here
+    wait_for(lambda: raw.hget(kombu["unacked_key"], tag) is None, 10,
+             "the running step's message to be acked")
+    assert raw.zscore(kombu["unacked_index_key"], tag) is None
     began = time.time()
     wait_for(lambda: time.time() - began > 2 * VISIBILITY, 30, "two visibility timeouts")
 
@@ -44,14 +46,15 @@ def test_a_step_longer_than_the_visibility_timeout_is_not_redelivered(
     queue = "workerpool.pool.slow-pool"
     payload = json.loads(messages.for_record(handle.id, 0, raw.hgetall(keys.step(handle.id))))
     payload["properties"]["delivery_tag"] = "control"
-    raw.hset("unacked", "control", json.dumps([payload, "", queue]))
-    raw.zadd(keys.KOMBU_UNACKED_INDEX, {"control": time.time() - 10 * VISIBILITY})
+    raw.hset(kombu["unacked_key"], "control", json.dumps([payload, "", queue]))
+    raw.zadd(kombu["unacked_index_key"], {"control": time.time() - 10 * VISIBILITY})
     assert raw.llen(queue) == 0
 
-    with Connection(redis_url, transport_options={"visibility_timeout": VISIBILITY}) as conn:
+    with Connection(redis_url, transport_options={"visibility_timeout": VISIBILITY,
+                                                  **kombu}) as conn:
         conn.default_channel.qos.restore_visible(num=100, interval=1)
 
-    assert raw.zscore(keys.KOMBU_UNACKED_INDEX, "control") is None  # redelivered...
+    assert raw.zscore(kombu["unacked_index_key"], "control") is None  # redelivered...
     assert raw.llen(queue) == 1  # ...onto the pool's queue: the pass works
     assert client.step(handle.id).result().state == "Running"
 

@@ -29,6 +29,7 @@ from workerpool.core import keys
 from workerpool.server.embedded import EmbeddedRedis
 
 POOL = "Cut Pool"
+POOL_SLUG = "cut-pool"
 SHORT_INTERVAL = 2.0  # the cut-off worker's heartbeat interval in the short-cut case (TTL 4 s)
 SHORT_CUT = 1.0  # shorter than one interval (less a quarter, the retry of a lost beat)
 
@@ -84,7 +85,7 @@ class Script:
 
 
 def last_beat(raw, instance: str) -> float:
-    beat = raw.get(keys.heartbeat(instance))
+    beat = raw.get(keys.heartbeat(POOL_SLUG, instance))
     return float(json.loads(beat)["time"]) if beat else 0.0
 
 
@@ -102,7 +103,8 @@ def expirations(redis_server: EmbeddedRedis, redis_url: str, raw) -> Iterator[Ca
     before = admin.config_get("notify-keyspace-events")["notify-keyspace-events"]
     admin.config_set("notify-keyspace-events", "Kx")
     events = raw.pubsub()
-    events.psubscribe(f"__keyspace@{urlparse(redis_url).path.strip('/')}__:{keys.PREFIX}hb:*")
+    events.psubscribe(f"__keyspace@{urlparse(redis_url).path.strip('/')}__:"
+                      f"{keys.heartbeat_prefix(POOL_SLUG)}*")
 
     def expired() -> list:
         seen = []
@@ -130,7 +132,7 @@ def test_short_cut_the_step_finishes_and_reports_when_the_link_returns(
     first = last_beat(raw, instance)
     wait_for(lambda: last_beat(raw, instance) > first, 3 * SHORT_INTERVAL, "a heartbeat")
     ttl_ms = 2 * SHORT_INTERVAL * 1000
-    wait_for(lambda: ttl_ms - 2000 < raw.pttl(keys.heartbeat(instance)) <= ttl_ms - 1500,
+    wait_for(lambda: ttl_ms - 2000 < raw.pttl(keys.heartbeat(POOL_SLUG, instance)) <= ttl_ms - 1500,
              3 * SHORT_INTERVAL, "1.5 s after a heartbeat")
     cut_at = time.monotonic()
     proxy.cut(blackhole=blackhole)

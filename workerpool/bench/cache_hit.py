@@ -56,6 +56,7 @@ from workerpool.bench.extract import build_tree
 from workerpool.bench.harness import BenchFailed, wait_until
 from workerpool.core.children import die_with_parent
 from workerpool.core.packageref import PackageRef
+from workerpool.core.pools import slugify
 from workerpool.core.settings import Settings
 from workerpool.core.snapshot import read_snapshot
 from workerpool.core.steps import LogEntry, StepResult
@@ -267,7 +268,8 @@ def timed(action: Callable[[], object]) -> float:
 
 
 def reference_timings(client: Client, scratch: Path, runs: int) -> dict[str, list[float]]:
-    cache = PackageCache(scratch / "home" / "package-cache", 10 * 1024**3, client.redis)
+    cache = PackageCache(scratch / "home" / "package-cache", 10 * 1024**3, client.redis,
+                         slugify(POOL))
     feed = FeedRegistry(client.redis).get("builtin")
     ref = PackageRef("pkg", PACKAGE_ID, VERSION)
     work = scratch / "tmp" / "reference"

@@ -162,14 +162,15 @@ def process_cpu(pid: int) -> float:
 def workerpool_throughput(client: Client, pool: str, count: int) -> float:
     """Steps per second: *count* ``true`` steps from the first enqueue until all have ended."""
     step = on_pool(TRUE_STEP, pool)
+    slug = client.pools.get(pool).slug
     began = time.perf_counter()
     for _ in range(count):
         client.run(step)
 
     def drained() -> bool:
         pipe = client.redis.pipeline(transaction=False)
-        pipe.zcard(keys.PENDING)
-        pipe.zcard(keys.RUNNING)
+        pipe.zcard(keys.pending(slug))
+        pipe.zcard(keys.running(slug))
         return sum(int(n) for n in pipe.execute()) == 0
 
     wait_until(drained, WAIT + count / 10, f"{count} steps on {pool}")
@@ -229,9 +230,10 @@ def drop_backlog(client: Client, route: Route) -> int:
     pipe = client.redis.pipeline(transaction=True)
     pipe.llen(route.queue)
     pipe.delete(route.queue)
-    pipe.delete(keys.PENDING)
+    pipe.delete(keys.pending(route.pool))
     left = int(pipe.execute()[0])
-    wait_until(lambda: not client.redis.zcard(keys.RUNNING), WAIT, "in-flight steps to end")
+    wait_until(lambda: not client.redis.zcard(keys.running(route.pool)), WAIT,
+               "in-flight steps to end")
     return left
 
 

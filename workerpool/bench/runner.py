@@ -380,7 +380,7 @@ def _phase_scale(harness: Harness, plan: Plan, report: Report,
     floor = scale.cli_seconds(harness.url, ["--version"], repeat)
     detail = scale.snapshot_seconds(harness.raw, True, plan.samples)
     routing = scale.snapshot_seconds(harness.raw, False, plan.samples)
-    scale.add_running(harness.raw, instances, plan.scale_workers)
+    scale.add_running(harness.raw, pools[:-1], instances, plan.scale_workers)
     reap = scale.timed(client.reap, plan.samples)
     client.close()
     interval = harness.settings.heartbeat_interval

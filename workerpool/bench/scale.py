@@ -58,24 +58,27 @@ def add_workers(raw: redis.Redis, pools: list[Pool], count: int) -> list[str]:
         info = WorkerInfo(name=f"{pool.slug}-sim-{n:04d}", pool=pool.slug,
                           instance=uuid.uuid4().hex, host="simulated", pid=100000 + n,
                           concurrency=1, started_at=time.time(), syntaxes=("bash", "sh"))
-        pipe.hset(keys.WORKERS, info.name, info.record_json())
-        pipe.set(keys.heartbeat(info.instance),
+        pipe.hset(keys.workers(pool.slug), info.name, info.record_json())
+        pipe.set(keys.heartbeat(pool.slug, info.instance),
                  Heartbeat(time=time.time(), state=HEALTHY).to_json(), px=SIMULATED_TTL_MS)
         instances.append(info.instance)
     pipe.execute()
     return instances
 
 
-def add_running(raw: redis.Redis, instances: list[str], count: int) -> None:
-    """Give the first *count* simulated workers one running step each (a lease to check)."""
+def add_running(raw: redis.Redis, pools: list[Pool], instances: list[str],
+                count: int) -> None:
+    """Give the first *count* simulated workers (``add_workers``: round-robin over *pools*) one
+    running step each, in their pool (a lease to check)."""
     now = time.time()
     pipe = raw.pipeline(transaction=False)
     for n, instance in enumerate(instances[:count]):
-        step_id = f"sim{n:013d}"
+        pool = pools[n % len(pools)].slug
+        step_id = keys.step_id(pool, f"sim{n:013d}")
         pipe.hset(keys.step(step_id), mapping={
-            "state": RUNNING, "instance": instance, "worker": f"sim-{n:04d}", "pool": "sim",
-            "name": "simulated", "attempt": 0, "retry": 0, "started_at": now})
-        pipe.zadd(keys.RUNNING, {step_id: now})
+            "state": RUNNING, "instance": instance, "worker": f"{pool}-sim-{n:04d}",
+            "pool": pool, "name": "simulated", "attempt": 0, "retry": 0, "started_at": now})
+        pipe.zadd(keys.running(pool), {step_id: now})
     pipe.execute()
 
 

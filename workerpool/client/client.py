@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
@@ -18,7 +18,7 @@ from workerpool.core.pools import PoolRegistry, find
 from workerpool.core.routing import route
 from workerpool.core.sealing import Keyring
 from workerpool.core.settings import Settings
-from workerpool.core.snapshot import Snapshot, read_snapshot
+from workerpool.core.snapshot import Snapshot, all_pools, read_snapshot
 from workerpool.core.steps import TERMINAL, LogEntry, ScriptStep, StepResult, check_step
 from workerpool.core.store import StepStore
 from workerpool.core.workers import WorkerInfo
@@ -70,7 +70,13 @@ class Client:
 
     def step(self, step_id: str) -> StepHandle:
         """A handle on an existing step; UnknownStep if no record is stored."""
-        if not self.guard(lambda: self.redis.exists(keys.step(step_id))):
+        try:
+            record = keys.step(step_id)
+        except ValueError:
+            raise UnknownStep(f"{step_id!r} is not a step id; ids look like "
+                              "database-worker-pool~3f2a9c1d0e4b5a6f (from `workerpool run`)"
+                              ) from None
+        if not self.guard(lambda: self.redis.exists(record)):
             raise UnknownStep(f"no step with id {step_id!r} (it never existed or its record "
                               "expired)")
         return StepHandle(self, step_id)
@@ -99,8 +105,10 @@ class Client:
 
         return Deployments(self.redis, self.url, self.store.keyring)
 
-    def reap(self) -> int:
-        return self.guard(lambda: self.leases.reap_on_schedule(self.settings))
+    def reap(self, pools: Iterable[str] | None = None) -> int:
+        """End lost and overdue steps of *pools* (default: every pool)."""
+        return self.guard(lambda: self.leases.reap_on_schedule(
+            self.settings, all_pools(self.redis) if pools is None else pools))
 
     def close(self) -> None:
         self.redis.close()
@@ -160,7 +168,7 @@ class StepHandle:
 
     def _ended_without_marker(self) -> bool:
         """On an idle tick: reap lost or overdue steps, then report whether this one ended."""
-        self.client.reap()
+        self.client.reap([keys.pool_of(self.id)])
         state = self.client.guard(lambda: self.client.redis.hget(keys.step(self.id), "state"))
         return state is None or state in TERMINAL
 

@@ -1,41 +1,55 @@
 """Every Redis key workerpool uses, in one place.
 
-Layout (``P`` is ``workerpool:``)::
+Keys are global (read by every component, written by admins) or a pool's own, under the pool's
+space ``P pool:{POOL}:``, where POOL is a pool's slug, ``builtin`` (the built-in worker) or
+``target:<slug>`` (a target's agent): a worker is given credentials for its pool's space only
+(``core/credentials.py``). A step's id starts with its pool (``database-worker-pool~3f2a...``),
+so a step's keys follow from its id alone.
+
+Global (``P`` is ``workerpool:``)::
 
     P pools                   hash   slug -> pool JSON {name, description, requires, health_check}
     P default-pool            string slug of the default pool
     P builtin:disabled        string present while the built-in worker is disabled
-    P workers                 hash   worker name -> worker JSON {name, pool, instance, ...}
-    P hb:<instance>           string heartbeat JSON {time, state, running, reason}, expiring
-    P step:<id>               hash   step record: spec, state, pool, queue, worker, times
-    P step:<id>:log           stream log entries {t, s, x} (time, stream, text) and one final {end}
-    P step:<id>:artifacts     hash   artifact name -> JSON {name, path, size, sha256}
-    P step:<id>:artifact:<n>  string the artifact's bytes
-    P pending                 zset   step id -> lease deadline (steps in state Queued)
-    P running                 zset   step id -> start time (steps in state Running; their leases)
-    P reaper                  string held by the process reaping now (expires: one reap per period)
-    P requeue-check:<run id>  string the check for messages lost in a restart ran in this Redis run
-    P control:<instance>      pubsub cancel requests for the steps a worker instance runs
+    P pool-keys               hash   POOL -> JSON [{kid, public}]: the public keys steps of POOL
+                                     are sealed to, newest first (``core/sealing.py``)
     P feeds                   hash   feed name -> feed JSON {type, uri} (``builtin`` is implicit)
     P builtin-packages        hash   "<id>/<version>" -> built-in package JSON {id, version, ext,
                                      size, sha256, chunks, pushed_at}
     P builtin-package:<id>/<version>
                               list   the built-in package's bytes in 1 MiB chunks, in order
-    P package-sha:<feed>/<id>/<version>
-                              string sha256 recorded at the package's first download anywhere
     (package ids and versions are case-insensitive, as in NuGet: they are lower-cased in keys)
-    workerpool.pool.<slug>    list   the pool's Celery queue (kombu's Redis layout)
-    workerpool.builtin        list   the built-in worker's Celery queue
     P targets                 hash   target slug -> JSON {name, environment, roles}
-    workerpool.target.<slug>  list   a deployment target's own agent queue
     P deployments:queue       list   deployment ids submitted and not yet taken by a server
     P deployments:active      set    deployment ids a server is running (resumed after a restart)
     P deployments:all         zset   deployment id -> submit time
     P deployment:<id>         hash   deployment record: process JSON, environment, state, steps
-    P deployment:<id>:done    list   ids of its runs as they finish (finish pushes them)
     P server:hb               string the orchestrator's heartbeat, expiring
-    unacked_index             zset   kombu's: delivery tag -> delivery time of unacked messages
-                                     (a worker acks a step's message once its script starts)
+    workerpool.pool.<slug>    list   the pool's Celery queue (kombu's Redis layout)
+    workerpool.builtin        list   the built-in worker's Celery queue
+    workerpool.target.<slug>  list   a deployment target's own agent queue
+    _kombu.binding.<queue>    set    kombu's binding of a queue to its exchange
+
+A pool's own (``S`` is ``workerpool:pool:{POOL}:``)::
+
+    S workers                 hash   worker name -> worker JSON {name, pool, instance, ...}
+    S hb:<instance>           string heartbeat JSON {time, state, running, reason}, expiring
+    S step:<id>               hash   step record: spec, state, pool, queue, worker, times
+    S step:<id>:log           stream log entries {t, s, x} (time, stream, text) and one final {end}
+    S step:<id>:artifacts     hash   artifact name -> JSON {name, path, size, sha256}
+    S step:<id>:artifact:<n>  string the artifact's bytes
+    S pending                 zset   step id -> lease deadline (steps in state Queued)
+    S running                 zset   step id -> start time (steps in state Running; their leases)
+    S reaper                  string held by the process reaping the pool now (one per period)
+    S requeue-check:<run id>  string the check for messages lost in a restart ran in this Redis run
+    S control:<instance>      pubsub cancel requests for the steps a worker instance runs
+    S done:<deployment id>    list   ids of the deployment's runs in this pool as they finish
+    S package-sha:<feed>/<id>/<version>
+                              string sha256 recorded at the package's first download in the pool
+    S kombu:unacked, S kombu:unacked_index, S kombu:unacked_mutex
+                                     kombu's unacknowledged messages of the pool's workers:
+                                     delivery tag -> message, and -> delivery time (a worker acks
+                                     a step's message once its script starts)
 """
 
 from __future__ import annotations
@@ -44,25 +58,20 @@ PREFIX = "workerpool:"
 POOLS = PREFIX + "pools"
 DEFAULT_POOL = PREFIX + "default-pool"
 BUILTIN_DISABLED = PREFIX + "builtin:disabled"
-WORKERS = PREFIX + "workers"
-PENDING = PREFIX + "pending"
-RUNNING = PREFIX + "running"
-REAPER_LOCK = PREFIX + "reaper"
-
 TARGETS = PREFIX + "targets"
 DEPLOYMENTS_QUEUE = PREFIX + "deployments:queue"
 DEPLOYMENTS_ACTIVE = PREFIX + "deployments:active"
 DEPLOYMENTS_ALL = PREFIX + "deployments:all"
 SERVER_HEARTBEAT = PREFIX + "server:hb"
+POOL_KEYS = PREFIX + "pool-keys"
 TARGET_POOL_PREFIX = "target:"
 TARGET_QUEUE_PREFIX = "workerpool.target."
 
 BUILTIN_QUEUE = "workerpool.builtin"
 BUILTIN_POOL = "builtin"
 POOL_QUEUE_PREFIX = "workerpool.pool."
-# kombu's, read by tests: it redelivers a message whose time here is older than the visibility
-# timeout, which only a message fetched by a worker that died before the script started reaches.
-KOMBU_UNACKED_INDEX = "unacked_index"
+STEP_ID_SEPARATOR = "~"  # a step's id is <pool>~<its own part>
+SPACE_PREFIX = PREFIX + "pool:{"
 
 
 def pool_queue(slug: str) -> str:
@@ -73,45 +82,99 @@ def target_queue(slug: str) -> str:
     return TARGET_QUEUE_PREFIX + slug
 
 
+def queue_of(pool: str) -> str:
+    """The Celery queue of *pool* (a pool's slug, ``builtin`` or ``target:<slug>``)."""
+    if pool == BUILTIN_POOL:
+        return BUILTIN_QUEUE
+    if pool.startswith(TARGET_POOL_PREFIX):
+        return target_queue(pool.removeprefix(TARGET_POOL_PREFIX))
+    return pool_queue(pool)
+
+
 def deployment(deployment_id: str) -> str:
     return f"{PREFIX}deployment:{deployment_id}"
 
 
-def deployment_done(deployment_id: str) -> str:
-    return f"{PREFIX}deployment:{deployment_id}:done"
+# -- a pool's own space -----------------------------------------------------------------------
+
+def space(pool: str) -> str:
+    """The prefix of every key that is *pool*'s own. The braces end the pool's name, so one
+    pool's space is never inside another's (``{target}:`` and ``{target:web}:``)."""
+    return f"{SPACE_PREFIX}{pool}}}:"
 
 
-HEARTBEAT_PREFIX = PREFIX + "hb:"
-STEP_PREFIX = PREFIX + "step:"
+def step_id(pool: str, own: str) -> str:
+    return f"{pool}{STEP_ID_SEPARATOR}{own}"
 
 
-def heartbeat(instance: str) -> str:
-    return HEARTBEAT_PREFIX + instance
+def pool_of(step_id: str) -> str:
+    """The pool a step id names; ValueError for an id of no pool (not made by workerpool)."""
+    pool, separator, own = step_id.partition(STEP_ID_SEPARATOR)
+    if not separator or not pool or not own or "}" in pool:
+        raise ValueError(f"{step_id!r} is not a step id (<pool>~<id>)")
+    return pool
 
 
 def step(step_id: str) -> str:
-    return STEP_PREFIX + step_id
+    return f"{space(pool_of(step_id))}step:{step_id}"
 
 
 def step_log(step_id: str) -> str:
-    return f"{PREFIX}step:{step_id}:log"
+    return step(step_id) + ":log"
 
 
 def step_artifacts(step_id: str) -> str:
-    return f"{PREFIX}step:{step_id}:artifacts"
+    return step(step_id) + ":artifacts"
 
 
 def step_artifact(step_id: str, name: str) -> str:
-    return f"{PREFIX}step:{step_id}:artifact:{name}"
+    return f"{step(step_id)}:artifact:{name}"
 
 
-def requeue_check(run_id: str) -> str:
-    """Set once per Redis run by the reaper that checked queued steps for lost messages."""
-    return f"{PREFIX}requeue-check:{run_id}"
+def workers(pool: str) -> str:
+    return space(pool) + "workers"
 
 
-def control(instance: str) -> str:
-    return f"{PREFIX}control:{instance}"
+def heartbeat_prefix(pool: str) -> str:
+    return space(pool) + "hb:"
+
+
+def heartbeat(pool: str, instance: str) -> str:
+    return heartbeat_prefix(pool) + instance
+
+
+def pending(pool: str) -> str:
+    return space(pool) + "pending"
+
+
+def running(pool: str) -> str:
+    return space(pool) + "running"
+
+
+def reaper(pool: str) -> str:
+    return space(pool) + "reaper"
+
+
+def requeue_check(pool: str, run_id: str) -> str:
+    """Set once per Redis run by the reaper that checked the pool's queued steps for lost
+    messages."""
+    return f"{space(pool)}requeue-check:{run_id}"
+
+
+def control(pool: str, instance: str) -> str:
+    return f"{space(pool)}control:{instance}"
+
+
+def done(pool: str, deployment_id: str) -> str:
+    """Where the deployment's runs in *pool* announce their end to the orchestrator."""
+    return f"{space(pool)}done:{deployment_id}"
+
+
+def kombu_keys(pool: str) -> dict[str, str]:
+    """kombu's transport options naming its unacknowledged-message keys in *pool*'s space."""
+    return {"unacked_key": space(pool) + "kombu:unacked",
+            "unacked_index_key": space(pool) + "kombu:unacked_index",
+            "unacked_mutex_key": space(pool) + "kombu:unacked_mutex"}
 
 
 FEEDS = PREFIX + "feeds"
@@ -127,5 +190,5 @@ def builtin_package_data(package_id: str, version: str) -> str:
     return f"{PREFIX}builtin-package:{package_field(package_id, version)}"
 
 
-def package_sha(feed: str, package_id: str, version: str) -> str:
-    return f"{PREFIX}package-sha:{feed}/{package_field(package_id, version)}"
+def package_sha(pool: str, feed: str, package_id: str, version: str) -> str:
+    return f"{space(pool)}package-sha:{feed}/{package_field(package_id, version)}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -60,7 +61,7 @@ class Leases:
               token: str) -> Claim:
         """Take a Queued step for this worker. Calling again with the same *token* (after a
         connection error left the outcome unknown) returns "ok" if the first call took it."""
-        reply = self._claim(keys=[keys.step(step_id), keys.RUNNING, keys.PENDING],
+        reply = self._claim(keys=[keys.step(step_id), keys.running(pool), keys.pending(pool)],
                             args=[attempt, worker, instance, time.time(), pool, step_id, token])
         outcome, payload = reply[0], reply[1]
         if outcome != "ok":
@@ -83,36 +84,40 @@ class Leases:
                                  message="cancelled before a worker took it"):
                 self._drop_message(step_id, record)
         elif state == RUNNING and instance:
-            self.redis.publish(keys.control(instance), step_id)
+            self.redis.publish(keys.control(keys.pool_of(step_id), instance), step_id)
         return str(state)
 
-    def reap_on_schedule(self, settings: Settings) -> int:
+    def reap_on_schedule(self, settings: Settings, pools: Iterable[str]) -> int:
         """``reap`` as every component runs it: at most once per quarter heartbeat interval
         across the cluster, judging no worker lost for two heartbeat TTLs after Redis starts."""
-        return self.reap(settings.heartbeat_interval / 4, 2 * settings.heartbeat_ttl)
+        return self.reap(pools, settings.heartbeat_interval / 4, 2 * settings.heartbeat_ttl)
 
-    def reap(self, every: float = 0.0, restart_grace: float = 0.0) -> int:
-        """End steps whose worker stopped heartbeating and steps past their lease deadline.
+    def reap(self, pools: Iterable[str], every: float = 0.0, restart_grace: float = 0.0) -> int:
+        """End the steps of *pools* whose worker stopped heartbeating and those past their
+        lease deadline.
 
-        With *every* > 0, at most one process in the cluster reaps per that many seconds (a
-        lock with that expiry), so workers and waiting clients do not all scan every lease.
-        For *restart_grace* seconds after Redis starts, no worker is judged lost: heartbeat
-        keys lapse while Redis is down, and live workers need a moment to beat again."""
-        if every > 0 and not self.redis.set(keys.REAPER_LOCK, "1", nx=True,
-                                            px=max(1, int(every * 1000))):
-            return 0
-        lost = 0
+        With *every* > 0, at most one process in the cluster reaps a pool per that many
+        seconds (a lock with that expiry), so workers and waiting clients do not all scan every
+        lease. For *restart_grace* seconds after Redis starts, no worker is judged lost:
+        heartbeat keys lapse while Redis is down, and live workers need a moment to beat
+        again."""
         server: dict[str, Any] = self.redis.info("server") if restart_grace > 0 else {}
-        if not server or float(server["uptime_in_seconds"]) >= restart_grace:
-            lost = self._reap_lost()
-        if server and self.redis.set(keys.requeue_check(str(server["run_id"])), "1", nx=True,
-                                     ex=86400):
-            seconds, micros = self.redis.time()
-            started = seconds + micros / 1e6 - float(server["uptime_in_seconds"])
-            self._requeue_missing(started)  # once per Redis run, by whoever reaps first
-        return lost + self._reap_overdue()
+        ended = 0
+        for pool in pools:
+            if every > 0 and not self.redis.set(keys.reaper(pool), "1", nx=True,
+                                                px=max(1, int(every * 1000))):
+                continue
+            if not server or float(server["uptime_in_seconds"]) >= restart_grace:
+                ended += self._reap_lost(pool)
+            if server and self.redis.set(keys.requeue_check(pool, str(server["run_id"])), "1",
+                                         nx=True, ex=86400):
+                seconds, micros = self.redis.time()
+                started = seconds + micros / 1e6 - float(server["uptime_in_seconds"])
+                self._requeue_missing(pool, started)  # once per Redis run and pool
+            ended += self._reap_overdue(pool)
+        return ended
 
-    def _requeue_missing(self, restarted_at: float) -> int:
+    def _requeue_missing(self, pool: str, restarted_at: float) -> int:
         """Once after Redis starts (at *restarted_at*): push again the message of every Queued
         step enqueued before then whose message is not in its queue. Around a restart a message
         can be popped with its reply lost, or held by a worker whose connection then died
@@ -124,7 +129,7 @@ class Leases:
         fields = ("state", "attempt", "queue", "name", "pool_name", "target", "queued_at")
         before = restarted_at + RESTART_CLOCK_SKEW
         expected: dict[str, list[str]] = {}  # queue -> the messages its Queued steps need
-        ids = cast(list[str], self.redis.zrange(keys.PENDING, 0, -1))
+        ids = cast(list[str], self.redis.zrange(keys.pending(pool), 0, -1))
         for start in range(0, len(ids), BATCH):  # pipelined: one round trip per batch
             pipe = self.redis.pipeline(transaction=False)
             for step_id in ids[start:start + BATCH]:
@@ -158,9 +163,10 @@ class Leases:
                 return present
             start += BATCH
 
-    def _reap_lost(self) -> int:
+    def _reap_lost(self, pool: str) -> int:
         ended = 0
-        rows = self._lost(keys=[keys.RUNNING], args=[keys.HEARTBEAT_PREFIX, keys.STEP_PREFIX])
+        rows = self._lost(keys=[keys.running(pool)],
+                          args=[keys.heartbeat_prefix(pool), keys.space(pool) + "step:"])
         for row in rows:
             step_id, instance, worker, retry, attempt, queue, name, pool_name, lease, target = row
             record = {"retry": retry, "attempt": attempt, "queue": queue, "name": name,
@@ -182,18 +188,21 @@ class Leases:
         queue = record.get("queue", "")
         note = f"worker {worker} was lost while running the step; queued once more"
         deadline = now + float(record.get("lease_timeout") or 0)
+        pool = keys.pool_of(step_id)
         return bool(self._requeue(
-            keys=[keys.step(step_id), keys.RUNNING, keys.PENDING, queue, keys.step_log(step_id)],
+            keys=[keys.step(step_id), keys.running(pool), keys.pending(pool), queue,
+                  keys.step_log(step_id)],
             args=[instance, now, deadline, messages.for_record(step_id, 1, record), note,
                   step_id]))
 
-    def _reap_overdue(self) -> int:
+    def _reap_overdue(self, pool: str) -> int:
         ended = 0
-        overdue = cast(list[str], self.redis.zrangebyscore(keys.PENDING, "-inf", time.time()))
+        overdue = cast(list[str], self.redis.zrangebyscore(keys.pending(pool), "-inf",
+                                                            time.time()))
         for step_id in overdue:
             record = self.store.record(step_id)
             if not record:
-                self.redis.zrem(keys.PENDING, step_id)
+                self.redis.zrem(keys.pending(pool), step_id)
                 continue
             pool = record.get("pool_name", "")
             waited = float(record.get("lease_timeout", 0))

@@ -202,14 +202,15 @@ class PoolRegistry:
             pool.requires if requires is None else validate_requires(requires),
             pool.health_check if health_check is None else validate_health_check(health_check))
         outcome = self._edit(
-            keys=[keys.POOLS, keys.DEFAULT_POOL, keys.WORKERS, pool.queue],
+            keys=[keys.POOLS, keys.DEFAULT_POOL, keys.workers(pool.slug), pool.queue],
             args=[pool.slug, new_slug, record, "1" if make_default else "0"])
         self._raise_for(outcome, pool, action="rename")
         return self.get(new_slug)
 
     def remove(self, ident: str) -> Pool:
         pool = self.get(ident)
-        outcome = self._remove(keys=[keys.POOLS, keys.DEFAULT_POOL, keys.WORKERS, pool.queue],
+        outcome = self._remove(keys=[keys.POOLS, keys.DEFAULT_POOL, keys.workers(pool.slug),
+                                     pool.queue],
                                args=[pool.slug])
         self._raise_for(outcome, pool, action="remove")
         return pool

@@ -60,14 +60,13 @@ def read_snapshot(client: redis.Redis, detail: bool = False) -> Snapshot:
     """Everything routing or status needs, in one round trip (creating the default pool if new)."""
     default_slug = slugify(DEFAULT_POOL_NAME)
     reply = scripts.load(client, "snapshot")(
-        keys=[keys.POOLS, keys.DEFAULT_POOL, keys.BUILTIN_DISABLED, keys.WORKERS, keys.RUNNING,
+        keys=[keys.POOLS, keys.DEFAULT_POOL, keys.BUILTIN_DISABLED, keys.TARGETS,
               keys.BUILTIN_QUEUE],
         args=[default_slug, json.dumps({"name": DEFAULT_POOL_NAME, "description": ""}),
-              keys.HEARTBEAT_PREFIX, "1" if detail else "0", keys.POOL_QUEUE_PREFIX,
-              keys.STEP_PREFIX])
-    raw_pools, default, disabled, raw_workers, beats, depths, raw_leases = reply
+              "1" if detail else "0", keys.POOL_QUEUE_PREFIX, keys.SPACE_PREFIX,
+              keys.TARGET_POOL_PREFIX])
+    raw_pools, default, disabled, records, beats, depths, raw_leases = reply
     pools = pools_from_hash(pairs(raw_pools), default)
-    records = list(pairs(raw_workers).values())
     workers = tuple(sorted((WorkerInfo.from_record(rec, beat or None)
                             for rec, beat in zip(records, beats, strict=True)),
                            key=lambda w: (w.pool, w.name)))
@@ -101,3 +100,12 @@ def status_view(snap: Snapshot) -> dict[str, object]:
                                **section(keys.BUILTIN_POOL)},
             "leases": [le.to_json() for le in snap.leases]}
 
+
+def all_pools(client: redis.Redis) -> list[str]:
+    """Every pool key: the pools' slugs, ``builtin``, and ``target:<slug>`` of every target
+    (what the server's reaper reaps)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.hkeys(keys.POOLS)
+    pipe.hkeys(keys.TARGETS)
+    pools, targets = pipe.execute()
+    return [*pools, keys.BUILTIN_POOL, *(keys.TARGET_POOL_PREFIX + slug for slug in targets)]

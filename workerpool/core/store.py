@@ -15,10 +15,11 @@ from workerpool.core.sealing import Keyring
 from workerpool.core.steps import QUEUED, LogEntry, ScriptStep, StepResult
 
 
-def new_step_id() -> str:
+def new_step_id(pool: str) -> str:
+    """A new step id of *pool*: its keys live in the pool's space (``keys.step``)."""
     import secrets
 
-    return secrets.token_hex(8)
+    return keys.step_id(pool, secrets.token_hex(8))
 
 
 class StepStore:
@@ -36,8 +37,11 @@ class StepStore:
                 step_timeout: float, *, step_id: str | None = None, notify: str = "",
                 target: str = "") -> str:
         """Store the step and push its message onto the route's queue, atomically and in one
-        round trip. With an explicit *step_id* that already exists, nothing is written."""
-        step_id = step_id or new_step_id()
+        round trip. With an explicit *step_id* (of the route's pool) that already exists,
+        nothing is written."""
+        step_id = step_id or new_step_id(route.pool)
+        if keys.pool_of(step_id) != route.pool:
+            raise ValueError(f"step id {step_id} is not of pool {route.pool}")
         now = time.time()
         deadline = now + lease_timeout
         record: dict[str, str | int | float] = {
@@ -54,7 +58,7 @@ class StepStore:
             record["notify"] = notify
         label = messages.label(step.name, route.pool_name, step_id, target=target)
         fields = [item for pair in record.items() for item in pair]
-        self._enqueue(keys=[keys.step(step_id), keys.PENDING, route.queue],
+        self._enqueue(keys=[keys.step(step_id), keys.pending(route.pool), route.queue],
                       args=[deadline, step_id, messages.build(step_id, 0, route.queue, label),
                             *fields])
         return step_id
@@ -96,8 +100,10 @@ class StepStore:
                message: str = "", lines: Sequence[dict[str, str]] = ()) -> bool:
         """Move the step to terminal *state* if it is in one of *expected*; True if it moved.
         *lines* (log entries ``{t, s, x}`` not yet written) are stored first, in the same call."""
+        pool = keys.pool_of(step_id)
         done = self._finish(
-            keys=[keys.step(step_id), keys.step_log(step_id), keys.RUNNING, keys.PENDING],
+            keys=[keys.step(step_id), keys.step_log(step_id), keys.running(pool),
+                  keys.pending(pool)],
             args=[instance, "," + ",".join(expected) + ",", state,
                   "" if exit_code is None else exit_code,
                   "" if outputs is None else json.dumps(outputs), time.time(), message,

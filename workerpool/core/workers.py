@@ -99,17 +99,17 @@ class WorkerInfo:
 
 def register(client: redis.Redis, info: WorkerInfo, beat: Heartbeat, name: str | None,
              name_prefix: str, ttl: float) -> str | None:
-    """Record *info* under *name*, or under the lowest free ``<name_prefix>NN``, with its first
-    heartbeat (expiring after *ttl* seconds); the name taken, or None when *name* is held by a
-    live worker."""
+    """Record *info* in its pool's space under *name*, or under the lowest free
+    ``<name_prefix>NN``, with its first heartbeat (expiring after *ttl* seconds); the name
+    taken, or None when *name* is held by a live worker of the pool."""
     taken = scripts.load(client, "register")(
-        keys=[keys.WORKERS],
-        args=[name or "", name_prefix, info.record_json(), keys.HEARTBEAT_PREFIX, beat.to_json(),
-              int(ttl * 1000), info.instance])
+        keys=[keys.workers(info.pool)],
+        args=[name or "", name_prefix, info.record_json(), keys.heartbeat_prefix(info.pool),
+              beat.to_json(), int(ttl * 1000), info.instance])
     return str(taken) if taken else None
 
 
-def deregister(client: redis.Redis, name: str, instance: str) -> None:
+def deregister(client: redis.Redis, pool: str, name: str, instance: str) -> None:
     """Remove a worker's heartbeat, and its record if no other instance took the name since."""
-    scripts.load(client, "deregister")(keys=[keys.WORKERS, keys.heartbeat(instance)],
+    scripts.load(client, "deregister")(keys=[keys.workers(pool), keys.heartbeat(pool, instance)],
                                        args=[name, instance])

@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -71,15 +72,18 @@ class _Deployment:
     steps: dict[str, Any]  # per step: state, runs, targets, outputs (saved in the record)
     outputs: dict[str, str] = field(default_factory=dict)  # earlier steps' output variables
 
-    @property
-    def done_key(self) -> str:
-        """The list the runs' ends are pushed onto."""
-        return keys.deployment_done(self.id)
+    def done_key(self, pool: str) -> str:
+        """The list the ends of the deployment's runs in *pool* are pushed onto."""
+        return keys.done(pool, self.id)
+
+    def pools(self) -> set[str]:
+        """The pools the deployment's runs were sent to."""
+        return {keys.pool_of(rid) for info in self.steps.values() for rid in info["runs"]}
 
 
 @dataclass
 class _Planned:
-    id: str
+    index: int  # of the step in its process
     target: Target | None
     attempt: int
 
@@ -162,17 +166,19 @@ class Orchestrator:
             deployment.outputs.update(step_outputs)
             failed |= not ok
             self._save(deployment)
-        self._end(deployment_id, FAILED if failed else SUCCESS, "")
+        self._end(deployment_id, FAILED if failed else SUCCESS, "", deployment.pools())
 
     def _save(self, deployment: _Deployment) -> None:
         self.redis.hset(keys.deployment(deployment.id), "steps", json.dumps(deployment.steps))
 
-    def _end(self, deployment_id: str, state: str, message: str) -> None:
+    def _end(self, deployment_id: str, state: str, message: str,
+             pools: Iterable[str] = ()) -> None:
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(keys.deployment(deployment_id),
                   mapping={"state": state, "finished_at": time.time(), "message": message})
         pipe.srem(keys.DEPLOYMENTS_ACTIVE, deployment_id)
-        pipe.delete(keys.deployment_done(deployment_id))
+        for pool in pools:  # a run that ends later still pushes here; the list expires then
+            pipe.delete(keys.done(pool, deployment_id))
         pipe.execute()
 
     def _run_step(self, deployment: _Deployment, index: int,
@@ -183,7 +189,7 @@ class Orchestrator:
         targets: list[Target | None] = (
             list(matching(self.targets.list(), deployment.environment, step.roles))
             if step.location in ROLE_LOCATIONS else [None])
-        queue = [_Planned(run_id(deployment.id, index, t, 0), t, 0) for t in targets]
+        queue = [_Planned(index, t, 0) for t in targets]
         in_flight: dict[str, _Planned] = {}
         ok = True
         step_outputs: dict[str, str] = {}
@@ -192,11 +198,11 @@ class Orchestrator:
         while queue or in_flight:
             while queue and len(in_flight) < step.max_parallelism:
                 planned = queue.pop(0)
-                self._dispatch(deployment, planned, step, snapshot)
-                in_flight[planned.id] = planned
-                if planned.id not in info["runs"]:
-                    info["runs"].append(planned.id)
-                    info["targets"][planned.id] = planned.target.name if planned.target else None
+                rid = self._dispatch(deployment, planned, step, snapshot)
+                in_flight[rid] = planned
+                if rid not in info["runs"]:
+                    info["runs"].append(rid)
+                    info["targets"][rid] = planned.target.name if planned.target else None
                     unsaved = True
             # The list of runs is for display only (run ids are deterministic, so a resumed
             # deployment finds its runs without it): written at most every SAVE_PERIOD, not
@@ -209,36 +215,37 @@ class Orchestrator:
                     unsaved, next_save = False, now + SAVE_PERIOD
                 else:  # not below 10 ms: Redis would read a timeout under 1 ms as none
                     wait = min(wait, max(next_save - now, 0.01))
-            for rid, state, record in self._finished(in_flight, deployment.done_key, wait):
+            for rid, state, record in self._finished(in_flight, deployment, wait):
                 planned = in_flight.pop(rid)
                 if state == SUCCESS:
                     step_outputs.update(self._outputs(step, planned, record))
                 elif planned.attempt < step.retries:
-                    attempt = planned.attempt + 1
-                    queue.insert(0, _Planned(run_id(deployment.id, index, planned.target,
-                                                    attempt), planned.target, attempt))
+                    queue.insert(0, _Planned(index, planned.target, planned.attempt + 1))
                 else:
                     ok = False
         return ok, step_outputs
 
-    def _finished(self, in_flight: dict[str, _Planned], done_key: str,
+    def _finished(self, in_flight: dict[str, _Planned], deployment: _Deployment,
                   timeout: float) -> list[tuple[str, str, dict[str, str]]]:
-        """Block until a run ends (finish pushes its id) and check the ids pushed; after
-        *timeout* seconds, reap and check every run in flight (a run may have ended while no
-        one listened). Each check reads only a run's state and outputs."""
-        popped = cast(tuple[str, str] | None, self.redis.blpop([done_key], timeout=timeout))
+        """Block until a run ends (finish pushes its id onto its pool's list) and check the ids
+        pushed; after *timeout* seconds, reap and check every run in flight (a run may have
+        ended while no one listened). Each check reads only a run's state and outputs."""
+        done_keys = sorted({deployment.done_key(keys.pool_of(rid)) for rid in in_flight})
+        popped = cast(tuple[str, str] | None, self.redis.blpop(done_keys, timeout=timeout))
         pipe = self.redis.pipeline(transaction=False)
         if popped is None:
-            self.leases.reap_on_schedule(self.settings)
+            self.leases.reap_on_schedule(self.settings, {keys.pool_of(r) for r in in_flight})
             candidates = list(in_flight)
         else:  # the first ended run is read with the ids pushed since: one round trip
             candidates = [popped[1]]
-            pipe.lpop(done_key, len(in_flight))
+            for done_key in done_keys:
+                pipe.lpop(done_key, len(in_flight))
         for rid in candidates:
             pipe.hmget(keys.step(rid), RUN_FIELDS)
         replies: list[Any] = pipe.execute()
         if popped is not None:
-            pushed = cast(list[str] | None, replies.pop(0)) or []
+            pushed = [rid for _ in done_keys for rid in cast(list[str] | None,
+                                                             replies.pop(0)) or []]
             more = [rid for rid in dict.fromkeys(pushed) if rid in in_flight and rid != popped[1]]
             if more:
                 pipe = self.redis.pipeline(transaction=False)
@@ -263,7 +270,9 @@ class Orchestrator:
         return result
 
     def _dispatch(self, deployment: _Deployment, planned: _Planned, step: ProcessStep,
-                  snapshot: Snapshot) -> None:
+                  snapshot: Snapshot) -> str:
+        """Enqueue one run (unless a server before this one did) and return its id: its pool's,
+        and otherwise the same each time (deployment, step, target, attempt)."""
         target, environment = planned.target, deployment.environment
         scoped = Scope(target.name, target.environment, target.roles) if target else None
         values, sensitive = variables_for(deployment.process, environment, scoped,
@@ -287,10 +296,13 @@ class Orchestrator:
             packages=step.packages, script_path=step.script_file, substitute=step.substitute,
             structured=step.structured)
         chosen = self._route(script_step, step, target, snapshot)
+        rid = keys.step_id(chosen.pool, run_id(deployment.id, planned.index, target,
+                                               planned.attempt))
         self.store.enqueue(
             script_step.validate(), chosen, self.settings.lease_timeout,
-            self.settings.step_timeout, step_id=planned.id, notify=deployment.done_key,
+            self.settings.step_timeout, step_id=rid, notify=deployment.done_key(chosen.pool),
             target=target.name if target else "")
+        return rid
 
     @staticmethod
     def _route(script_step: ScriptStep, step: ProcessStep, target: Target | None,

@@ -30,7 +30,7 @@ from workerpool.core.leases import Leases
 from workerpool.core.pools import PoolRegistry
 from workerpool.core.sealing import Keyring, ensure_local_key
 from workerpool.core.settings import Settings
-from workerpool.core.snapshot import read_snapshot
+from workerpool.core.snapshot import all_pools, read_snapshot
 from workerpool.core.store import StepStore
 from workerpool.core.workers import HEALTHY
 from workerpool.server.embedded import EmbeddedRedis, clear_state, publish_state
@@ -157,7 +157,7 @@ class Stack:
         stop = self.start_orchestrator() if self.orchestrate else threading.Event()
         while not stop_requested:
             try:
-                self.guard(lambda: leases.reap_on_schedule(self.settings))
+                self.guard(lambda: leases.reap_on_schedule(self.settings, all_pools(client)))
                 if self.orchestrate:
                     self.guard(lambda: beat(client, self.settings))
             except Infrastructure as exc:

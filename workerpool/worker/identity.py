@@ -31,11 +31,7 @@ class Identity:
 
     @property
     def queue(self) -> str:
-        if self.pool == keys.BUILTIN_POOL:
-            return keys.BUILTIN_QUEUE
-        if self.pool.startswith(keys.TARGET_POOL_PREFIX):
-            return keys.target_queue(self.pool.removeprefix(keys.TARGET_POOL_PREFIX))
-        return keys.pool_queue(self.pool)
+        return keys.queue_of(self.pool)
 
 
 def register(client: redis.Redis, settings: Settings, pool: str, name: str | None,

@@ -101,7 +101,8 @@ class Runtime:
         private_dir(settings.home)
         self.setup = StepSetup(FeedRegistry(self.redis),
                                PackageCache(settings.home / "package-cache",
-                                            settings.package_cache_bytes, self.redis),
+                                            settings.package_cache_bytes, self.redis,
+                                            identity.pool),
                                private_dir(self.workdir_root / ".staged")
                                if settings.package_spares else None, settings.package_spares)
 
@@ -123,7 +124,7 @@ class Runtime:
             state = STARTING if not self.ready else HEALTHY if self.consuming else UNHEALTHY
             hb = Heartbeat(time=time.time(), state=state, running=running,
                            reason=status.reason if state == UNHEALTHY else "")
-            self.redis.set(keys.heartbeat(self.identity.instance), hb.to_json(),
+            self.redis.set(keys.heartbeat(self.identity.pool, self.identity.instance), hb.to_json(),
                            px=int(self.settings.heartbeat_ttl * 1000))
 
     # -- health ---------------------------------------------------------------------------
@@ -168,7 +169,7 @@ class Runtime:
             pause = self.settings.heartbeat_interval
             try:
                 self.beat()
-                self.leases.reap_on_schedule(self.settings)
+                self.leases.reap_on_schedule(self.settings, [self.identity.pool])
                 self._check_leases()
             except redis.RedisError as exc:
                 # The key outlives the last beat by only one more interval: a beat lost to a
@@ -194,7 +195,7 @@ class Runtime:
                 self._stop_local(step_id, STOP_CANCEL)
 
     def _control_loop(self) -> None:
-        channel = keys.control(self.identity.instance)
+        channel = keys.control(self.identity.pool, self.identity.instance)
         while not self.stopping.is_set():
             try:
                 pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
@@ -235,7 +236,8 @@ class Runtime:
         while self.running and time.monotonic() < deadline:
             time.sleep(0.05)
         try:
-            workers.deregister(self.redis, self.identity.name, self.identity.instance)
+            workers.deregister(self.redis, self.identity.pool, self.identity.name,
+                               self.identity.instance)
         except redis.RedisError as exc:
             log.warning("could not deregister: %s", exc)
         self.setup.close()  # stops staging package copies before the watchdog removes the root
@@ -256,6 +258,8 @@ class Runtime:
         next fetch. A message whose script never starts (not claimed, handed back, or a
         setup that failed) is acked by Celery when the task returns.
         """
+        if not self._ours(step_id):
+            return
         if not self.health.healthy:
             self._hand_back(step_id, attempt)
             return
@@ -271,6 +275,18 @@ class Runtime:
         except Exception as exc:
             log.exception("step %s failed inside the worker", step_id)
             self._finish(step_id, FAILED, message=f"worker error: {exc}")
+
+    def _ours(self, step_id: object) -> bool:
+        """Whether *step_id* names a step of this worker's pool; a message for another pool's
+        step (pushed here by hand) is discarded before anything of it is read."""
+        try:
+            if isinstance(step_id, str) and keys.pool_of(step_id) == self.identity.pool:
+                return True
+        except ValueError:
+            pass
+        log.warning("discarded message for step %.100r: not a step of pool %s", step_id,
+                    self.identity.pool)
+        return False
 
     def _claim(self, step_id: str, attempt: int) -> Claim | None:
         """Claim the step, retrying while Redis is away: a claim whose reply was lost may have

@@ -1,10 +1,9 @@
--- KEYS: pools, default-pool, workers, old queue. ARGV: old slug, new slug, JSON, make_default.
+-- KEYS: pools, default-pool, the pool's workers, old queue. ARGV: old slug, new slug, JSON,
+-- make_default. A rename needs a pool with no registered worker and no queued step.
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 'missing' end
 if ARGV[1] ~= ARGV[2] then
   if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then return 'exists' end
-  for _, w in ipairs(redis.call('HVALS', KEYS[3])) do
-    if cjson.decode(w)['pool'] == ARGV[1] then return 'has-workers' end
-  end
+  if redis.call('HLEN', KEYS[3]) > 0 then return 'has-workers' end
   if redis.call('LLEN', KEYS[4]) > 0 then return 'has-steps' end
   redis.call('HDEL', KEYS[1], ARGV[1])
   if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('SET', KEYS[2], ARGV[2]) end

@@ -1,27 +1,40 @@
--- KEYS: pools, default-pool, builtin-disabled, workers, running, built-in queue.
--- ARGV: default slug, default pool JSON, heartbeat key prefix, detail ('1': queue depths + leases),
--- pool queue prefix, step key prefix.
--- Everything routing or status needs in one call, creating the default pool if there is none.
+-- KEYS: pools, default-pool, builtin-disabled, targets, built-in queue.
+-- ARGV: default slug, default pool JSON, detail ('1': queue depths + leases), pool queue prefix,
+-- pool space prefix ("workerpool:pool:{"), target pool prefix ("target:").
+-- Everything routing or status needs in one call, creating the default pool if there is none:
+-- pools, and the workers (with heartbeats) and leases of every pool, of the built-in worker
+-- and of every target's agent, each read from its own space.
 if redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
   redis.call('SET', KEYS[2], ARGV[1])
 end
 local pools = redis.call('HGETALL', KEYS[1])
-local workers = redis.call('HGETALL', KEYS[4])
-local beats = {}
-for i = 2, #workers, 2 do
-  beats[#beats + 1] = redis.call('GET', ARGV[3] .. cjson.decode(workers[i])['instance']) or ''
+local spaces = {}
+for i = 1, #pools, 2 do spaces[#spaces + 1] = pools[i] end
+spaces[#spaces + 1] = 'builtin'
+for _, slug in ipairs(redis.call('HKEYS', KEYS[4])) do spaces[#spaces + 1] = ARGV[6] .. slug end
+local workers, beats, depths, leases = {}, {}, {}, {}
+for _, pool in ipairs(spaces) do
+  local space = ARGV[5] .. pool .. '}:'
+  local found = redis.call('HGETALL', space .. 'workers')
+  for i = 2, #found, 2 do
+    workers[#workers + 1] = found[i]
+    beats[#beats + 1] = redis.call('GET', space .. 'hb:' .. cjson.decode(found[i])['instance'])
+                        or ''
+  end
+  if ARGV[3] == '1' then
+    for _, id in ipairs(redis.call('ZRANGE', space .. 'running', 0, -1)) do
+      local f = redis.call('HMGET', space .. 'step:' .. id, 'worker', 'pool', 'started_at',
+                           'name')
+      leases[#leases + 1] = {id, f[1] or '', f[2] or '', f[3] or '', f[4] or ''}
+    end
+  end
 end
-local depths, leases = {}, {}
-if ARGV[4] == '1' then
+if ARGV[3] == '1' then
   for i = 1, #pools, 2 do
-    depths[#depths + 1] = redis.call('LLEN', ARGV[5] .. pools[i])
+    depths[#depths + 1] = redis.call('LLEN', ARGV[4] .. pools[i])
   end
-  depths[#depths + 1] = redis.call('LLEN', KEYS[6])
-  for _, id in ipairs(redis.call('ZRANGE', KEYS[5], 0, -1)) do
-    local f = redis.call('HMGET', ARGV[6] .. id, 'worker', 'pool', 'started_at', 'name')
-    leases[#leases + 1] = {id, f[1] or '', f[2] or '', f[3] or '', f[4] or ''}
-  end
+  depths[#depths + 1] = redis.call('LLEN', KEYS[5])
 end
 return {pools, redis.call('GET', KEYS[2]), redis.call('EXISTS', KEYS[3]), workers, beats,
         depths, leases}

@@ -10,6 +10,7 @@ from celery.utils.functional import noop
 from celery.worker.request import Request
 from kombu.asynchronous import get_event_loop
 
+from workerpool.core import keys
 from workerpool.core.connection import tls_options, without_query
 from workerpool.core.messages import TASK_NAME
 from workerpool.core.settings import Settings
@@ -20,9 +21,11 @@ if TYPE_CHECKING:  # Flower builds the app without any worker code
 
 
 def make_app(url: str, visibility_timeout: float = Settings.visibility_timeout,
-             transport: str | None = TRANSPORT) -> Celery:
+             transport: str | None = TRANSPORT, pool: str | None = None) -> Celery:
     """A Celery app for workerpool's queues: JSON only, late ack (a step's message is acked
-    earlier, once its script starts: see ``StepRequest``), no prefetch, no results.
+    earlier, once its script starts: see ``StepRequest``), no prefetch, no results. A worker
+    of *pool* keeps kombu's unacknowledged messages in the pool's space (``keys.kombu_keys``),
+    where its credentials reach.
 
     *transport* is workerpool's kombu Redis transport (``transport.py``), or ``None`` for
     kombu's stock one (the bench's plain Celery baseline).
@@ -49,7 +52,8 @@ def make_app(url: str, visibility_timeout: float = Settings.visibility_timeout,
         # A worker acks a step's message once the step's script starts (``StepRequest``), so
         # a running step is never redelivered; a message fetched by a worker that died before
         # that is, after this long, and the claim discards the copy of a claimed step.
-        broker_transport_options={"visibility_timeout": visibility_timeout},
+        broker_transport_options={"visibility_timeout": visibility_timeout,
+                                  **(keys.kombu_keys(pool) if pool is not None else {})},
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
         task_create_missing_queues=True,

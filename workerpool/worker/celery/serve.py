@@ -61,7 +61,7 @@ def serve(settings: Settings, pool: str | None, name: str | None, concurrency: i
     identity = guarded(lambda: register(client, settings, slug, name, concurrency, syntaxes),
                        url)
     runtime = Runtime(settings, url, identity, users)
-    app = make_app(url, settings.visibility_timeout)
+    app = make_app(url, settings.visibility_timeout, pool=identity.pool)
     batch_events(app)
     bind(app, runtime)
     if identity.checks_health:

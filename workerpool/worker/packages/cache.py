@@ -117,8 +117,10 @@ class _Entry:
 class PackageCache:
     """Fetches packages through feeds into *root*; safe across threads and processes."""
 
-    def __init__(self, root: Path, max_bytes: int, client: redis.Redis) -> None:
+    def __init__(self, root: Path, max_bytes: int, client: redis.Redis, pool: str) -> None:
+        """*pool*: the pool whose space records each package's sha256 (its workers' space)."""
         self.root = root
+        self.pool = pool
         self.max_bytes = max_bytes
         self.redis = client
         for sub in ("packages", "locks", "tmp"):
@@ -192,7 +194,7 @@ class PackageCache:
             size = (folder / meta["file_name"]).stat().st_size
         except (OSError, ValueError, KeyError):
             return None
-        record = keys.package_sha(entry.feed, entry.package_id, entry.version)
+        record = keys.package_sha(self.pool, entry.feed, entry.package_id, entry.version)
         recorded = cast(str | None, self.redis.get(record))
         if size != meta["size"] or (recorded is not None and recorded != meta["sha256"]):
             log.warning("discarding cached %s: it no longer matches its record", folder)
@@ -224,7 +226,7 @@ class PackageCache:
         if got.published_sha256 is not None and got.published_sha256 != got.sha256:
             raise mismatch(f"the feed published {got.published_sha256[:12]}; the stored "
                            "package is damaged, push it again")
-        record = keys.package_sha(entry.feed, entry.package_id, entry.version)
+        record = keys.package_sha(self.pool, entry.feed, entry.package_id, entry.version)
         if not self.redis.set(record, got.sha256, nx=True):
             recorded = cast(str | None, self.redis.get(record))
             if recorded is not None and recorded != got.sha256:
