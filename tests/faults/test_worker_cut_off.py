@@ -21,11 +21,11 @@ from urllib.parse import urlparse
 
 import pytest
 import redis
-from conftest import HEARTBEAT, pid_alive, wait_for
+from conftest import ADMIN_PASSWORD, HEARTBEAT, pid_alive, wait_for
 from netproxy import NetProxy
 
 from workerpool import ScriptStep
-from workerpool.core import keys
+from workerpool.core import credentials, keys
 from workerpool.server.embedded import EmbeddedRedis
 
 POOL = "Cut Pool"
@@ -46,7 +46,9 @@ def cut_off_worker(proxy: NetProxy, client, start_worker,
     """Factory: a worker of POOL that reaches Redis only through the proxy (which outlives
     it, so the worker stops as usual)."""
     client.pools.add(POOL)
-    through_proxy = f"redis://127.0.0.1:{proxy.port}{urlparse(redis_url).path}"
+    own = credentials.issue(client.redis, redis_url, POOL_SLUG)  # the pool's user, via the proxy
+    through_proxy = credentials.url_for(f"redis://127.0.0.1:{proxy.port}{urlparse(redis_url).path}",
+                                        own.user, own.password)
 
     def start(heartbeat: float = HEARTBEAT) -> object:
         before = proxy.accepted
@@ -99,7 +101,7 @@ def start_step(client, script: Script):
 @pytest.fixture
 def expirations(redis_server: EmbeddedRedis, redis_url: str, raw) -> Iterator[Callable[[], list]]:
     """Heartbeat keys of this test's database that expired so far (keyspace notifications)."""
-    admin = redis.Redis(port=redis_server.port, decode_responses=True)
+    admin = redis.Redis(port=redis_server.port, password=ADMIN_PASSWORD, decode_responses=True)
     before = admin.config_get("notify-keyspace-events")["notify-keyspace-events"]
     admin.config_set("notify-keyspace-events", "Kx")
     events = raw.pubsub()

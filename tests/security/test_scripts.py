@@ -13,14 +13,13 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
-from conftest import SECRET_KEY, wait_for
+from conftest import ADMIN_PASSWORD, SECRET_KEY, wait_for
 
 from workerpool import ScriptStep
 from workerpool.core.steps import CANCELLED, SUCCESS, TIMED_OUT
-
-from .conftest import PASSWORD
 
 POOL = "Database Worker Pool"
 
@@ -71,7 +70,9 @@ def test_a_script_finds_none_of_its_workers_secrets_nor_a_concurrent_steps(
     # The search ran, as a user that is not root, and read environments: its own secret is in.
     assert b"searched as 0\n" not in found and b"searched as " in found
     assert own_secret.encode() in found
-    for secret in (PASSWORD, SECRET_KEY, victim_secret):
+    own_password = str(urlparse(worker.url).password)  # its pool's Redis user's
+    assert len(own_password) > 20
+    for secret in (ADMIN_PASSWORD, own_password, SECRET_KEY, victim_secret):
         assert secret.encode() not in found, f"{secret[:8]}... was found by the script"
     assert b"Permission denied" in found  # the worker's files and the victim's folder
 

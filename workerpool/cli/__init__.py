@@ -18,7 +18,8 @@ EXIT_REDIS = 3
 # Each command's module, loaded only when the command runs (or help lists them all), so a quick
 # command such as `status` does not import deployments, packages, Flower or the benchmarks.
 COMMAND_MODULES = {
-    "pool": "pools", "builtin-worker": "pools", "worker": "workers", "status": "workers",
+    "pool": "pools", "builtin-worker": "pools", "runner-credentials": "pools",
+    "worker": "workers", "status": "workers",
     "run": "steps", "logs": "steps", "cancel": "steps", "artifacts": "steps", "up": "stack",
     "server": "stack", "demo": "stack", "secret-key": "stack", "feed": "packages",
     "package": "packages",
@@ -46,6 +47,11 @@ class Group(click.Group):
         except WorkerPoolError as exc:
             click.echo(f"workerpool: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except redis.exceptions.NoPermissionError as exc:
+            click.echo(f"workerpool: error: this Redis login may not do this ({exc}); it is a "
+                       "worker's or a runner's: use the admin's URL in WORKERPOOL_REDIS_URL",
+                       err=True)
+            ctx.exit(EXIT_USAGE)
         except redis.RedisError as exc:
             click.echo(f"workerpool: error: Redis failed: {exc}; check that it is running and "
                        "WORKERPOOL_REDIS_URL", err=True)

@@ -57,6 +57,19 @@ def target_remove(name: str) -> None:
     click.echo(f"removed target {removed.name!r}")
 
 
+@target.command("credentials")
+@click.argument("name")
+@click.option("--revoke", is_flag=True, help="Drop the user's earlier passwords.")
+@click.option("--json", "as_json", is_flag=True)
+def target_credentials(name: str, revoke: bool, as_json: bool) -> None:
+    """The Redis credentials of a target's agent: it reaches only the target's own queue and
+    steps (docs/security.md)."""
+    from workerpool.cli.pools import issue_credentials
+
+    found = TargetRegistry(client().redis).get(name)
+    issue_credentials(found.pool_key, f"The agent of target {found.name}", revoke, None, as_json)
+
+
 @cli.group()
 def agent() -> None:
     """Run a deployment target's own agent."""

@@ -1,4 +1,4 @@
-"""``workerpool pool ...`` and ``workerpool builtin-worker ...``."""
+"""``workerpool pool ...``, ``workerpool builtin-worker ...`` and the credentials of each role."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import click
 
 from workerpool.cli import cli
 from workerpool.cli.output import client, emit_json, table
+from workerpool.core import credentials, keys
 from workerpool.core.errors import BadInput
 from workerpool.core.pools import Pool, ordered
 
@@ -175,3 +176,61 @@ def builtin_status(as_json: bool) -> None:
     click.echo(f"built-in worker: {'enabled' if snap.builtin_enabled else 'disabled'}; "
                f"{len(members)} registered ({', '.join(f'{w.name} {w.state}' for w in members)})"
                f"; {data['queued']} queued")
+
+
+def _credentials_options(command: F) -> F:
+    command = click.option("--json", "as_json", is_flag=True)(command)
+    command = click.option("--acl-file", type=click.Path(dir_okay=False, path_type=Path),
+                           default=None,
+                           help="Append the user to this ACL file (redis.conf's aclfile) "
+                                "instead of setting it in the running Redis.")(command)
+    return click.option("--revoke", is_flag=True,
+                        help="Drop the user's earlier passwords: whoever still logs in with "
+                             "one is refused.")(command)
+
+
+def issue_credentials(pool: str, who: str, revoke: bool, acl_file: Path | None,
+                      as_json: bool) -> None:
+    """Make (or give a new password to) the Redis user of *pool* and print its URL."""
+    c = client()
+    if acl_file is None:
+        made = c.guard(lambda: credentials.issue(c.redis, c.url, pool, revoke))
+    else:
+        made = credentials.offline(c.url, pool)
+        try:
+            with acl_file.open("a") as fh:
+                fh.write(credentials.acl_line(pool, made.password) + "\n")
+        except OSError as exc:
+            raise BadInput(f"cannot write {acl_file}: {exc.strerror or exc}") from None
+    if as_json:
+        emit_json({"user": made.user, "url": made.url})
+        return
+    where = f"appended to {acl_file} (load it with ACL LOAD)" if acl_file else "set in Redis"
+    click.echo(f"# {who} logs in as Redis user {made.user} ({where}); put this line in its "
+               "environment (worker.env, compose's .env):")
+    click.echo(f"WORKERPOOL_REDIS_URL={made.url}")
+
+
+@pool.command("credentials")
+@click.argument("name")
+@_credentials_options
+def pool_credentials(name: str, revoke: bool, acl_file: Path | None, as_json: bool) -> None:
+    """The Redis credentials of a pool's workers: they reach only this pool's queue and steps,
+    and cannot change pools (docs/security.md). Each call gives a new password."""
+    found = client().pools.get(name)
+    issue_credentials(found.slug, f"A worker of {found.name}", revoke, acl_file, as_json)
+
+
+@builtin_worker.command("credentials")
+@_credentials_options
+def builtin_credentials(revoke: bool, acl_file: Path | None, as_json: bool) -> None:
+    """The Redis credentials of the built-in worker (it reaches only its own queue and steps)."""
+    issue_credentials(keys.BUILTIN_POOL, "The built-in worker", revoke, acl_file, as_json)
+
+
+@cli.command("runner-credentials")
+@_credentials_options
+def runner_credentials(revoke: bool, acl_file: Path | None, as_json: bool) -> None:
+    """Redis credentials for clients that run steps and deployments but may not change pools,
+    feeds, targets or the built-in worker's switch."""
+    issue_credentials(credentials.RUNNER, "A client that runs steps", revoke, acl_file, as_json)

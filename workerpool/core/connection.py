@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, urlparse, urlunparse
 
 import redis
 
-from workerpool.core.errors import BadInput, RedisUnavailable, one_line
+from workerpool.core.errors import BadInput, Forbidden, RedisUnavailable, one_line
 from workerpool.core.settings import Settings
 
 # Seconds a worker waits out a Redis outage before giving up on what it must store (a claim, a
@@ -151,6 +151,10 @@ def guarded(action: Callable[[], T], url: str) -> T:
         return action()
     except redis.AuthenticationError as exc:
         raise RedisUnavailable(_refused(url, exc)) from None
+    except redis.exceptions.NoPermissionError as exc:
+        user = urlparse(url).username or "default"
+        raise Forbidden(f"Redis user {user!r} may not do this ({_one_line(exc)}); it is a "
+                        "worker's or a runner's login: use the admin's URL") from None
     except redis.ResponseError as exc:
         if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
             raise RedisUnavailable(_refused(url, exc)) from None

@@ -39,6 +39,10 @@ class UnknownStep(Refused):
     """No step with that id is stored (never existed, or its record expired)."""
 
 
+class Forbidden(Refused):
+    """Redis refused the command to this login (an ACL user of a worker or a runner)."""
+
+
 class Incompatible(Refused):
     """An installed dependency lacks a part workerpool relies on (a Celery or kombu version
     outside the supported range)."""

@@ -153,6 +153,10 @@ class PoolRegistry:
 
     def all(self) -> dict[str, Pool]:
         self.ensure_default()
+        return self.read()
+
+    def read(self) -> dict[str, Pool]:
+        """Every pool, read only (a worker's credentials may read pools, not change them)."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(keys.POOLS)
         pipe.get(keys.DEFAULT_POOL)

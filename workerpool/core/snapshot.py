@@ -60,11 +60,11 @@ def read_snapshot(client: redis.Redis, detail: bool = False) -> Snapshot:
     """Everything routing or status needs, in one round trip (creating the default pool if new)."""
     default_slug = slugify(DEFAULT_POOL_NAME)
     reply = scripts.load(client, "snapshot")(
-        keys=[keys.POOLS, keys.DEFAULT_POOL, keys.BUILTIN_DISABLED, keys.TARGETS,
-              keys.BUILTIN_QUEUE],
+        keys=[],
         args=[default_slug, json.dumps({"name": DEFAULT_POOL_NAME, "description": ""}),
               "1" if detail else "0", keys.POOL_QUEUE_PREFIX, keys.SPACE_PREFIX,
-              keys.TARGET_POOL_PREFIX])
+              keys.TARGET_POOL_PREFIX, keys.POOLS, keys.DEFAULT_POOL, keys.BUILTIN_DISABLED,
+              keys.TARGETS, keys.BUILTIN_QUEUE])
     raw_pools, default, disabled, records, beats, depths, raw_leases = reply
     pools = pools_from_hash(pairs(raw_pools), default)
     workers = tuple(sorted((WorkerInfo.from_record(rec, beat or None)

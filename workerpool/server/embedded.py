@@ -11,6 +11,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 from redis.backoff import NoBackoff
@@ -47,22 +48,27 @@ class EmbeddedRedis:
     """A redis-server child process with its data under *data_dir*."""
 
     def __init__(self, data_dir: Path, port: int | None = None,
-                 extra_args: tuple[str, ...] = ()) -> None:
+                 extra_args: tuple[str, ...] = (), password: str | None = None) -> None:
+        """With *password*, the default user (the admin) needs it: a script on this machine
+        reaches the port, so the local stack always sets one."""
         self.data_dir = data_dir
         self.port = port or free_port()
         self.extra_args = extra_args
+        self.password = password
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        login = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{login}127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
                 "--dir", str(self.data_dir), "--appendonly", "yes", "--appendfsync", "everysec",
                 "--save", "", "--maxmemory-policy", "noeviction", "--daemonize", "no",
-                "--logfile", str(self.data_dir / "redis.log"), *self.extra_args]
+                "--logfile", str(self.data_dir / "redis.log"), *self.extra_args,
+                *(("--requirepass", self.password) if self.password else ())]
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
         self.wait_ready(timeout)
 
@@ -102,11 +108,16 @@ class EmbeddedRedis:
 
 
 def publish_state(settings: Settings, server: EmbeddedRedis) -> None:
-    """Record the embedded server's URL so other commands find it with no configuration."""
-    settings.home.mkdir(parents=True, exist_ok=True)
+    """Record the embedded server's URL (with the admin's password) so other commands of this
+    home find it with no configuration; the home is 0700 and the file 0600, the user's alone."""
+    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if settings.home.stat().st_uid == os.geteuid():
+        os.chmod(settings.home, 0o700)
     path = embedded_state_file(settings)
     tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
         json.dump({"url": server.url, "pid": os.getpid()}, fh)
     os.replace(tmp, path)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -23,11 +24,12 @@ from typing import TypeVar
 
 import redis
 
+from workerpool.core import credentials, keys
 from workerpool.core.children import die_with_parent
 from workerpool.core.connection import connect, guarded, validate_url
 from workerpool.core.errors import BadInput, Infrastructure, PoolConflict
 from workerpool.core.leases import Leases
-from workerpool.core.pools import PoolRegistry
+from workerpool.core.pools import PoolRegistry, slugify
 from workerpool.core.sealing import Keyring, ensure_local_key
 from workerpool.core.settings import Settings
 from workerpool.core.snapshot import all_pools, read_snapshot
@@ -68,6 +70,7 @@ class Stack:
     redis_server: EmbeddedRedis | None = None
     children: list[subprocess.Popen[bytes]] = field(default_factory=list)
     url: str = ""
+    _warned: bool = False  # that workers share the stack's own URL
 
     def __enter__(self) -> Stack:
         try:
@@ -94,7 +97,8 @@ class Stack:
             self.url = validate_url(self.settings.redis_url)
         else:
             ensure_local_key(self.settings)  # every component of this home shares it
-            self.redis_server = EmbeddedRedis(self.settings.home / "redis")
+            self.redis_server = EmbeddedRedis(self.settings.home / "redis",
+                                              password=secrets.token_urlsafe(24))
             self.redis_server.start()
             self.url = self.redis_server.url
             publish_state(self.settings, self.redis_server)
@@ -104,15 +108,34 @@ class Stack:
             with contextlib.suppress(PoolConflict):  # already there
                 self.guard(functools.partial(pools.add, name, self.descriptions.get(name, "")))
         if self.builtin:
-            self.spawn(["--builtin"])
+            self.spawn(["--builtin"], keys.BUILTIN_POOL)
         for name, count in self.pools.items():
             for _ in range(count):
-                self.spawn(["--pool", name])
+                self.spawn(["--pool", name], slugify(name))
         self.wait_ready(client, ready_timeout)
         client.close()
 
-    def spawn(self, args: list[str]) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "WORKERPOOL_REDIS_URL": self.url,
+    def worker_url(self, pool: str) -> str:
+        """The URL a worker of *pool* logs in with: its pool's own Redis user (made now), or the
+        stack's own URL where Redis cannot hold users (before Redis 7), said once."""
+        client = self.connect()
+        try:
+            if credentials.supported(client):
+                return self.guard(lambda: credentials.issue(client, self.url, pool).url)
+        except credentials.CredentialsRefused as exc:
+            reason = str(exc)
+        else:
+            reason = "this Redis is older than 7"
+        finally:
+            client.close()
+        if not self._warned:
+            self._warned = True
+            print(f"workerpool: warning: workers log in with the stack's own URL, not their "
+                  f"pool's user ({reason}); see docs/security.md", file=sys.stderr)
+        return self.url
+
+    def spawn(self, args: list[str], pool: str) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "WORKERPOOL_REDIS_URL": self.worker_url(pool),
                "WORKERPOOL_HOME": str(self.settings.home),
                "WORKERPOOL_HEARTBEAT_INTERVAL": str(self.settings.heartbeat_interval),
                "WORKERPOOL_SHUTDOWN_GRACE": str(self.settings.shutdown_grace)}

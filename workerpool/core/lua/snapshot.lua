@@ -1,18 +1,22 @@
--- KEYS: pools, default-pool, builtin-disabled, targets, built-in queue.
--- ARGV: default slug, default pool JSON, detail ('1': queue depths + leases), pool queue prefix,
--- pool space prefix ("workerpool:pool:{"), target pool prefix ("target:").
+-- KEYS: none. ARGV: default slug, default pool JSON, detail ('1': queue depths + leases), pool
+-- queue prefix, pool space prefix ("workerpool:pool:{"), target pool prefix ("target:"), then
+-- the keys: pools, default-pool, builtin-disabled, targets, built-in queue. They are arguments,
+-- not KEYS: Redis checks a script's KEYS for writing, and a runner's login may only read the
+-- pools (each call below is checked for what it does).
+local POOLS, DEFAULT, DISABLED, TARGETS, BUILTIN_QUEUE = ARGV[7], ARGV[8], ARGV[9], ARGV[10],
+                                                        ARGV[11]
 -- Everything routing or status needs in one call, creating the default pool if there is none:
 -- pools, and the workers (with heartbeats) and leases of every pool, of the built-in worker
 -- and of every target's agent, each read from its own space.
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
-  redis.call('SET', KEYS[2], ARGV[1])
+if redis.call('EXISTS', DEFAULT) == 0 then
+  redis.call('HSETNX', POOLS, ARGV[1], ARGV[2])
+  redis.call('SET', DEFAULT, ARGV[1])
 end
-local pools = redis.call('HGETALL', KEYS[1])
+local pools = redis.call('HGETALL', POOLS)
 local spaces = {}
 for i = 1, #pools, 2 do spaces[#spaces + 1] = pools[i] end
 spaces[#spaces + 1] = 'builtin'
-for _, slug in ipairs(redis.call('HKEYS', KEYS[4])) do spaces[#spaces + 1] = ARGV[6] .. slug end
+for _, slug in ipairs(redis.call('HKEYS', TARGETS)) do spaces[#spaces + 1] = ARGV[6] .. slug end
 local workers, beats, depths, leases = {}, {}, {}, {}
 for _, pool in ipairs(spaces) do
   local space = ARGV[5] .. pool .. '}:'
@@ -34,7 +38,7 @@ if ARGV[3] == '1' then
   for i = 1, #pools, 2 do
     depths[#depths + 1] = redis.call('LLEN', ARGV[4] .. pools[i])
   end
-  depths[#depths + 1] = redis.call('LLEN', KEYS[5])
+  depths[#depths + 1] = redis.call('LLEN', BUILTIN_QUEUE)
 end
-return {pools, redis.call('GET', KEYS[2]), redis.call('EXISTS', KEYS[3]), workers, beats,
+return {pools, redis.call('GET', DEFAULT), redis.call('EXISTS', DISABLED), workers, beats,
         depths, leases}

@@ -53,7 +53,7 @@ def make_app(url: str, visibility_timeout: float = Settings.visibility_timeout,
         # a running step is never redelivered; a message fetched by a worker that died before
         # that is, after this long, and the claim discards the copy of a claimed step.
         broker_transport_options={"visibility_timeout": visibility_timeout,
-                                  **(keys.kombu_keys(pool) if pool is not None else {})},
+                                  **(_pool_options(pool) if pool is not None else {})},
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
         task_create_missing_queues=True,
@@ -61,6 +61,23 @@ def make_app(url: str, visibility_timeout: float = Settings.visibility_timeout,
         # but only every 5 s, so a worker that just started would run its first steps unseen.
         worker_send_task_events=True,
     )
+    return app
+
+
+def _pool_options(pool: str) -> dict[str, object]:
+    """kombu's keys for a worker of *pool*: its unacknowledged messages in the pool's space,
+    and the queue alone, without kombu's per-priority sub-queues (``<queue>\\x06\\x16<n>``:
+    steps carry no kombu priority), so the worker's credentials name exactly its queue."""
+    return {**keys.kombu_keys(pool), "priority_steps": [0]}
+
+
+def worker_app(url: str, visibility_timeout: float, pool: str) -> Celery:
+    """The app of a worker of *pool*. It takes no Celery remote control: a broadcast on the
+    control channel reaches every worker of every pool, so a channel a pool's credentials may
+    publish on would let one pool stop or reconfigure the others (a step is cancelled with
+    ``workerpool cancel`` instead)."""
+    app = make_app(url, visibility_timeout, pool=pool)
+    app.conf.worker_enable_remote_control = False
     return app
 
 

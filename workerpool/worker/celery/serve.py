@@ -13,15 +13,14 @@ from celery.signals import worker_ready, worker_shutting_down
 
 from workerpool.core import keys
 from workerpool.core.connection import connect, guarded, resolve_url
-from workerpool.core.pools import find
+from workerpool.core.pools import PoolRegistry, find
 from workerpool.core.sealing import Keyring
 from workerpool.core.settings import Settings
-from workerpool.core.snapshot import read_snapshot
 from workerpool.core.syntaxes import PYTHON, available_syntaxes
 from workerpool.core.targets import TargetRegistry
 from workerpool.core.workers import validate_worker_name
 from workerpool.worker.celery import internals
-from workerpool.worker.celery.app import bind, make_app
+from workerpool.worker.celery.app import bind, worker_app
 from workerpool.worker.celery.consumer import batch_events, queue_gate
 from workerpool.worker.identity import register
 from workerpool.worker.isolation.containment import require_pids_cgroup
@@ -54,14 +53,14 @@ def serve(settings: Settings, pool: str | None, name: str | None, concurrency: i
     elif pool is None:
         slug, pool_name = keys.BUILTIN_POOL, "built-in worker"
     else:
-        found = find(guarded(lambda: read_snapshot(client), url).pools, pool)
+        found = find(guarded(lambda: PoolRegistry(client).read(), url), pool)
         slug, pool_name = found.slug, found.name
     PYTHON.interpreter = python_for_scripts(users)
     syntaxes = available_syntaxes()
     identity = guarded(lambda: register(client, settings, slug, name, concurrency, syntaxes),
                        url)
     runtime = Runtime(settings, url, identity, users)
-    app = make_app(url, settings.visibility_timeout, pool=identity.pool)
+    app = worker_app(url, settings.visibility_timeout, identity.pool)
     batch_events(app)
     bind(app, runtime)
     if identity.checks_health:
