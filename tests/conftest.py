@@ -36,7 +36,7 @@ from httpd import CountingHandler, Recorder, Server
 from workerpool import Client
 from workerpool.core import credentials, keys
 from workerpool.core.pools import slugify
-from workerpool.core.sealing import new_key
+from workerpool.core.sealing import Keyring, new_key
 from workerpool.core.settings import Settings
 from workerpool.server.embedded import EmbeddedRedis
 
@@ -242,6 +242,7 @@ class Worker:
     name: str
     pool: str
     url: str = ""  # the Redis URL it logs in with: its pool's own user's
+    pool_key: str = ""  # WORKERPOOL_POOL_KEY: its pool's private key(s)
 
     @property
     def pid(self) -> int:
@@ -265,10 +266,14 @@ def start_worker(env: dict[str, str], client: Client,
         args = ["--builtin"] if pool is None else ["--pool", pool]
         if name:
             args += ["--name", name]
-        # The worker logs in as its pool's own Redis user, as a deployment's workers do.
+        # The worker logs in as its pool's own Redis user and opens its pool's secrets with
+        # its pool's key, as a deployment's workers do; it never holds the master key.
         key = keys.BUILTIN_POOL if pool is None else slugify(pool)
         url = credentials.issue(client.redis, env["WORKERPOOL_REDIS_URL"], key).url
-        worker_env = {**env, "WORKERPOOL_REDIS_URL": url, **(extra_env or {})}
+        pool_key = Keyring([SECRET_KEY]).publish(client.redis, keys.POOL_KEYS, key).to_text()
+        worker_env = {**{k: v for k, v in env.items() if k != "WORKERPOOL_SECRET_KEY"},
+                      "WORKERPOOL_REDIS_URL": url, "WORKERPOOL_POOL_KEY": pool_key,
+                      **(extra_env or {})}
         log = open(tmp_path / f"worker-{len(started)}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
             [sys.executable, "-m", "workerpool", "worker", "start", *args,
@@ -283,7 +288,8 @@ def start_worker(env: dict[str, str], client: Client,
             return found[0].name if found and found[0].state == expect else None
 
         worker_name = str(wait_for(ready, 60, f"worker to be {expect}"))
-        worker = Worker(proc, worker_name, pool or "builtin", worker_env["WORKERPOOL_REDIS_URL"])
+        worker = Worker(proc, worker_name, pool or "builtin", worker_env["WORKERPOOL_REDIS_URL"],
+                        worker_env["WORKERPOOL_POOL_KEY"])
         started.append(worker)
         return worker
 

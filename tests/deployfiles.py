@@ -28,6 +28,52 @@ def services() -> dict[str, dict[str, Any]]:
     return found
 
 
+_VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[?-])((?:[^{}]|\{[^{}]*\})*))?\}")
+
+
+class Unset(Exception):
+    """A required ``${VAR:?message}`` is not set: ``docker compose`` stops with *message*."""
+
+
+def interpolated(value: Any, env: dict[str, str]) -> Any:
+    """*value* (a service, or any part of one) as ``docker compose`` sees it with *env* as the
+    .env file: ``${VAR}``, ``${VAR:-default}``, ``${VAR:?message}`` and ``$$``."""
+    if isinstance(value, dict):
+        return {k: interpolated(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolated(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def one(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, operator, word = match.groups()
+        found = env.get(name)
+        empty = not found if operator and operator.startswith(":") else found is None
+        if operator and operator.endswith("?") and empty:
+            raise Unset(f"required variable {name} is missing a value: {word}")
+        if operator and operator.endswith("-") and empty:
+            return interpolated(word, env)  # type: ignore[no-any-return]
+        return found or ""
+
+    return _VARIABLE.sub(one, value)
+
+
+def header_commands() -> list[list[str]]:
+    """The workerpool arguments of the ``docker compose run --rm server ...`` lines in the
+    comment at the top of docker-compose.yml, without the shell redirections."""
+    found = []
+    for line in COMPOSE.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        command = line.lstrip("# ").split("#")[0]
+        if command.startswith("docker compose run --rm server "):
+            words = shlex.split(command)
+            found.append([w for w in words[5:] if w not in (">", ">>", ".env")])
+    return found
+
+
 def dockerfile_instructions() -> list[tuple[str, str]]:
     """(INSTRUCTION, rest) pairs, with continuation lines joined and comments dropped."""
     lines = [ln for ln in DOCKERFILE.read_text().splitlines() if not ln.lstrip().startswith("#")]

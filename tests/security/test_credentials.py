@@ -5,6 +5,7 @@ the pools. Each attempt is refused by Redis itself (its ACL), whatever the clien
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from conftest import ADMIN_PASSWORD, wait_for
 
 from workerpool import Client, ScriptStep
 from workerpool.core import credentials, keys
+from workerpool.core.sealing import Keyring, PoolKey, SealError, open_sealed
 from workerpool.core.steps import SUCCESS
 from workerpool.server.embedded import EmbeddedRedis
 
@@ -145,3 +147,25 @@ def test_no_pools_login_reaches_a_pool_whose_name_starts_with_its_own(client,
         refused(lambda own=own, other=other: own.publish(keys.control(other, "i"), "x"))
         assert own.lpush(keys.queue_of(pool), "x") == 1  # its own, to show the login works
         own.close()
+
+
+def test_a_kubernetes_workers_keys_do_not_open_a_database_steps_secrets(client, cli) -> None:
+    """Even given a Database step's record (which its Redis login may not read), a Kubernetes
+    worker's key opens nothing of it, whichever pool it claims the record is of."""
+    client.pools.add(K8S)
+    client.pools.add(DB)
+    secret = "db-" + os.urandom(8).hex()
+    step = client.run(ScriptStep(script="true", pool=DB, sensitive_variables={"Pw": secret}))
+    sealed = client.redis.hget(keys.step(step.id), "secrets")
+    assert sealed.startswith("sealed:v2:") and secret not in sealed
+    k8s = json.loads(cli("pool", "credentials", K8S, "--json").stdout)["pool_key"]
+    stolen = Keyring([], [PoolKey.parse(part, "test") for part in k8s.split(",")])
+    for claimed in ("database-worker-pool", "kubernetes-worker-pool"):
+        with pytest.raises(SealError) as caught:
+            stolen.open_map(sealed, claimed, "an attacker")
+        assert secret not in str(caught.value)
+    with pytest.raises(ValueError):
+        open_sealed(PoolKey.parse(k8s.split(",")[0], "test"), sealed)
+    db = json.loads(cli("pool", "credentials", DB, "--json").stdout)["pool_key"]
+    owner = Keyring([], [PoolKey.parse(db, "test")])
+    assert owner.open_map(sealed, "database-worker-pool", "its worker") == {"Pw": secret}

@@ -72,7 +72,9 @@ def test_a_script_finds_none_of_its_workers_secrets_nor_a_concurrent_steps(
     assert own_secret.encode() in found
     own_password = str(urlparse(worker.url).password)  # its pool's Redis user's
     assert len(own_password) > 20
-    for secret in (ADMIN_PASSWORD, own_password, SECRET_KEY, victim_secret):
+    pool_key = worker.pool_key.rpartition(":")[2]  # POOL:GENERATION:PRIVATE-KEY
+    assert len(pool_key) > 40
+    for secret in (ADMIN_PASSWORD, own_password, SECRET_KEY, pool_key, victim_secret):
         assert secret.encode() not in found, f"{secret[:8]}... was found by the script"
     assert b"Permission denied" in found  # the worker's files and the victim's folder
 

@@ -9,6 +9,7 @@ import click
 
 from workerpool.cli import cli
 from workerpool.cli.output import client, emit_json, table
+from workerpool.cli.pools import issue_credentials, rotate_key_option
 from workerpool.core.settings import Settings
 from workerpool.core.steps import parse_assignment
 from workerpool.core.targets import TargetRegistry
@@ -61,13 +62,13 @@ def target_remove(name: str) -> None:
 @click.argument("name")
 @click.option("--revoke", is_flag=True, help="Drop the user's earlier passwords.")
 @click.option("--json", "as_json", is_flag=True)
-def target_credentials(name: str, revoke: bool, as_json: bool) -> None:
+@rotate_key_option
+def target_credentials(name: str, revoke: bool, as_json: bool, rotate_key: bool) -> None:
     """The Redis credentials of a target's agent: it reaches only the target's own queue and
     steps (docs/security.md)."""
-    from workerpool.cli.pools import issue_credentials
-
     found = TargetRegistry(client().redis).get(name)
-    issue_credentials(found.pool_key, f"The agent of target {found.name}", revoke, None, as_json)
+    issue_credentials(found.pool_key, f"The agent of target {found.name}", revoke, None,
+                      rotate_key, as_json)
 
 
 @cli.group()

@@ -10,6 +10,7 @@ import click
 
 from workerpool.cli import cli
 from workerpool.cli.output import client, emit_json, table
+from workerpool.client import Client
 from workerpool.core import credentials, keys
 from workerpool.core.errors import BadInput
 from workerpool.core.pools import Pool, ordered
@@ -178,8 +179,18 @@ def builtin_status(as_json: bool) -> None:
                f"; {data['queued']} queued")
 
 
+def rotate_key_option(command: F) -> F:
+    return click.option("--rotate-key", is_flag=True,
+                        help="Make the next generation of the pool's sealing key: new values "
+                             "are sealed to it; give workers both keys printed until the older "
+                             "steps have ended.")(command)
+
+
 def _credentials_options(command: F) -> F:
     command = click.option("--json", "as_json", is_flag=True)(command)
+    command = click.option("--prefix", default="WORKERPOOL_", show_default=True,
+                           help="Name the lines PREFIX + REDIS_URL and PREFIX + POOL_KEY : one "
+                                "compose .env holds several pools' lines).")(command)
     command = click.option("--acl-file", type=click.Path(dir_okay=False, path_type=Path),
                            default=None,
                            help="Append the user to this ACL file (redis.conf's aclfile) "
@@ -190,8 +201,9 @@ def _credentials_options(command: F) -> F:
 
 
 def issue_credentials(pool: str, who: str, revoke: bool, acl_file: Path | None,
-                      as_json: bool) -> None:
-    """Make (or give a new password to) the Redis user of *pool* and print its URL."""
+                      rotate_key: bool, as_json: bool, prefix: str = "WORKERPOOL_") -> None:
+    """Make (or give a new password to) the Redis user of *pool*, make sure the pool has its
+    sealing key (the next one, with *rotate_key*), and print both as environment lines."""
     c = client()
     if acl_file is None:
         made = c.guard(lambda: credentials.issue(c.redis, c.url, pool, revoke))
@@ -202,35 +214,64 @@ def issue_credentials(pool: str, who: str, revoke: bool, acl_file: Path | None,
                 fh.write(credentials.acl_line(pool, made.password) + "\n")
         except OSError as exc:
             raise BadInput(f"cannot write {acl_file}: {exc.strerror or exc}") from None
+    key = None if pool == credentials.RUNNER else _pool_key(c, pool, rotate_key)
     if as_json:
-        emit_json({"user": made.user, "url": made.url})
+        emit_json({"user": made.user, "url": made.url, "pool_key": key})
         return
     where = f"appended to {acl_file} (load it with ACL LOAD)" if acl_file else "set in Redis"
-    click.echo(f"# {who} logs in as Redis user {made.user} ({where}); put this line in its "
-               "environment (worker.env, compose's .env):")
-    click.echo(f"WORKERPOOL_REDIS_URL={made.url}")
+    click.echo(f"# {who} logs in as Redis user {made.user} ({where}) and opens its steps' "
+               "sensitive values with its pool's key; put these lines in its environment "
+               "(worker.env, compose's .env), and nothing else of the admin's:")
+    click.echo(f"{prefix}REDIS_URL={made.url}")
+    if key:
+        click.echo(f"{prefix}POOL_KEY={key}")
+    else:
+        click.echo("# WORKERPOOL_POOL_KEY: run this where the admin's master key "
+                   "(WORKERPOOL_SECRET_KEY) is set, e.g. beside `workerpool server`")
+
+
+def _pool_key(c: Client, pool: str, rotate: bool) -> str | None:
+    """The pool's private key(s) as WORKERPOOL_POOL_KEY: the newest, and after a rotation the
+    one before it too; None without the admin's master key."""
+    keyring = c.store.keyring
+    if not keyring.has_master:
+        if rotate:
+            raise BadInput("--rotate-key needs the admin's master key (WORKERPOOL_SECRET_KEY)")
+        return None
+    newest = c.guard(lambda: keyring.publish(c.redis, keys.POOL_KEYS, pool, rotate))
+    held = [newest] + ([k] if rotate and (k := keyring.key_for(pool, newest.generation - 1))
+                       else [])
+    return ",".join(k.to_text() for k in held)
 
 
 @pool.command("credentials")
 @click.argument("name")
 @_credentials_options
-def pool_credentials(name: str, revoke: bool, acl_file: Path | None, as_json: bool) -> None:
+@rotate_key_option
+def pool_credentials(name: str, revoke: bool, acl_file: Path | None, prefix: str,
+                     rotate_key: bool, as_json: bool) -> None:
     """The Redis credentials of a pool's workers: they reach only this pool's queue and steps,
     and cannot change pools (docs/security.md). Each call gives a new password."""
     found = client().pools.get(name)
-    issue_credentials(found.slug, f"A worker of {found.name}", revoke, acl_file, as_json)
+    issue_credentials(found.slug, f"A worker of {found.name}", revoke, acl_file, rotate_key,
+                      as_json, prefix)
 
 
 @builtin_worker.command("credentials")
 @_credentials_options
-def builtin_credentials(revoke: bool, acl_file: Path | None, as_json: bool) -> None:
+@rotate_key_option
+def builtin_credentials(revoke: bool, acl_file: Path | None, prefix: str,
+                        rotate_key: bool, as_json: bool) -> None:
     """The Redis credentials of the built-in worker (it reaches only its own queue and steps)."""
-    issue_credentials(keys.BUILTIN_POOL, "The built-in worker", revoke, acl_file, as_json)
+    issue_credentials(keys.BUILTIN_POOL, "The built-in worker", revoke, acl_file, rotate_key,
+                      as_json, prefix)
 
 
 @cli.command("runner-credentials")
 @_credentials_options
-def runner_credentials(revoke: bool, acl_file: Path | None, as_json: bool) -> None:
+def runner_credentials(revoke: bool, acl_file: Path | None, prefix: str,
+                       as_json: bool) -> None:
     """Redis credentials for clients that run steps and deployments but may not change pools,
     feeds, targets or the built-in worker's switch."""
-    issue_credentials(credentials.RUNNER, "A client that runs steps", revoke, acl_file, as_json)
+    issue_credentials(credentials.RUNNER, "A client that runs steps", revoke, acl_file, False,
+                      as_json, prefix)

@@ -77,10 +77,12 @@ def demo() -> None:
 
 @cli.command("secret-key")
 def secret_key() -> None:
-    """Print a new key for WORKERPOOL_SECRET_KEY, which seals sensitive variables.
+    """Print a new master key for WORKERPOOL_SECRET_KEY: the admin's.
 
-    Give every client, worker and server the same key. To rotate, set "NEW,OLD": the first
-    seals, any opens.
+    Every pool's sealing key is derived from it. Give it to the server and to the admins who
+    run `pool credentials`; never to a worker, which gets only its pool's key
+    (WORKERPOOL_POOL_KEY). To rotate, set "NEW,OLD": the first makes new key generations, any
+    remakes old ones.
     """
     from workerpool.core.sealing import new_key
 

@@ -16,7 +16,7 @@ from workerpool.core.errors import BadInput, StepWaitTimeout, UnknownStep
 from workerpool.core.leases import Leases
 from workerpool.core.pools import PoolRegistry, find
 from workerpool.core.routing import route
-from workerpool.core.sealing import Keyring
+from workerpool.core.sealing import Keyring, key_to_seal
 from workerpool.core.settings import Settings
 from workerpool.core.snapshot import Snapshot, all_pools, read_snapshot
 from workerpool.core.steps import TERMINAL, LogEntry, ScriptStep, StepResult, check_step
@@ -62,10 +62,14 @@ class Client:
     def run(self, step: ScriptStep) -> StepHandle:
         """Validate, route and enqueue *step*: two Redis round trips."""
         step = check_step(step)
-        chosen = route(step, self.snapshot())
+        snapshot = self.snapshot()
+        chosen = route(step, snapshot)
         lease_timeout = step.lease_timeout or self.settings.lease_timeout
+        sealing = self.guard(lambda: key_to_seal(self.store.keyring, self.redis,
+                                                 snapshot.public_keys, chosen.pool,
+                                                 bool(step.sensitive_variables)))
         step_id = self.guard(lambda: self.store.enqueue(
-            step, chosen, lease_timeout, self.settings.step_timeout))
+            step, chosen, lease_timeout, self.settings.step_timeout, sealing=sealing))
         return StepHandle(self, step_id)
 
     def step(self, step_id: str) -> StepHandle:

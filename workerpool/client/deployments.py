@@ -18,7 +18,7 @@ from workerpool.core import keys
 from workerpool.core.connection import guarded
 from workerpool.core.errors import BadInput, NoWorker, WorkerPoolError
 from workerpool.core.routing import route
-from workerpool.core.sealing import Keyring
+from workerpool.core.sealing import Keyring, PublicKey, key_to_seal, seal
 from workerpool.core.snapshot import read_snapshot
 from workerpool.core.steps import QUEUED, ScriptStep
 from workerpool.core.targets import TargetRegistry, matching
@@ -59,7 +59,7 @@ class Deployments:
             raise NoWorker("no workerpool server is running to orchestrate the deployment; "
                            "start `workerpool server` (or `workerpool up`)")
         deployment_id = "d" + secrets.token_hex(7)
-        sealed, sealed_extra = reseal(process, extra or {}, self.keyring.seal)
+        sealed, sealed_extra = reseal(process, extra or {}, self._sealer())
         record = {"process": process_to_json(sealed), "environment": environment,
                   "extra": json.dumps(sealed_extra), "state": QUEUED, "name": process.name,
                   "created_at": time.time(), "steps": json.dumps({})}
@@ -69,6 +69,25 @@ class Deployments:
         pipe.lpush(keys.DEPLOYMENTS_QUEUE, deployment_id)
         self.guard(pipe.execute)
         return deployment_id
+
+    def _sealer(self) -> Callable[[str], str]:
+        """Seals a value to the server (the built-in worker's key), which opens the record and
+        seals each run again to its pool; the key is read when the first value is sealed."""
+        found: list[PublicKey | None] = []
+
+        def seal_one(value: str) -> str:
+            if not found:
+                stored = self.guard(lambda: self.redis.hget(keys.POOL_KEYS, keys.BUILTIN_POOL))
+                public = {keys.BUILTIN_POOL: str(stored)} if stored else {}
+                found.append(self.guard(lambda: key_to_seal(self.keyring, self.redis, public,
+                                                            keys.BUILTIN_POOL, True)))
+            if found[0] is None:
+                raise BadInput("sensitive values of a deployment are sealed to the server, which "
+                               "has no key yet: it makes one when it starts (workerpool server "
+                               "or up)")
+            return seal(found[0], value)
+
+        return seal_one
 
     def _preflight(self, process: Process, environment: str, extra: dict[str, str]) -> None:
         snapshot = self.guard(lambda: read_snapshot(self.redis))

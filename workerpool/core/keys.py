@@ -11,8 +11,9 @@ Global (``P`` is ``workerpool:``)::
     P pools                   hash   slug -> pool JSON {name, description, requires, health_check}
     P default-pool            string slug of the default pool
     P builtin:disabled        string present while the built-in worker is disabled
-    P pool-keys               hash   POOL -> JSON [{kid, public}]: the public keys steps of POOL
-                                     are sealed to, newest first (``core/sealing.py``)
+    P pool-keys               hash   POOL -> JSON [{generation, public}]: the public keys steps
+                                     of POOL are sealed to, one per generation, the highest
+                                     newest (``core/sealing.py``)
     P feeds                   hash   feed name -> feed JSON {type, uri} (``builtin`` is implicit)
     P builtin-packages        hash   "<id>/<version>" -> built-in package JSON {id, version, ext,
                                      size, sha256, chunks, pushed_at}

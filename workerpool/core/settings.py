@@ -84,6 +84,8 @@ class Settings:
     visibility_timeout: float = 24 * 3600.0
     # Seals sensitive values (workerpool.core.sealing); kept out of repr so it never reaches a log.
     secret_key: str | None = field(default=None, repr=False)
+    # This worker's pool key(s), POOL:GENERATION:KEY (core/sealing.py): what opens its steps.
+    pool_key: str | None = field(default=None, repr=False)
 
     @property
     def heartbeat_ttl(self) -> float:
@@ -111,6 +113,7 @@ class Settings:
             package_spares=_int(env, "PACKAGE_SPARES", cls.package_spares, minimum=0),
             step_max_processes=_int(env, "STEP_MAX_PROCESSES", 0) or None,
             secret_key=env.get(ENV_PREFIX + "SECRET_KEY") or None,
+            pool_key=env.get(ENV_PREFIX + "POOL_KEY") or None,
             script_user=env.get(ENV_PREFIX + "SCRIPT_USER") or None,
             script_uids=_uid_range(env, "SCRIPT_UIDS", cls.script_uids),
             keep_workdirs=env.get(ENV_PREFIX + "KEEP_WORKDIRS", "").lower() in ("1", "true", "yes"),

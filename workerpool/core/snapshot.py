@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -34,6 +34,7 @@ class Snapshot:
     workers: tuple[WorkerInfo, ...]
     queue_depths: dict[str, int]
     leases: tuple[Lease, ...]
+    public_keys: dict[str, str] = field(default_factory=dict)  # pool -> its keys' JSON
 
     def workers_in(self, pool_slug: str) -> list[WorkerInfo]:
         return list(self._by_pool.get(pool_slug, ()))
@@ -64,8 +65,8 @@ def read_snapshot(client: redis.Redis, detail: bool = False) -> Snapshot:
         args=[default_slug, json.dumps({"name": DEFAULT_POOL_NAME, "description": ""}),
               "1" if detail else "0", keys.POOL_QUEUE_PREFIX, keys.SPACE_PREFIX,
               keys.TARGET_POOL_PREFIX, keys.POOLS, keys.DEFAULT_POOL, keys.BUILTIN_DISABLED,
-              keys.TARGETS, keys.BUILTIN_QUEUE])
-    raw_pools, default, disabled, records, beats, depths, raw_leases = reply
+              keys.TARGETS, keys.BUILTIN_QUEUE, keys.POOL_KEYS])
+    raw_pools, default, disabled, records, beats, depths, raw_leases, public = reply
     pools = pools_from_hash(pairs(raw_pools), default)
     workers = tuple(sorted((WorkerInfo.from_record(rec, beat or None)
                             for rec, beat in zip(records, beats, strict=True)),
@@ -77,7 +78,7 @@ def read_snapshot(client: redis.Redis, detail: bool = False) -> Snapshot:
     leases = tuple(Lease(step_id=str(r[0]), worker=str(r[1]), pool=str(r[2]),
                          started_at=float(r[3] or 0), step_name=str(r[4])) for r in raw_leases)
     return Snapshot(pools=pools, builtin_enabled=not disabled, workers=workers,
-                    queue_depths=depth_map, leases=leases)
+                    queue_depths=depth_map, leases=leases, public_keys=pairs(public))
 
 
 def _worker_json(worker: WorkerInfo, leases: list[Lease]) -> dict[str, object]:

@@ -11,7 +11,7 @@ import redis
 
 from workerpool.core import keys, messages, scripts
 from workerpool.core.routing import Route
-from workerpool.core.sealing import Keyring
+from workerpool.core.sealing import Keyring, PublicKey
 from workerpool.core.steps import QUEUED, LogEntry, ScriptStep, StepResult
 
 
@@ -29,16 +29,17 @@ class StepStore:
                  keyring: Keyring | None = None) -> None:
         self.redis = client
         self.result_ttl = result_ttl
-        self.keyring = keyring or Keyring(None, "WORKERPOOL_SECRET_KEY")
+        self.keyring = keyring or Keyring()
         self._finish = scripts.load(client, "finish")
         self._enqueue = scripts.load(client, "enqueue")
 
     def enqueue(self, step: ScriptStep, route: Route, lease_timeout: float,
                 step_timeout: float, *, step_id: str | None = None, notify: str = "",
-                target: str = "") -> str:
+                target: str = "", sealing: PublicKey | None = None) -> str:
         """Store the step and push its message onto the route's queue, atomically and in one
-        round trip. With an explicit *step_id* (of the route's pool) that already exists,
-        nothing is written."""
+        round trip, its sensitive variables sealed to *sealing* (the route's pool's public
+        key). With an explicit *step_id* (of the route's pool) that already exists, nothing is
+        written."""
         step_id = step_id or new_step_id(route.pool)
         if keys.pool_of(step_id) != route.pool:
             raise ValueError(f"step id {step_id} is not of pool {route.pool}")
@@ -49,7 +50,7 @@ class StepStore:
             "pool": route.pool, "pool_name": route.pool_name, "queue": route.queue,
             "state": QUEUED, "attempt": 0, "retry": int(step.retry_on_worker_lost),
             "script": step.script, "variables": json.dumps(step.variables),
-            "secrets": self.keyring.seal_map(step.sensitive_variables),
+            "secrets": self.keyring.seal_map(step.sensitive_variables, sealing),
             "timeout": step.timeout or step_timeout, "lease_timeout": lease_timeout,
             "queued_at": now, "deadline": deadline, "target": target,
             **step.to_record(),

@@ -22,7 +22,7 @@ import redis
 from workerpool.core import keys
 from workerpool.core.leases import Leases
 from workerpool.core.routing import Route, route
-from workerpool.core.sealing import SealError
+from workerpool.core.sealing import SealError, key_to_seal
 from workerpool.core.settings import Settings
 from workerpool.core.snapshot import Snapshot, read_snapshot
 from workerpool.core.steps import (
@@ -137,7 +137,8 @@ class Orchestrator:
         try:
             process, extra = reseal(process_from_json(record["process"]),
                                     json.loads(record.get("extra") or "{}"),
-                                    lambda value: self.keyring.open(value, "the server"))
+                                    lambda value: self.keyring.open(value, keys.BUILTIN_POOL,
+                                                                    "the server"))
         except SealError as exc:
             log.error("deployment %s: %s", deployment_id, exc)
             self._end(deployment_id, FAILED, str(exc))
@@ -298,10 +299,12 @@ class Orchestrator:
         chosen = self._route(script_step, step, target, snapshot)
         rid = keys.step_id(chosen.pool, run_id(deployment.id, planned.index, target,
                                                planned.attempt))
+        sealing = key_to_seal(self.keyring, self.redis, snapshot.public_keys, chosen.pool,
+                              bool(secret))
         self.store.enqueue(
             script_step.validate(), chosen, self.settings.lease_timeout,
             self.settings.step_timeout, step_id=rid, notify=deployment.done_key(chosen.pool),
-            target=target.name if target else "")
+            target=target.name if target else "", sealing=sealing)
         return rid
 
     @staticmethod

@@ -30,7 +30,7 @@ from workerpool.core.connection import connect, guarded, validate_url
 from workerpool.core.errors import BadInput, Infrastructure, PoolConflict
 from workerpool.core.leases import Leases
 from workerpool.core.pools import PoolRegistry, slugify
-from workerpool.core.sealing import Keyring, ensure_local_key
+from workerpool.core.sealing import Keyring, ensure_keys, ensure_local_key
 from workerpool.core.settings import Settings
 from workerpool.core.snapshot import all_pools, read_snapshot
 from workerpool.core.store import StepStore
@@ -134,8 +134,22 @@ class Stack:
                   f"pool's user ({reason}); see docs/security.md", file=sys.stderr)
         return self.url
 
+    def pool_key(self, pool: str) -> dict[str, str]:
+        """``WORKERPOOL_POOL_KEY`` for a worker of *pool* (its pool's key, published now), when
+        the stack holds the admin's master key; a worker is never given the master key."""
+        keyring = Keyring.load(self.settings)
+        if not keyring.has_master:
+            return {}
+        client = self.connect()
+        try:
+            key = self.guard(lambda: keyring.publish(client, keys.POOL_KEYS, pool))
+        finally:
+            client.close()
+        return {"WORKERPOOL_POOL_KEY": key.to_text()}
+
     def spawn(self, args: list[str], pool: str) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "WORKERPOOL_REDIS_URL": self.worker_url(pool),
+        base = {k: v for k, v in os.environ.items() if k != "WORKERPOOL_SECRET_KEY"}
+        env = {**base, "WORKERPOOL_REDIS_URL": self.worker_url(pool), **self.pool_key(pool),
                "WORKERPOOL_HOME": str(self.settings.home),
                "WORKERPOOL_HEARTBEAT_INTERVAL": str(self.settings.heartbeat_interval),
                "WORKERPOOL_SHUTDOWN_GRACE": str(self.settings.shutdown_grace)}
@@ -177,12 +191,16 @@ class Stack:
         set by a signal handler."""
         client = self.connect()
         leases = Leases(client, StepStore(client, self.settings.result_ttl))
+        keyring = Keyring.load(self.settings)
         stop = self.start_orchestrator() if self.orchestrate else threading.Event()
         while not stop_requested:
             try:
-                self.guard(lambda: leases.reap_on_schedule(self.settings, all_pools(client)))
+                pools = self.guard(lambda: all_pools(client))
+                self.guard(functools.partial(leases.reap_on_schedule, self.settings, pools))
                 if self.orchestrate:
                     self.guard(lambda: beat(client, self.settings))
+                if keyring.has_master:  # a pool added since gets its key (clients seal to it)
+                    self.guard(functools.partial(ensure_keys, keyring, client, pools))
             except Infrastructure as exc:
                 print(f"workerpool: {exc}", file=sys.stderr)
             for proc in self.children:

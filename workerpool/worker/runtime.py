@@ -75,7 +75,7 @@ class Runtime:
         self.identity = identity
         self.users = users
         self.redis = connect(url)
-        self.store = StepStore(self.redis, settings.result_ttl, Keyring.load(settings))
+        self.store = StepStore(self.redis, settings.result_ttl, Keyring.for_worker(settings))
         self.leases = Leases(self.redis, self.store)
         self.running: dict[str, ScriptRun] = {}
         self.lock = threading.Lock()
@@ -350,7 +350,8 @@ class Runtime:
                          "it runs nothing; `workerpool builtin-worker enable` or use a pool")
             return
         try:
-            secrets = self.store.keyring.open_map(record.get("secrets", ""), "this worker")
+            secrets = self.store.keyring.open_map(record.get("secrets", ""), self.identity.pool,
+                                                  "this worker")
         except SealError as exc:
             log.error("step %s: %s", step_id, exc)
             self._finish(step_id, FAILED, message=str(exc))

@@ -29,16 +29,20 @@ from conftest import REPO
 from deployfiles import (
     SEED_POOLS,
     WORKERS,
+    Unset,
     as_argv,
     compose,
     dockerfile_instructions,
+    header_commands,
     image_entrypoint,
+    interpolated,
     seconds,
     service_argv,
     services,
 )
 
 import workerpool.cli
+from workerpool.core import credentials
 from workerpool.core.settings import Settings
 from workerpool.server.embedded import free_port, redis_server_binary
 
@@ -47,7 +51,15 @@ UNIT = REPO / "deploy" / "workerpool-worker@.service"
 ENV_EXAMPLE = REPO / "deploy" / "worker.env.example"
 DOCS = REPO / "docs" / "running-workers.md"
 
-REDIS_URL = "redis://redis:6379/0"
+# What .env holds once the top of docker-compose.yml has been followed.
+DOT_ENV = {
+    "WORKERPOOL_ADMIN_PASSWORD": "admin-pw",
+    "WORKERPOOL_SECRET_KEY": "the-master-key",
+    **{f"{prefix}_{name}": f"{prefix}-{name}" for prefix in ("KUBERNETES", "AZURE", "DATABASE")
+       for name in ("REDIS_URL", "POOL_KEY")},
+}
+ADMIN_URL = "redis://:admin-pw@redis:6379/0"
+ADMIN_SERVICES = {"init", "server", "flower"}
 SHELL_OPERATORS = {"||", "&&", ";", "|", "&"}
 UNIT_INSTANCE = "database-worker-pool"  # what %i becomes: a pool's slug
 
@@ -118,6 +130,8 @@ def all_invocations() -> list[Any]:
     for name, service in workerpool_services().items():
         for args in invocations_of(service_argv(service)):
             found.append(pytest.param(args, id=f"{name}: {' '.join(args[:3])}"))
+    for args in header_commands():
+        found.append(pytest.param(args, id=f"compose header: {' '.join(args[:3])}"))
     found.append(pytest.param(unit_args(), id="systemd unit"))
     return found
 
@@ -174,7 +188,6 @@ def test_workerpool_services_build_the_image_and_use_the_compose_redis(name: str
     service = services()[name]
     assert service["build"] == {"context": ".", "dockerfile": "deploy/Dockerfile"}
     assert (REPO / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
-    assert service["environment"]["WORKERPOOL_REDIS_URL"] == REDIS_URL
     assert service["depends_on"]["redis"]["condition"] == "service_healthy"
     if name in WORKERS:
         assert service["depends_on"]["init"]["condition"] == "service_completed_successfully"
@@ -182,11 +195,51 @@ def test_workerpool_services_build_the_image_and_use_the_compose_redis(name: str
         assert seconds(service["stop_grace_period"]) > stop_budget()
 
 
+@pytest.mark.parametrize("name", sorted(ADMIN_SERVICES))
+def test_the_admin_services_log_in_as_the_admin_and_hold_the_master_key(name: str) -> None:
+    environment = interpolated(services()[name]["environment"], DOT_ENV)
+    assert environment == {"WORKERPOOL_REDIS_URL": ADMIN_URL,
+                           "WORKERPOOL_SECRET_KEY": "the-master-key"}
+
+
+@pytest.mark.parametrize("name", sorted(WORKERS))
+def test_a_worker_gets_its_pools_login_and_key_and_nothing_of_the_admins(name: str) -> None:
+    prefix = name.split("-")[0].upper()
+    environment = interpolated(services()[name]["environment"], DOT_ENV)
+    assert environment == {"WORKERPOOL_REDIS_URL": f"{prefix}-REDIS_URL",
+                           "WORKERPOOL_POOL_KEY": f"{prefix}-POOL_KEY"}
+    assert not any("admin-pw" in v or "the-master-key" in v for v in environment.values())
+    # `pool credentials` runs in the server's container: the URL it prints reaches the same
+    # Redis as the admin's, as the pool's own user.
+    url = credentials.url_for(ADMIN_URL, credentials.user_name("pool"), "pw")
+    assert url == f"redis://{credentials.user_name('pool')}:pw@redis:6379/0"
+
+
+@pytest.mark.parametrize("name", sorted(WORKERS))
+def test_a_worker_without_its_credentials_names_the_command_that_makes_them(name: str) -> None:
+    prefix = name.split("-")[0].upper()
+    incomplete = {k: v for k, v in DOT_ENV.items() if not k.startswith(prefix)}
+    with pytest.raises(Unset, match=f"pool credentials --prefix {prefix}_"):
+        interpolated(services()[name]["environment"], incomplete)
+    made = {args[2]: args[args.index("--prefix") + 1] for args in header_commands()
+            if args[:2] == ["pool", "credentials"]}
+    assert made[WORKERS[name]] == f"{prefix}_"
+
+
+def test_without_an_admin_password_nothing_starts() -> None:
+    for name in ("redis", *ADMIN_SERVICES):
+        with pytest.raises(Unset, match="WORKERPOOL_ADMIN_PASSWORD"):
+            interpolated(services()[name], {"WORKERPOOL_SECRET_KEY": "k"})
+
+
 def test_redis_service_runs_the_mounted_config_with_a_volume_and_a_healthcheck() -> None:
-    redis_service = services()["redis"]
+    redis_service = interpolated(services()["redis"], DOT_ENV)
     assert redis_service["image"] == "redis:7"
+    # Redis 7: per-pool ACL users with key and channel patterns (docs/security.md).
     assert as_argv(redis_service["command"]) == ["redis-server",
-                                                 "/usr/local/etc/redis/redis.conf"]
+                                                 "/usr/local/etc/redis/redis.conf",
+                                                 "--requirepass", "admin-pw"]
+    assert redis_service["environment"]["REDISCLI_AUTH"] == "admin-pw"  # for the healthcheck
     source_of = {target: source for source, target in
                  (str(v).split(":")[:2] for v in redis_service["volumes"])}
     assert (REPO / source_of["/usr/local/etc/redis/redis.conf"]).resolve() == REDIS_CONF
@@ -331,7 +384,12 @@ def test_systemd_unit_runs_a_pool_worker_that_stops_warmly() -> None:
     # Root, so that scripts run as users of their own; its home is private to it.
     assert unit["User"] == ["root"] and unit["StateDirectoryMode"] == ["0700"]
     example = ENV_EXAMPLE.read_text()
-    assert re.search(r"^WORKERPOOL_REDIS_URL=redis", example, re.MULTILINE)
+    settings = dict(line.split("=", 1) for line in example.splitlines()
+                    if line and not line.startswith("#"))
+    # A worker's environment: its pool's own login and key, nothing of the admin's.
+    assert set(settings) == {"WORKERPOOL_REDIS_URL", "WORKERPOOL_POOL_KEY"}
+    user = credentials.user_name(UNIT_INSTANCE)
+    assert settings["WORKERPOOL_REDIS_URL"].startswith(f"redis://{user}:")
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")

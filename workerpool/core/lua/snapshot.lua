@@ -1,10 +1,11 @@
 -- KEYS: none. ARGV: default slug, default pool JSON, detail ('1': queue depths + leases), pool
 -- queue prefix, pool space prefix ("workerpool:pool:{"), target pool prefix ("target:"), then
--- the keys: pools, default-pool, builtin-disabled, targets, built-in queue. They are arguments,
+-- the keys: pools, default-pool, builtin-disabled, targets, built-in queue, pools' public keys
+-- (returned too: a client seals to one). They are arguments,
 -- not KEYS: Redis checks a script's KEYS for writing, and a runner's login may only read the
 -- pools (each call below is checked for what it does).
-local POOLS, DEFAULT, DISABLED, TARGETS, BUILTIN_QUEUE = ARGV[7], ARGV[8], ARGV[9], ARGV[10],
-                                                        ARGV[11]
+local POOLS, DEFAULT, DISABLED, TARGETS, BUILTIN_QUEUE, POOL_KEYS = ARGV[7], ARGV[8], ARGV[9],
+                                                                   ARGV[10], ARGV[11], ARGV[12]
 -- Everything routing or status needs in one call, creating the default pool if there is none:
 -- pools, and the workers (with heartbeats) and leases of every pool, of the built-in worker
 -- and of every target's agent, each read from its own space.
@@ -41,4 +42,4 @@ if ARGV[3] == '1' then
   depths[#depths + 1] = redis.call('LLEN', BUILTIN_QUEUE)
 end
 return {pools, redis.call('GET', DEFAULT), redis.call('EXISTS', DISABLED), workers, beats,
-        depths, leases}
+        depths, leases, redis.call('HGETALL', POOL_KEYS)}

@@ -40,7 +40,8 @@ def serve(settings: Settings, pool: str | None, name: str | None, concurrency: i
         validate_worker_name(name)
     internals.check()
     require_pids_cgroup(settings.step_max_processes)
-    Keyring.load(settings).check()
+    keyring = Keyring.for_worker(settings)
+    keyring.check()
     users = isolate(settings.script_user, concurrency, settings.script_uids,
                     settings.step_max_processes)
     print(users.describe(), flush=True)
@@ -55,6 +56,8 @@ def serve(settings: Settings, pool: str | None, name: str | None, concurrency: i
     else:
         found = find(guarded(lambda: PoolRegistry(client).read(), url), pool)
         slug, pool_name = found.slug, found.name
+    for warning in keyring.warnings(slug):
+        print(warning, flush=True)
     PYTHON.interpreter = python_for_scripts(users)
     syntaxes = available_syntaxes()
     identity = guarded(lambda: register(client, settings, slug, name, concurrency, syntaxes),
