@@ -41,8 +41,12 @@ def test_tiny_plan_prints_every_figure_and_writes_the_docs(tmp_path: Path) -> No
                    "deployment: submit -> end vs ideal", "efficiency (ideal / wall)",
                    "first run start -> last run end", "individual steps",
                    "plain Celery tasks vs ideal", "Redis memory per queued step",
-                   "`workerpool status` (CLI)", "spawn `bash -c true` p50"):
+                   "`workerpool status` (CLI)", "spawn `bash -c true` p50",
+                   "vs --script-user same", "one sealed variable vs none",
+                   "open it (worker) p50", "every figure's workers log in as",
+                   "as deployed (scripts as users of their own) vs plain Celery"):
         assert metric in done.stdout
+    assert "its pool's own Redis user" in done.stdout  # figure 7: Redis 7, real ACL users
     assert "goals met" in done.stdout
     doc = (out / "benchmarks.md").read_text()
     assert "## Machine" in doc and "| cores |" in doc and "| date |" in doc

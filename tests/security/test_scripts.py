@@ -104,15 +104,19 @@ def test_a_script_runs_as_a_user_of_its_own_with_a_private_working_directory(
     start_worker(POOL)
     result = client.run(ScriptStep(pool=POOL, script=(
         'echo "$(id -u) $(id -g) $(id -G)"; stat -c "%u %a" .; echo "$HOME $USER"; '
-        'touch mine; stat -c "%a" mine; grep NoNewPrivs /proc/self/status'))).wait(timeout=60)
+        'touch mine; stat -c "%a" mine; grep NoNewPrivs /proc/self/status; '
+        'grep -E "^(Uid|Gid):" /proc/self/status'))).wait(timeout=60)
     assert result.state == SUCCESS, result.message
-    ids, folder, home, created, privs = [e.text for e in result.log if e.stream == "stdout"]
+    ids, folder, home, created, privs, uids, gids = [
+        e.text for e in result.log if e.stream == "stdout"]
     uid, gid, groups = ids.split(" ", 2)
     assert 61000 <= int(uid) <= 61999 and gid == groups == "61000"
     assert folder == f"{uid} 700"
     assert home.split() == [home.split()[0], f"workerpool-{uid}"]
     assert created == "600"  # what a script creates is its own
     assert privs.split() == ["NoNewPrivs:", "1"]  # no way back to root by a setuid program
+    assert uids.split() == ["Uid:", uid, uid, uid, uid]  # real, effective, saved, filesystem:
+    assert gids.split() == ["Gid:", gid, gid, gid, gid]  # none of them left as root's
 
 
 ESCAPES = ('env -i setsid sleep {a} >/dev/null 2>&1 < /dev/null &\n'

@@ -8,6 +8,7 @@ the workers and the orchestrator in the records they write (claim, end).
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import itertools
 import json
@@ -27,6 +28,7 @@ from workerpool.bench.harness import BenchFailed, wait_until
 from workerpool.client import Client
 from workerpool.core import keys
 from workerpool.core.routing import Route
+from workerpool.core.sealing import Keyring, derive, new_key
 from workerpool.core.steps import FAILED, SUCCESS, ScriptStep
 from workerpool.core.targets import TargetRegistry
 from workerpool.spec.processes import Process, load_process
@@ -83,9 +85,11 @@ def collector_paused() -> Iterator[None]:
 
 
 @collector_paused()
-def workerpool_latency(client: Client, pool: str, count: int, warmup: int = 3) -> Latency:
-    """Run *count* stamping steps one at a time on an otherwise idle *pool*."""
-    step = on_pool(STAMP_STEP, pool)
+def workerpool_latency(client: Client, pool: str, count: int, warmup: int = 3,
+                       step: ScriptStep = STAMP_STEP) -> Latency:
+    """Run *count* stamping steps (*step*, which prints the time) one at a time on an
+    otherwise idle *pool*."""
+    step = dataclasses.replace(step, pool=pool)
     latency = Latency([], [])
     for index in range(warmup + count):
         enqueued = time.time()
@@ -106,6 +110,27 @@ def workerpool_latency(client: Client, pool: str, count: int, warmup: int = 3) -
         latency.phases.append((returned - enqueued, claimed - returned, started - claimed,
                                ended - started, finished - ended))
     return latency
+
+
+@collector_paused()
+def sealing(samples: int) -> tuple[list[float], list[float]]:
+    """Seconds to seal one sensitive variable as a client does (to a pool's public key) and to
+    open it as the pool's worker does, in process."""
+    key = derive(new_key(), "bench", 1)
+    public, keyring = key.public(), Keyring([], [key])
+    values = {"DbPassword": "s3cret-" + "x" * 17}
+    sealed_in, opened_in = [], []
+    for _ in range(samples):
+        began = time.perf_counter()
+        sealed = keyring.seal_map(values, public)
+        between = time.perf_counter()
+        opened = keyring.open_map(sealed, "bench", "the bench")
+        ended = time.perf_counter()
+        if opened != values:
+            raise BenchFailed("a sealed value did not open to itself")
+        sealed_in.append(between - began)
+        opened_in.append(ended - between)
+    return sealed_in, opened_in
 
 
 @collector_paused()

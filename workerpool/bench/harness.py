@@ -1,10 +1,16 @@
 """Everything the bench starts: Redis (embedded, or an empty database the user names), worker
 processes and ``workerpool server`` (the deployment orchestrator). All of it is stopped on exit,
-on errors and on Ctrl-C."""
+on errors and on Ctrl-C.
+
+The workers log in as a deployment's do: each as its pool's own Redis user (Redis 7 and later)
+with its pool's sealing key; the bench itself and the server hold the admin's URL and a master
+key made for the run. Their scripts run as the worker's own user, as the baseline's tasks run
+bash, except where figure 7 runs them as users of their own."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -21,14 +27,16 @@ import redis
 
 from workerpool.bench import baseline
 from workerpool.client import Client
-from workerpool.core import keys
+from workerpool.core import credentials, keys
 from workerpool.core.children import die_with_parent
 from workerpool.core.connection import connect, guarded, redact, validate_url
 from workerpool.core.errors import Infrastructure, Refused
 from workerpool.core.pools import slugify
+from workerpool.core.sealing import Keyring, new_key
 from workerpool.core.settings import Settings
 from workerpool.core.snapshot import read_snapshot
 from workerpool.server.embedded import EmbeddedRedis
+from workerpool.worker.isolation.users import SAME
 
 READY_TIMEOUT = 120.0
 
@@ -64,7 +72,8 @@ class Harness:
     ``workerpool server``); use as a context manager."""
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+        self.master = new_key()  # the run's admin key: the bench seals to pools it derives
+        self.settings = dataclasses.replace(settings, secret_key=self.master)
         self.workdir = Path(tempfile.mkdtemp(prefix="workerpool-bench-"))
         self.server: EmbeddedRedis | None = None
         self.url = ""
@@ -152,12 +161,26 @@ class Harness:
                 "WORKERPOOL_HOME": str(self.workdir / "home"),
                 "WORKERPOOL_HEARTBEAT_INTERVAL": str(self.settings.heartbeat_interval)}
 
-    def _spawn(self, argv: list[str], label: str) -> subprocess.Popen[bytes]:
+    @property
+    def pool_logins(self) -> bool:
+        """Whether workers log in as their pool's own user (a Redis with ACL key patterns)."""
+        return credentials.supported(self.raw)
+
+    def worker_env(self, pool: str) -> dict[str, str]:
+        """A worker of *pool*'s login and key, as `workerpool pool credentials` gives them."""
+        slug = slugify(pool)
+        url = credentials.issue(self.raw, self.url, slug).url if self.pool_logins else self.url
+        key = Keyring([self.master]).publish(self.raw, keys.POOL_KEYS, slug)
+        return {"WORKERPOOL_REDIS_URL": url, "WORKERPOOL_POOL_KEY": key.to_text()}
+
+    def _spawn(self, argv: list[str], label: str,
+               env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         logs = self.workdir / "logs"
         logs.mkdir(exist_ok=True)
         path = logs / f"{slugify(label)}-{len(self.children)}.log"
         with open(path, "wb") as out:
-            proc = subprocess.Popen(argv, env=self._env(), stdin=subprocess.DEVNULL, stdout=out,
+            proc = subprocess.Popen(argv, env={**self._env(), **(env or {})},
+                                    stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True,
                                     preexec_fn=die_with_parent)
         self.children.append(proc)
@@ -173,11 +196,17 @@ class Harness:
                 raise BenchFailed(f"a bench process ({what}) exited with code "
                                   f"{proc.returncode}:\n{tail}")
 
-    def start_workers(self, pool: str, count: int, concurrency: int) -> list[int]:
-        """Start *count* real workerpool workers on *pool*; return once all are Healthy."""
+    def start_workers(self, pool: str, count: int, concurrency: int,
+                      script_user: str | None = SAME) -> list[int]:
+        """Start *count* real workerpool workers on *pool*, with its own login and key; return
+        once all are Healthy. Their scripts run as the worker's own user, as the baseline's
+        tasks run bash, unless *script_user* says otherwise (None: the default, users of their
+        own for a root worker; figure 7 prices the difference)."""
+        env = self.worker_env(pool)
+        user = () if script_user is None else ("--script-user", script_user)
         procs = [self._spawn([sys.executable, "-m", "workerpool", "worker", "start",
-                              "--pool", pool, "--concurrency", str(concurrency)], pool)
-                 for _ in range(count)]
+                              "--pool", pool, "--concurrency", str(concurrency), *user],
+                             pool, env) for _ in range(count)]
         pids = {p.pid for p in procs}
 
         def ready() -> bool:
@@ -211,7 +240,8 @@ class Harness:
         """Start ``workerpool server`` (the orchestrator, with its built-in worker and reaper);
         return once its heartbeat says it orchestrates."""
         self.raw.delete(keys.SERVER_HEARTBEAT)
-        proc = self._spawn([sys.executable, "-m", "workerpool", "server"], "server")
+        proc = self._spawn([sys.executable, "-m", "workerpool", "server"], "server",
+                           {"WORKERPOOL_SECRET_KEY": self.master})
 
         def ready() -> bool:
             self._check_alive([proc])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +23,9 @@ from workerpool.core.routing import Route
 from workerpool.core.settings import Settings
 
 POOL_A, POOL_B, POOL_PARKED, POOL_FAN = "Bench A", "Bench B", "Bench Parked", "Bench Fan-out"
+POOL_USERS, POOL_SAME = "Bench Script Users", "Bench Same User"
+SEALED_STEP = dataclasses.replace(figures.STAMP_STEP, name="bench sealed",
+                                  sensitive_variables={"DbPassword": "s3cret-" + "x" * 17})
 MS = 1000.0
 
 
@@ -68,7 +72,7 @@ def run(plan: Plan, settings: Settings, progress: Callable[[str], None]) -> Repo
     with _terminate_as_interrupt(), Harness(settings) as harness:
         report = Report(plan.name, plan.runs, machine(harness.redis_version()))
         report.notes = notes(plan, harness.embedded)
-        phases = (_references, _phase_workers, _phase_fanout, _phase_scale)
+        phases = (_references, _phase_workers, _phase_fanout, _phase_scale, _phase_trust)
         for phase in phases:
             phase(harness, plan, report, progress)
             harness.stop_workers()
@@ -109,7 +113,7 @@ def compared(figure: int, metric: str, unit: str, ours: list[float], theirs: lis
 
 def _references(harness: Harness, plan: Plan, report: Report,
                 progress: Callable[[str], None]) -> None:
-    progress("6/6 reference points: process spawn, Redis round trip, redis-benchmark")
+    progress("6/7 reference points: process spawn, Redis round trip, redis-benchmark")
     spawn = scale.spawn_seconds(plan.samples)
     trips = scale.round_trip_seconds(harness.raw, plan.samples * 5)
     bench = scale.redis_benchmark(harness.url, plan.redis_benchmark_requests)
@@ -151,7 +155,7 @@ def _latency(client: Client, app: Celery, plan: Plan, report: Report,
              progress: Callable[[str], None]) -> None:
     runs: list[tuple[Latency, Latency]] = []
     for n in range(plan.runs):
-        progress(f"1/6 idle latency, run {n + 1}/{plan.runs}: {plan.latency_steps} steps and "
+        progress(f"1/7 idle latency, run {n + 1}/{plan.runs}: {plan.latency_steps} steps and "
                  f"{plan.latency_steps} baseline tasks, one at a time")
         pair: list[Callable[[], Latency]] = [
             lambda: figures.workerpool_latency(client, POOL_A, plan.latency_steps),
@@ -179,7 +183,7 @@ def _throughput(harness: Harness, client: Client, app: Celery,
     tuned: list[tuple[float, ...]] = []
     count = plan.throughput_steps
     for n in range(plan.runs):
-        progress(f"2/6 throughput, run {n + 1}/{plan.runs}: {count} `true` steps on 2 workers "
+        progress(f"2/7 throughput, run {n + 1}/{plan.runs}: {count} `true` steps on 2 workers "
                  f"x {plan.concurrency}, {count} baseline tasks, {count} tuned baseline tasks")
         sides: list[tuple[list[int], Callable[[], float], list[tuple[float, ...]]]] = [
             (pids[0], lambda: figures.workerpool_throughput(client, POOL_A, count), ours),
@@ -216,7 +220,7 @@ def _isolation(harness: Harness, client: Client, app: Celery,
     celery: list[tuple[float, float]] = []
     lowest: list[float] = []
     for n in range(plan.runs):
-        progress(f"3/6 pool isolation, run {n + 1}/{plan.runs}: {POOL_B} alone and with "
+        progress(f"3/7 pool isolation, run {n + 1}/{plan.runs}: {POOL_B} alone and with "
                  f"{plan.backlog} steps queued on {POOL_A} (draining, then on CPUs of its own) "
                  f"or on {POOL_PARKED} (no consumer)")
         shared.append(_with_backlog(harness, client, route_a, plan, lowest))
@@ -308,7 +312,7 @@ def _phase_fanout(harness: Harness, plan: Plan, report: Report,
         lambda: theirs.append(figures.baseline_fanout(app, count, seconds))]
     try:
         for n in range(plan.runs):
-            progress(f"4/6 fan-out, run {n + 1}/{plan.runs}: {count} x {seconds * MS:g} ms on "
+            progress(f"4/7 fan-out, run {n + 1}/{plan.runs}: {count} x {seconds * MS:g} ms on "
                      f"{workers} workers as a deployment over {count} targets (max_parallelism "
                      f"{plan.fanout_parallelism}, then {workers}), as steps, as Celery tasks")
             first = n % len(measures)  # rotate who goes first
@@ -363,7 +367,7 @@ def _fanout_rows(plan: Plan, report: Report, ours: list[figures.DeploymentFanout
 def _phase_scale(harness: Harness, plan: Plan, report: Report,
                  progress: Callable[[str], None]) -> None:
     client = harness.client()
-    progress(f"5/6 scale: {plan.scale_pools} pools, {plan.scale_workers} simulated workers, "
+    progress(f"5/7 scale: {plan.scale_pools} pools, {plan.scale_workers} simulated workers, "
              f"{plan.scale_steps} queued steps")
     pools = scale.add_pools(client, plan.scale_pools)
     target = pools[-1]  # the one pool with no workers: its steps stay queued
@@ -399,6 +403,69 @@ def _phase_scale(harness: Harness, plan: Plan, report: Report,
         Row(5, f"reap() with {plan.scale_workers} leases", "ms", median(reap) * MS),
         Row(5, f"Redis busy reaping ({plan.scale_workers} workers)", "%", reap_busy),
     ])
+
+
+# -- figure 7: trust boundaries ---------------------------------------------------------
+
+
+def _phase_trust(harness: Harness, plan: Plan, report: Report,
+                 progress: Callable[[str], None]) -> None:
+    client = harness.client()
+    for name in (POOL_USERS, POOL_SAME):
+        client.pools.add(name, "bench")
+    progress(f"starting workers: 1 x {POOL_USERS} (scripts as users of their own), "
+             f"1 x {POOL_SAME} (--script-user same), 1 x Celery baseline")
+    harness.start_workers(POOL_USERS, 1, plan.concurrency, script_user=None)
+    harness.start_workers(POOL_SAME, 1, plan.concurrency)
+    harness.start_baseline(1, plan.concurrency)
+    app = baseline.make_baseline_app(harness.url)
+    runs: list[tuple[Latency, ...]] = []
+    try:
+        for n in range(plan.runs):
+            progress(f"7/7 trust boundaries, run {n + 1}/{plan.runs}: {plan.latency_steps} "
+                     "steps each with scripts as users of their own, as the worker's user, "
+                     "and with one sealed variable, and as many baseline tasks")
+            measures: list[Callable[[], Latency]] = [
+                lambda: figures.workerpool_latency(client, POOL_USERS, plan.latency_steps),
+                lambda: figures.workerpool_latency(client, POOL_SAME, plan.latency_steps),
+                lambda: figures.workerpool_latency(client, POOL_USERS, plan.latency_steps,
+                                                   step=SEALED_STEP),
+                lambda: figures.baseline_latency(app, plan.latency_steps)]
+            first = n % len(measures)  # each goes first in turn
+            done = {i: measures[i]() for i in [*range(first, len(measures)), *range(first)]}
+            runs.append(tuple(done[i] for i in range(len(measures))))
+    finally:
+        app.close()
+        client.close()
+    sealed_in, opened_in = figures.sealing(plan.samples * 10)
+    _trust_rows(report, runs, sealed_in, opened_in, harness.pool_logins)
+
+
+def _trust_rows(report: Report, runs: list[tuple[Latency, ...]], sealed_in: list[float],
+                opened_in: list[float], pool_logins: bool) -> None:
+    own, same, sealed, celery = range(4)
+
+    def p50(which: int, attr: str = "to_start", phase: int | None = None) -> list[float]:
+        if phase is None:
+            return [median(getattr(run[which], attr)) * MS for run in runs]
+        return [median([p[phase] for p in run[which].phases]) * MS for run in runs]
+
+    users = "users of their own" if os.geteuid() == 0 else "(not root: the worker's user)"
+    report.add(compared(7, f"enqueue -> start p50, scripts as {users} vs --script-user same",
+                        "ms", p50(own), p50(same)))
+    report.add(compared(7, "of which start: claimed -> script runs p50, vs same user", "ms",
+                        p50(own, phase=2), p50(same, phase=2)))
+    report.add(compared(7, "enqueue -> result p50, vs same user", "ms", p50(own, "to_result"),
+                        p50(same, "to_result")))
+    report.add(compared(7, "enqueue -> start p50, as deployed (scripts as users of their own) "
+                        "vs plain Celery", "ms", p50(own), p50(celery)))
+    report.add(compared(7, "enqueue -> start p50, one sealed variable vs none", "ms",
+                        p50(sealed), p50(own)))
+    report.add(Row(7, "seal one variable (client: X25519, ChaCha20-Poly1305) p50", "us",
+                   median(sealed_in) * MS * MS))
+    report.add(Row(7, "open it (worker) p50", "us", median(opened_in) * MS * MS))
+    login = "its pool's own Redis user" if pool_logins else "the admin's URL (Redis < 7)"
+    report.add(Row(7, "every figure's workers log in as", "", None, note=login))
 
 
 def notes(plan: Plan, embedded: bool) -> list[str]:
@@ -472,4 +539,16 @@ def notes(plan: Plan, embedded: bool) -> list[str]:
         "one reap x workers / interval.",
         "Figure 6 puts the others in proportion: what a process spawn and a Redis round trip "
         "cost on this machine.",
+        "Figures 1 to 6 run scripts as the worker's own user (`--script-user same`), as the "
+        "baseline's tasks run bash, so they compare the two step machineries. Figure 7 prices "
+        "the trust boundaries (docs/security.md) in a run of its own: one worker x "
+        f"{plan.concurrency} each on {POOL_USERS}, with the default for a root worker, scripts "
+        "as users of their own (a uid per slot, dropped to through `setpriv`, every process of "
+        f"the uid killed at the step's end), and on {POOL_SAME}, with `--script-user same`; "
+        f"{POOL_USERS} again with one sensitive variable, which the bench seals to the pool's "
+        "public key and the worker opens before the script starts; and one Celery baseline "
+        f"worker. Each runs figure 1's stamping step one at a time ({plan.latency_steps} per "
+        "run), and each goes first in turn. The seal and open rows time the same operation in "
+        "process. Every figure's workers log in as their pool's own Redis user with their "
+        "pool's key, as a deployment's do.",
     ]

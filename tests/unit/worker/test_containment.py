@@ -27,6 +27,7 @@ from workerpool.worker.isolation.containment import (
     read_environ,
     require_pids_cgroup,
 )
+from workerpool.worker.isolation.users import ScriptUser
 from workerpool.worker.isolation.watchdog import SLOTS, GroupTable, read_groups
 
 
@@ -183,3 +184,17 @@ def test_environments_of_zombies_kernel_threads_and_empty_ones(tmp_path):
     assert read_environ(bare.pid) == b""  # no environment at all, after a short wait
     bare.kill()
     bare.wait()
+
+
+def test_a_script_changes_user_through_setpriv_or_python_when_there_is_none(monkeypatch):
+    user = ScriptUser(61234, 61000, "workerpool-61234", None, True)
+    argv, options = StepContainment("owner.step", None, user).start(["bash", "run.sh"])
+    assert argv == [shutil.which("setpriv"), "--reuid=61234", "--regid=61000",
+                    "--clear-groups", "--", "bash", "run.sh"]
+    assert options == {"umask": 0o077}  # nothing that keeps Popen from using vfork
+
+    monkeypatch.setattr(containment, "setpriv_path", lambda: None)
+    argv, options = StepContainment("owner.step", None, user).start(["bash", "run.sh"])
+    assert argv == ["bash", "run.sh"]
+    assert options == {"user": 61234, "group": 61000, "extra_groups": [], "umask": 0o077}
+    assert StepContainment("owner.step").start(["bash"]) == (["bash"], {})

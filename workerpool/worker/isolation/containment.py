@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from workerpool.core.errors import BadInput
-from workerpool.worker.isolation.users import SETPRIV, ScriptUser
+from workerpool.worker.isolation.users import SETPRIV, ScriptUser, drop_to, setpriv_path
 
 log = logging.getLogger(__name__)
 
@@ -341,13 +341,15 @@ class StepContainment:
         """*argv*, and the ``Popen`` options, that start the script inside the step's cgroup
         (the shell moves itself while still the worker's user, then execs) and as its user."""
         user = self.user
+        setpriv = setpriv_path()
         if self.cgroup is None:
             if user is None:
                 return argv, {}
-            return argv, {"user": user.uid, "group": user.gid, "extra_groups": [],
-                          "umask": SCRIPT_UMASK}
-        drop = [] if user is None else [SETPRIV, f"--reuid={user.uid}", f"--regid={user.gid}",
-                                        "--clear-groups", "--"]
+            if setpriv is None:  # Python changes the user itself, but then fork()s the worker
+                return argv, {"user": user.uid, "group": user.gid, "extra_groups": [],
+                              "umask": SCRIPT_UMASK}
+            return [*drop_to(user, setpriv), *argv], {"umask": SCRIPT_UMASK}
+        drop = [] if user is None else drop_to(user, setpriv or SETPRIV)
         return (["/bin/sh", "-c", 'echo 0 > "$0" && exec "$@"',
                  str(self.cgroup / "cgroup.procs"), *drop, *argv],
                 {} if user is None else {"umask": SCRIPT_UMASK})
