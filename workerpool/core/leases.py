@@ -101,12 +101,12 @@ class Leases:
         lease. For *restart_grace* seconds after Redis starts, no worker is judged lost:
         heartbeat keys lapse while Redis is down, and live workers need a moment to beat
         again."""
+        locked = self._locked(list(pools), every)
+        if not locked:
+            return 0  # the usual answer, in one round trip: others reaped them just now
         server: dict[str, Any] = self.redis.info("server") if restart_grace > 0 else {}
         ended = 0
-        for pool in pools:
-            if every > 0 and not self.redis.set(keys.reaper(pool), "1", nx=True,
-                                                px=max(1, int(every * 1000))):
-                continue
+        for pool in locked:
             if not server or float(server["uptime_in_seconds"]) >= restart_grace:
                 ended += self._reap_lost(pool)
             if server and self.redis.set(keys.requeue_check(pool, str(server["run_id"])), "1",
@@ -116,6 +116,16 @@ class Leases:
                 self._requeue_missing(pool, started)  # once per Redis run and pool
             ended += self._reap_overdue(pool)
         return ended
+
+    def _locked(self, pools: list[str], every: float) -> list[str]:
+        """Those of *pools* whose reaper lock this call took (all of them when *every* is 0),
+        asked for in one round trip."""
+        if every <= 0 or not pools:
+            return pools
+        pipe = self.redis.pipeline(transaction=False)
+        for pool in pools:
+            pipe.set(keys.reaper(pool), "1", nx=True, px=max(1, int(every * 1000)))
+        return [pool for pool, taken in zip(pools, pipe.execute(), strict=True) if taken]
 
     def _requeue_missing(self, pool: str, restarted_at: float) -> int:
         """Once after Redis starts (at *restarted_at*): push again the message of every Queued
