@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import redis
 from conftest import HEARTBEAT, TaskEvents, wait_for
 
 from workerpool import Client, ScriptStep
@@ -18,6 +19,7 @@ from workerpool.core.routing import route
 from workerpool.core.settings import Settings
 from workerpool.core.steps import TERMINAL
 from workerpool.server.embedded import EmbeddedRedis
+from workerpool.worker.celery.app import make_app
 
 POOLS = ("Pool A", "Pool B", "Pool C")
 STEPS = 500
@@ -96,3 +98,22 @@ def test_all_queued_steps_run_exactly_once_after_a_redis_restart(own_redis, tmp_
         for log in logs:
             log.close()
         client.close()
+
+
+def test_an_ack_lost_with_redis_frees_its_prefetch_slot(own_redis):
+    """A worker whose every slot held a message when Redis stopped (their acks failed) must
+    fetch again once Redis is back: kombu's QoS kept the slot of a failed ack, so the worker
+    stopped fetching for good (a pool of test_all_queued_steps... sat idle with steps queued)."""
+    with make_app(own_redis.url).connection_for_write() as conn:
+        channel = conn.default_channel
+        channel.basic_qos(prefetch_count=1)
+        with conn.SimpleQueue("workerpool.test.lost-ack", channel=channel) as queue:
+            queue.put({"n": 1})
+            held = queue.get(timeout=5)
+            assert not channel.qos.can_consume()  # the one slot is taken
+            own_redis.stop()
+            with pytest.raises(redis.ConnectionError):
+                held.ack()
+            # Free again: the worker's next BRPOP fails, so it reconnects, and fetches once
+            # Redis is back.
+            assert channel.qos.can_consume()
