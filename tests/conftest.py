@@ -270,7 +270,7 @@ def start_worker(env: dict[str, str], client: Client,
         # its pool's key, as a deployment's workers do; it never holds the master key.
         key = keys.BUILTIN_POOL if pool is None else slugify(pool)
         url = credentials.issue(client.redis, env["WORKERPOOL_REDIS_URL"], key).url
-        pool_key = Keyring([SECRET_KEY]).publish(client.redis, keys.POOL_KEYS, key).to_text()
+        pool_key = Keyring([SECRET_KEY]).publish(client.redis, key).to_text()
         worker_env = {**{k: v for k, v in env.items() if k != "WORKERPOOL_SECRET_KEY"},
                       "WORKERPOOL_REDIS_URL": url, "WORKERPOOL_POOL_KEY": pool_key,
                       **(extra_env or {})}

@@ -158,7 +158,7 @@ def test_a_worker_without_its_pools_key_refuses_the_step_and_keeps_serving(
 def test_another_pools_key_or_another_masters_opens_nothing(client, start_worker, tmp_path):
     client.pools.add("Database Worker Pool")
     client.pools.add("Other Key Pool")
-    db_key = Keyring([SECRET_KEY]).publish(client.redis, keys.POOL_KEYS, "database-worker-pool")
+    db_key = Keyring([SECRET_KEY]).publish(client.redis, "database-worker-pool")
     start_worker("Other Key Pool", extra_env={"WORKERPOOL_POOL_KEY": db_key.to_text()})
     step = {"script": 'echo "[$Token]"', "sensitive_variables": {"Token": "t0ken"}}
     other = client.run(ScriptStep(pool="Other Key Pool", **step)).wait(timeout=30)

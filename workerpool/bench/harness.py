@@ -170,7 +170,7 @@ class Harness:
         """A worker of *pool*'s login and key, as `workerpool pool credentials` gives them."""
         slug = slugify(pool)
         url = credentials.issue(self.raw, self.url, slug).url if self.pool_logins else self.url
-        key = Keyring([self.master]).publish(self.raw, keys.POOL_KEYS, slug)
+        key = Keyring([self.master]).publish(self.raw, slug)
         return {"WORKERPOOL_REDIS_URL": url, "WORKERPOOL_POOL_KEY": key.to_text()}
 
     def _spawn(self, argv: list[str], label: str,

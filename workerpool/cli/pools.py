@@ -238,7 +238,7 @@ def _pool_key(c: Client, pool: str, rotate: bool) -> str | None:
         if rotate:
             raise BadInput("--rotate-key needs the admin's master key (WORKERPOOL_SECRET_KEY)")
         return None
-    newest = c.guard(lambda: keyring.publish(c.redis, keys.POOL_KEYS, pool, rotate))
+    newest = c.guard(lambda: keyring.publish(c.redis, pool, rotate))
     held = [newest] + ([k] if rotate and (k := keyring.key_for(pool, newest.generation - 1))
                        else [])
     return ",".join(k.to_text() for k in held)

@@ -23,6 +23,7 @@ Without a master key the local stack (``up``, ``demo``) makes one in ``$WORKERPO
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -149,8 +150,10 @@ class PoolKey:
                            "as `workerpool pool credentials POOL` prints it)") from None
 
 
+@functools.lru_cache(maxsize=1024)
 def derive(master: str, pool: str, generation: int) -> PoolKey:
-    """*pool*'s private key of *generation*, from a master key."""
+    """*pool*'s private key of *generation*, from a master key (remembered: the server opens
+    every server step and deployment record with keys it derives)."""
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -221,18 +224,13 @@ class Keyring:
     @classmethod
     def load(cls, settings: Settings) -> Keyring:
         masters, source = _masters(settings)
-        pool_keys = [PoolKey.parse(part, "WORKERPOOL_POOL_KEY")
-                     for part in (settings.pool_key or "").split(",") if part.strip()]
-        return cls(masters, pool_keys, source)
+        return cls(masters, _pool_keys(settings), source)
 
     @classmethod
     def for_worker(cls, settings: Settings) -> Keyring:
         """A worker's keys: its pool's (WORKERPOOL_POOL_KEY), and a master key only when one is
         set for it explicitly (never the home's key file: a worker need not hold one)."""
-        pool_keys = [PoolKey.parse(part, "WORKERPOOL_POOL_KEY")
-                     for part in (settings.pool_key or "").split(",") if part.strip()]
-        masters = [p.strip() for p in (settings.secret_key or "").split(",")]
-        return cls(masters, pool_keys)
+        return cls(_split(settings.secret_key or ""), _pool_keys(settings))
 
     def warnings(self, pool: str) -> list[str]:
         """What a worker of *pool* holding these keys should say at start-up."""
@@ -309,14 +307,13 @@ class Keyring:
                             "open the sensitive variables (another key of that generation); "
                             f"{credentials_help(pool)}") from None
 
-    def publish(self, client: redis.Redis, pool_keys_hash: str, pool: str,
-                rotate: bool = False) -> PoolKey:
+    def publish(self, client: redis.Redis, pool: str, rotate: bool = False) -> PoolKey:
         """Make sure *pool* has a published public key (the next generation, with *rotate*)
         and return its private key; needs a master key."""
         if not self.masters:
             raise BadInput(f"making {pool}'s key needs the admin's master key: set "
                            f"WORKERPOOL_SECRET_KEY ({MAKE_ONE})")
-        raw = cast(str | None, client.hget(pool_keys_hash, pool))
+        raw = cast(str | None, client.hget(keys.POOL_KEYS, pool))
         entries: list[dict[str, object]] = json.loads(raw) if raw else []
         newest = max((int(str(e["generation"])) for e in entries), default=0)
         if newest and not rotate:
@@ -326,9 +323,9 @@ class Keyring:
         key = derive(self.masters[0], pool, newest + 1)
         entries.append(key.public().to_json())
         if newest:
-            client.hset(pool_keys_hash, pool, json.dumps(entries))
-        elif not client.hsetnx(pool_keys_hash, pool, json.dumps(entries)):
-            return self.publish(client, pool_keys_hash, pool)  # another admin made it first
+            client.hset(keys.POOL_KEYS, pool, json.dumps(entries))
+        elif not client.hsetnx(keys.POOL_KEYS, pool, json.dumps(entries)):
+            return self.publish(client, pool)  # another admin made it first
         return key
 
 
@@ -339,7 +336,7 @@ def key_to_seal(keyring: Keyring, client: redis.Redis, public_keys: Mapping[str,
     found = published(pool, public_keys.get(pool))
     if found is not None or not needed or not keyring.has_master:
         return found
-    return keyring.publish(client, keys.POOL_KEYS, pool).public()
+    return keyring.publish(client, pool).public()
 
 
 def ensure_keys(keyring: Keyring, client: redis.Redis, pools: Iterable[str]) -> int:
@@ -348,13 +345,22 @@ def ensure_keys(keyring: Keyring, client: redis.Redis, pools: Iterable[str]) -> 
     have = set(cast(list[str], client.hkeys(keys.POOL_KEYS)))
     missing = [pool for pool in pools if pool not in have]
     for pool in missing:
-        keyring.publish(client, keys.POOL_KEYS, pool)
+        keyring.publish(client, pool)
     return len(missing)
+
+
+def _split(keys_text: str) -> list[str]:
+    """The keys of a comma-separated setting (``NEW,OLD``)."""
+    return [part.strip() for part in keys_text.split(",") if part.strip()]
+
+
+def _pool_keys(settings: Settings) -> list[PoolKey]:
+    return [PoolKey.parse(part, "WORKERPOOL_POOL_KEY") for part in _split(settings.pool_key or "")]
 
 
 def _masters(settings: Settings) -> tuple[list[str], str]:
     if settings.secret_key:
-        return [p.strip() for p in settings.secret_key.split(",")], "WORKERPOOL_SECRET_KEY"
+        return _split(settings.secret_key), "WORKERPOOL_SECRET_KEY"
     path = key_file(settings)
     try:
         text = path.read_text().strip()
@@ -362,4 +368,4 @@ def _masters(settings: Settings) -> tuple[list[str], str]:
         return [], "WORKERPOOL_SECRET_KEY"
     except OSError as exc:
         raise BadInput(f"cannot read the secret key file {path}: {exc.strerror}") from None
-    return [p.strip() for p in text.split(",") if p.strip()], str(path)
+    return _split(text), str(path)

@@ -142,7 +142,7 @@ class Stack:
             return {}
         client = self.connect()
         try:
-            key = self.guard(lambda: keyring.publish(client, keys.POOL_KEYS, pool))
+            key = self.guard(lambda: keyring.publish(client, pool))
         finally:
             client.close()
         return {"WORKERPOOL_POOL_KEY": key.to_text()}
