@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import stat
+import struct
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path
 
 SCRIPT = b"#!/bin/sh\necho deployed\n"
@@ -118,3 +121,66 @@ def tree_state(root: Path) -> dict[str, tuple[object, ...]]:
             detail = (path.read_bytes(), info.st_nlink, inodes.setdefault(info.st_ino, rel))
         found[rel] = (kind, stat.S_IMODE(info.st_mode), detail)
     return found
+
+
+# -- hostile archives: tiny files that expand to gigabytes, built without writing them ---------
+
+def _octal(value: int, width: int = 12) -> bytes:
+    return b"%0*o\0" % (width - 1, value)
+
+
+def gnu_sparse_header(name: str, size: int, data: int = 512) -> bytes:
+    """An old-style GNU sparse ('S') header: *size* bytes, of which only the last *data* are
+    stored (tarfile reads it; it cannot write one)."""
+    info = tarfile.TarInfo(name)
+    info.type, info.size = tarfile.GNUTYPE_SPARSE, data
+    header = bytearray(info.tobuf(format=tarfile.GNU_FORMAT))
+    header[386:410] = _octal(size - data) + _octal(data)  # the first sparse map entry
+    header[483:495] = _octal(size)  # the real size
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header[:512])
+    return bytes(header[:512])
+
+
+def sparse_tar(size: int, style: str = "gnu", gz: bool = True, name: str = "disk.img") -> bytes:
+    """A tar(.gz) of one sparse member of *size* bytes whose only data is its last block: a
+    few hundred bytes whatever *size*, as GNU's old sparse header or PAX's 0.1 sparse map."""
+    if style == "gnu":
+        raw = gnu_sparse_header(name, size) + b"y" * 512 + bytes(1024)
+        return gzip.compress(raw, mtime=0) if gz else raw
+    info = tarfile.TarInfo(name)
+    info.size = 512
+    info.pax_headers = {"GNU.sparse.map": f"{size - 512},512", "GNU.sparse.realsize": str(size)}
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz" if gz else "w",
+                      format=tarfile.PAX_FORMAT) as tf:
+        tf.addfile(info, io.BytesIO(b"y" * 512))
+    return buffer.getvalue()
+
+
+def zeros_zip(size: int, name: str = "zeros.bin") -> bytes:
+    """A zip of one deflated entry of *size* zero bytes (whole MiBs, under 4 GiB) with honest
+    headers: one compressed MiB repeated (each block starts afresh), so 1 GiB takes ~1 MB and a
+    fraction of a second to build."""
+    assert size % MiB == 0 and size < 1 << 32
+    mib, packer, crc = bytes(MiB), zlib.compressobj(9, zlib.DEFLATED, -15), 0
+    block = packer.compress(mib) + packer.flush(zlib.Z_FULL_FLUSH)
+    for _ in range(size // MiB):
+        crc = zlib.crc32(mib, crc)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr(zipfile.ZipInfo(name, (2024, 1, 1, 0, 0, 0)),
+                    block * (size // MiB) + packer.flush())
+    data = bytearray(buffer.getvalue())
+    central = data.rindex(b"PK\x01\x02")
+    for at in (0, central + 2):  # local header, then the central one (its fields 2 bytes on)
+        struct.pack_into("<H", data, at + 8, zipfile.ZIP_DEFLATED)
+        struct.pack_into("<L", data, at + 14, crc)
+        struct.pack_into("<L", data, at + 22, size)  # the compressed size stays the stored one
+    return bytes(data)
+
+
+def disk_bytes(root: Path) -> int:
+    """Bytes the files under *root* take on disk (their allocated blocks; folders not counted)."""
+    infos = [p.lstat() for p in root.rglob("*")]
+    return sum(info.st_blocks * 512 for info in infos if stat.S_ISREG(info.st_mode))

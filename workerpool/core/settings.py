@@ -74,6 +74,15 @@ class Settings:
     keep_workdirs: bool = False
     package_cache_bytes: int = 10 * 1024**3
     package_spares: int = 1  # staged copies per recently used package version; 0: none
+    # An archive may expand to this many times its compressed size (a zip entry too), and to
+    # the floor whatever its size (worker/packages/archive.py: ``Ratio``).
+    extract_max_ratio: int = 200
+    extract_ratio_floor_bytes: int = 64 * 1024**2
+    # A spare package copy is staged only if the worker's working directories and staged copies
+    # stay within this many bytes (0: no such budget) and the file system keeps the free bytes
+    # after it (worker/packages/budget.py).
+    workdir_max_bytes: int = 0
+    workdir_min_free_bytes: int = 1024**3
     step_max_processes: int | None = None  # per-step cap (pids cgroup); None: no cap
     # Who scripts run as (worker/isolation/users.py): None, per-slot users when the worker is
     # root; "same", the worker's own user; or a user name.
@@ -111,6 +120,12 @@ class Settings:
             visibility_timeout=_float(env, "VISIBILITY_TIMEOUT", cls.visibility_timeout),
             package_cache_bytes=_int(env, "PACKAGE_CACHE_BYTES", cls.package_cache_bytes),
             package_spares=_int(env, "PACKAGE_SPARES", cls.package_spares, minimum=0),
+            extract_max_ratio=_int(env, "EXTRACT_MAX_RATIO", cls.extract_max_ratio),
+            extract_ratio_floor_bytes=_int(env, "EXTRACT_RATIO_FLOOR_BYTES",
+                                           cls.extract_ratio_floor_bytes, minimum=0),
+            workdir_max_bytes=_int(env, "WORKDIR_MAX_BYTES", cls.workdir_max_bytes, minimum=0),
+            workdir_min_free_bytes=_int(env, "WORKDIR_MIN_FREE_BYTES",
+                                        cls.workdir_min_free_bytes, minimum=0),
             step_max_processes=_int(env, "STEP_MAX_PROCESSES", 0) or None,
             secret_key=env.get(ENV_PREFIX + "SECRET_KEY") or None,
             pool_key=env.get(ENV_PREFIX + "POOL_KEY") or None,

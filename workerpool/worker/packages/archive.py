@@ -3,7 +3,8 @@
 ``SafeWriter`` is the one place files are created. It never follows a link while writing (every
 parent must be a real directory, files are opened with O_NOFOLLOW), refuses names that could
 leave the directory, and counts entries and bytes as it writes, so a lying header cannot
-make it write more than the limits.
+make it write more than the limits: an absolute size, and a ratio to the compressed size (of the
+whole archive, and of each zip entry), so a small archive cannot fill a disk.
 """
 
 from __future__ import annotations
@@ -17,18 +18,85 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workerpool.core.errors import ArchiveError
+from workerpool.core.settings import Settings
 
 COPY_BUFFER = 1 << 20
 DRIVE = re.compile(r"^[A-Za-z]:")
 OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 Read = Callable[[int], bytes]
+RATIO_SETTING = "WORKERPOOL_EXTRACT_MAX_RATIO"
+FLOOR_SETTING = "WORKERPOOL_EXTRACT_RATIO_FLOOR_BYTES"
 
 
 @dataclass(frozen=True)
 class Extracted:
     files: int
     bytes: int
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """How far compressed data may expand: ``times`` its size, and always up to ``floor`` bytes,
+    so small genuine archives of very compressible files pass and a bomb gains at most that."""
+
+    times: int = Settings.extract_max_ratio
+    floor: int = Settings.extract_ratio_floor_bytes
+
+    @classmethod
+    def of(cls, settings: Settings) -> Ratio:
+        return cls(settings.extract_max_ratio, settings.extract_ratio_floor_bytes)
+
+    def allows(self, compressed: int) -> int:
+        """The most bytes *compressed* bytes may expand to."""
+        return max(self.floor, compressed * self.times)
+
+
+DEFAULT_RATIO = Ratio()
+
+
+class Limit:
+    """A cap on bytes written, and the one line that refuses the entry that passes it."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+
+    def refusal(self, name: str) -> ArchiveError:
+        return ArchiveError(f"archive bomb: entry {name!r} takes the extracted size past the "
+                            f"{self.cap}-byte limit; raise the limit if the package is genuine")
+
+
+class ArchiveRatio(Limit):
+    """The whole archive's bytes written against its file's size (compressed tars have no
+    per-member compressed size, and zip entries may share or hide data)."""
+
+    def __init__(self, ratio: Ratio, compressed: int) -> None:
+        super().__init__(ratio.allows(compressed))
+        self.ratio = ratio
+        self.compressed = compressed
+
+    def refusal(self, name: str) -> ArchiveError:
+        return ArchiveError(f"archive bomb: entry {name!r} {self.passes()} {self.cap} bytes, "
+                            f"the most {self.source()} may expand to ({RATIO_SETTING}="
+                            f"{self.ratio.times} times, at least {FLOOR_SETTING}="
+                            f"{self.ratio.floor}); raise {RATIO_SETTING} if the package is "
+                            "genuine")
+
+    def passes(self) -> str:
+        return "takes the extracted size past"
+
+    def source(self) -> str:
+        return f"this {self.compressed}-byte archive"
+
+
+class EntryRatio(ArchiveRatio):
+    """One zip entry's bytes written against its own compressed size."""
+
+    def passes(self) -> str:
+        return "expands past"
+
+    def source(self) -> str:
+        return f"its {self.compressed} compressed bytes"
 
 
 def unsafe(name: str, why: str) -> ArchiveError:
@@ -51,49 +119,65 @@ def relative_parts(name: str) -> list[str]:
 
 
 class SafeWriter:
-    """Writes entries under *root*; the root and everything made in it are real directories."""
+    """Writes entries under *root*; the root and everything made in it are real directories.
 
-    def __init__(self, root: Path, max_bytes: int, max_entries: int) -> None:
+    With *archive_size* (the archive file's), the bytes written are also held to *ratio* of it,
+    and each entry given a compressed size to *ratio* of that.
+    """
+
+    def __init__(self, root: Path, max_bytes: int, max_entries: int, ratio: Ratio = DEFAULT_RATIO,
+                 archive_size: int | None = None) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.root = os.path.realpath(root)
         self.max_bytes = max_bytes
         self.max_entries = max_entries
+        self.ratio = ratio
+        self.limit = Limit(max_bytes)
+        self.whole = None if archive_size is None else ArchiveRatio(ratio, archive_size)
         self.entries = 0
         self.files = 0
         self.written = 0
         self._dirs: set[str] = {""}
         self._links: list[tuple[str, str]] = []
 
-    def count(self, name: str, declared_size: int = 0) -> None:
-        """Count one entry; refuse the archive once it has too many, or claims too many bytes."""
+    def count(self, name: str, declared_size: int = 0, compressed: int | None = None) -> None:
+        """Count one entry; refuse the archive once it has too many, or claims too many bytes
+        (before anything of a sparse or bomb entry is written)."""
         self.entries += 1
         if self.entries > self.max_entries:
             raise ArchiveError(f"archive bomb: more than {self.max_entries} entries (at "
                                f"{name!r}); raise the entry limit if the package is genuine")
-        if self.written + declared_size > self.max_bytes:
-            self._too_big(name)
+        self._check(name, self.written + declared_size, declared_size, self._entry(compressed))
 
-    def _too_big(self, name: str) -> None:
-        raise ArchiveError(f"archive bomb: entry {name!r} takes the extracted size past the "
-                           f"{self.max_bytes}-byte limit; raise the limit if the package is "
-                           "genuine")
+    def _entry(self, compressed: int | None) -> Limit | None:
+        return None if compressed is None else EntryRatio(self.ratio, compressed)
+
+    def _check(self, name: str, total: int, size: int, entry: Limit | None) -> None:
+        """Refuse *name* if the archive's *total* or the entry's own *size* passes a limit; the
+        absolute limit is named first, as raising the ratio would not lift it."""
+        for limit, value in ((self.limit, total), (entry, size), (self.whole, total)):
+            if limit is not None and value > limit.cap:
+                raise limit.refusal(name)
 
     def directory(self, name: str) -> None:
         parts = relative_parts(name)
         if parts:
             self._make_dirs(name, parts)
 
-    def file(self, name: str, read: Read, executable: bool) -> None:
+    def file(self, name: str, read: Read, executable: bool, compressed: int | None = None) -> None:
+        """Write one file from *read*, counting the bytes it really yields (headers may lie)."""
         parts = relative_parts(name)
         if not parts:
             raise unsafe(name, "it names the target directory itself as a file")
+        entry = self._entry(compressed)
         path = self._parent(name, parts)
         fd = self._create(name, path, 0o755 if executable else 0o644)
+        size = 0
         with open(fd, "wb", buffering=0) as out:
             while chunk := read(COPY_BUFFER):
+                size += len(chunk)
                 self.written += len(chunk)
-                if self.written > self.max_bytes:
-                    self._too_big(name)
+                self._check(name, self.written, size, entry)
                 out.write(chunk)
         self.files += 1
 

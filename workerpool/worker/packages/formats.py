@@ -10,7 +10,13 @@ import zlib
 from pathlib import Path
 
 from workerpool.core.errors import ArchiveError
-from workerpool.worker.packages.archive import ArchiveFormat, Extracted, SafeWriter
+from workerpool.worker.packages.archive import (
+    DEFAULT_RATIO,
+    ArchiveFormat,
+    Extracted,
+    Ratio,
+    SafeWriter,
+)
 from workerpool.worker.packages.feed import split_extension
 from workerpool.worker.packages.tars import TarFormat, TarGzFormat
 from workerpool.worker.packages.zips import NupkgFormat, ZipFormat
@@ -34,11 +40,11 @@ def format_for(archive: Path) -> ArchiveFormat:
 
 
 def extract(archive: Path, target: Path, max_bytes: int = DEFAULT_MAX_BYTES,
-            max_entries: int = DEFAULT_MAX_ENTRIES) -> Extracted:
-    """Unpack *archive* into *target*, writing nothing outside it. On ArchiveError the target
-    may hold part of the archive: discard it."""
+            max_entries: int = DEFAULT_MAX_ENTRIES, ratio: Ratio = DEFAULT_RATIO) -> Extracted:
+    """Unpack *archive* into *target*, writing nothing outside it, and at most *ratio* of the
+    archive's size. On ArchiveError the target may hold part of the archive: discard it."""
     unpacker = format_for(archive)
-    writer = SafeWriter(target, max_bytes, max_entries)
+    writer = SafeWriter(target, max_bytes, max_entries, ratio, archive.stat().st_size)
     try:
         unpacker.extract_into(archive, writer)
         return writer.finish()
@@ -50,10 +56,11 @@ def extract(archive: Path, target: Path, max_bytes: int = DEFAULT_MAX_BYTES,
 
 
 def place(archive: Path, target: Path, unpack: bool, max_bytes: int = DEFAULT_MAX_BYTES,
-          max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+          max_entries: int = DEFAULT_MAX_ENTRIES, ratio: Ratio = DEFAULT_RATIO) -> Extracted:
     """A package where a step uses it: *archive* extracted into the directory *target*, or
-    (``unpack`` false) copied to the file *target*. Steps and staged spares both use it."""
+    (``unpack`` false) copied to the file *target*; what was written. Steps and staged spares
+    both use it."""
     if unpack:
-        extract(archive, target, max_bytes, max_entries)
-    else:
-        shutil.copyfile(archive, target)
+        return extract(archive, target, max_bytes, max_entries, ratio)
+    shutil.copyfile(archive, target)
+    return Extracted(1, target.stat().st_size)

@@ -9,6 +9,8 @@ from types import TracebackType
 
 from workerpool.core.errors import ArchiveError, PackageError
 from workerpool.core.packageref import PackageRef
+from workerpool.worker.packages.archive import DEFAULT_RATIO, Extracted, Ratio
+from workerpool.worker.packages.budget import footprint
 from workerpool.worker.packages.cache import CachedPackage, PackageCache
 from workerpool.worker.packages.feed import Progress
 from workerpool.worker.packages.formats import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, place
@@ -49,15 +51,17 @@ class PreparedPackage:
 
 def prepare(ref: PackageRef, feeds: FeedRegistry, cache: PackageCache, workdir: Path,
             max_bytes: int = DEFAULT_MAX_BYTES, max_entries: int = DEFAULT_MAX_ENTRIES,
-            progress: Progress | None = None, spares: Spares | None = None) -> PreparedPackage:
-    """Fetch *ref* and extract it into ``workdir/<ref.name>``, or (``extract=false``) copy the
-    file into *workdir*; with *spares*, take a copy staged in advance when one is ready.
+            progress: Progress | None = None, spares: Spares | None = None,
+            ratio: Ratio = DEFAULT_RATIO) -> PreparedPackage:
+    """Fetch *ref* and extract it into ``workdir/<ref.name>`` (within the limits and *ratio*),
+    or (``extract=false``) copy the file into *workdir*; with *spares*, take a copy staged in
+    advance when one is ready.
 
     Raises UnknownFeed for a feed nobody added, and PackageError (one line naming the package,
     version and feed) for everything else that stops the package from being used.
     """
     feed = feeds.get(ref.feed)  # a removed feed fails the step, staged copies or not
-    kind = Kind.of(ref, max_bytes, max_entries)
+    kind = Kind.of(ref, max_bytes, max_entries, ratio)
     if spares is not None:  # (a missing workdir makes take() fail: it is made below)
         staged = spares.take(kind, workdir / ref.name if ref.extract else workdir)
         if staged is not None:
@@ -65,7 +69,7 @@ def prepare(ref: PackageRef, feeds: FeedRegistry, cache: PackageCache, workdir: 
             return _prepared(ref, staged, workdir, staged=True)
     cached = cache.fetch(ref, feed, progress)
     try:
-        _place(ref, cached, workdir, kind)
+        placed = _place(ref, cached, workdir, kind)
     except ArchiveError as exc:
         cached.release()
         raise PackageError(ref.package_id, ref.version, ref.feed, str(exc)) from None
@@ -73,15 +77,15 @@ def prepare(ref: PackageRef, feeds: FeedRegistry, cache: PackageCache, workdir: 
         cached.release()
         raise
     if spares is not None:  # only once placed: an archive that fails is never staged
-        spares.want(kind)
+        spares.want(kind, footprint(placed))
     return _prepared(ref, cached, workdir, staged=False)
 
 
-def _place(ref: PackageRef, cached: CachedPackage, workdir: Path, kind: Kind) -> None:
+def _place(ref: PackageRef, cached: CachedPackage, workdir: Path, kind: Kind) -> Extracted:
     if not ref.extract:
         workdir.mkdir(parents=True, exist_ok=True)
-    place(cached.path, workdir / ref.name if ref.extract else workdir / cached.file_name,
-          ref.extract, kind.max_bytes, kind.max_entries)
+    return place(cached.path, workdir / ref.name if ref.extract else workdir / cached.file_name,
+                 ref.extract, kind.max_bytes, kind.max_entries, kind.ratio)
 
 
 def _prepared(ref: PackageRef, cached: CachedPackage, workdir: Path,

@@ -19,7 +19,8 @@ until the step ends.
 Bounds: ``count`` spares per version (``WORKERPOOL_PACKAGE_SPARES``, 0 disables), for the
 ``MAX_VERSIONS`` most recently used versions; a spare goes when its archive leaves the cache,
 and all of them when the worker stops. Disk: up to ``count * MAX_VERSIONS`` extracted packages
-per worker process, beside the cache.
+per worker process, beside the cache, and only within the worker's disk budget (``budget.py``:
+checked before each copy, against the size the step's own placement wrote).
 
 Layout under the staging root (``<the worker's working-directory root>/.staged``)::
 
@@ -42,6 +43,8 @@ from pathlib import Path
 import redis
 
 from workerpool.core.packageref import PackageRef
+from workerpool.worker.packages.archive import DEFAULT_RATIO, Ratio
+from workerpool.worker.packages.budget import DiskBudget, NoRoom
 from workerpool.worker.packages.cache import CachedPackage, PackageCache, file_identity
 from workerpool.worker.packages.stager import Stager
 
@@ -57,6 +60,7 @@ RETRY_AFTER = 5.0  # seconds the stager rests after an unexpected error
 QUIET = 0.05  # seconds after a step starts during which staging waits: the step goes first
 MAX_YIELD = 1.0  # seconds one staging copy waits at most for steps that keep starting
 JOIN_TIMEOUT = 10.0
+DEFAULT_BUDGET = DiskBudget()
 
 
 @dataclass(frozen=True)
@@ -69,12 +73,20 @@ class Kind:
     extract: bool
     max_bytes: int
     max_entries: int
+    ratio: Ratio = DEFAULT_RATIO
 
     @classmethod
-    def of(cls, ref: PackageRef, max_bytes: int, max_entries: int) -> Kind:
+    def of(cls, ref: PackageRef, max_bytes: int, max_entries: int,
+           ratio: Ratio = DEFAULT_RATIO) -> Kind:
         # the cache's own spelling: ids and versions are case-insensitive
         return cls(ref.feed, ref.package_id.lower(), ref.version.lower(), ref.extract,
-                   max_bytes, max_entries)
+                   max_bytes, max_entries, ratio)
+
+    def job(self, archive: Path, target: Path) -> dict[str, object]:
+        """The staging helper's job (``stager.py``) for a spare of this kind."""
+        return {"archive": str(archive), "target": str(target), "extract": self.extract,
+                "max_bytes": self.max_bytes, "max_entries": self.max_entries,
+                "max_ratio": self.ratio.times, "ratio_floor": self.ratio.floor}
 
 
 @dataclass(frozen=True)
@@ -87,17 +99,19 @@ class Spare:
 class _Version:
     ready: list[Spare] = field(default_factory=list)
     failed: bool = False  # not staged again until a step uses the version again
+    size: int | None = None  # on disk, at most (budget.footprint); unknown: nothing is staged
 
 
 class Spares:
     """One worker process's spare package copies, and the thread that stages them."""
 
     def __init__(self, root: Path, cache: PackageCache, count: int,
-                 max_versions: int = MAX_VERSIONS) -> None:
-        self.root = root
+                 max_versions: int = MAX_VERSIONS, budget: DiskBudget = DEFAULT_BUDGET) -> None:
+        self.root = root  # <the worker's working-directory root>/.staged
         self.cache = cache
         self.count = count
         self.max_versions = max_versions
+        self.budget = budget
         self._cond = threading.Condition()
         self._versions: dict[Kind, _Version] = {}  # least recently used first
         self._discard: list[Path] = []
@@ -142,8 +156,10 @@ class Spares:
             return None
         return archive
 
-    def want(self, kind: Kind) -> None:
-        """A step just placed *kind*: keep ``count`` spares of it, as the most recent version."""
+    def want(self, kind: Kind, size: int | None = None) -> None:
+        """A step just placed *kind*, *size* bytes on disk (None: it took a spare, of the size
+        known since): keep ``count`` spares of it, as the most recent version. A version whose
+        size was never told is not staged: the budget could not be checked."""
         if self.count <= 0:
             return
         with self._cond:
@@ -151,6 +167,7 @@ class Spares:
                 return
             version = self._versions.pop(kind, None) or _Version()
             version.failed = False
+            version.size = version.size if size is None else size
             self._versions[kind] = version
             while len(self._versions) > self.max_versions:
                 dropped = self._versions.pop(next(iter(self._versions)))
@@ -229,11 +246,15 @@ class Spares:
         with self._cond:
             for kind in reversed(self._versions):
                 version = self._versions[kind]
-                if not version.failed and len(version.ready) < self.count:
+                if not version.failed and version.size is not None \
+                        and len(version.ready) < self.count:
                     return kind
         return None
 
     def _stage(self, kind: Kind) -> None:
+        size = self._size(kind)
+        if size is None:
+            return  # dropped meanwhile
         try:
             archive = self.cache.hold(kind.feed, kind.package_id, kind.version)
         except (OSError, redis.RedisError) as exc:
@@ -242,20 +263,8 @@ class Spares:
         if archive is None:
             self._forget(kind)  # its archive left the cache, so do its spares
             return
-        name = uuid.uuid4().hex
-        folder = self.root / f"{archive.sha256}.{'tree' if kind.extract else 'file'}"
-        partial, path = folder / f".{name}", folder / name
-        try:
-            with archive:  # held: the cache does not evict it while it is read
-                folder.mkdir(parents=True, exist_ok=True)
-                job = {"archive": str(archive.path), "target": str(partial),
-                       "extract": kind.extract, "max_bytes": kind.max_bytes,
-                       "max_entries": kind.max_entries}
-                self._helper_now().write(job, self._resume_at)
-            os.rename(partial, path)
-        except OSError as exc:
-            _remove(partial)
-            self._failed(kind, exc)
+        path = self._copy(kind, archive, size)
+        if path is None:
             return
         with self._cond:
             version = self._versions.get(kind)
@@ -263,6 +272,36 @@ class Spares:
                 version.ready.append(Spare(path, archive))
                 return
         _remove(path)  # the version was dropped meanwhile
+
+    def _size(self, kind: Kind) -> int | None:
+        with self._cond:
+            version = self._versions.get(kind)
+            return None if version is None else version.size
+
+    def _copy(self, kind: Kind, archive: CachedPackage, size: int) -> Path | None:
+        """A spare of *kind* written from *archive* by the helper, if the budget has room for
+        *size* more bytes; None (logged) if it could not be."""
+        name = uuid.uuid4().hex
+        folder = self.root / f"{archive.sha256}.{'tree' if kind.extract else 'file'}"
+        partial, path = folder / f".{name}", folder / name
+        try:
+            with archive:  # held: the cache does not evict it while it is read
+                folder.mkdir(parents=True, exist_ok=True)
+                job = {**kind.job(archive.path, partial), "room": self._room(size)}
+                self._helper_now().write(job, self._resume_at)
+            os.rename(partial, path)
+        except OSError as exc:
+            _remove(partial)
+            with contextlib.suppress(OSError):  # left only if empty: no spare of it is ready
+                folder.rmdir()
+            self._failed(kind, exc)
+            return None
+        return path
+
+    def _room(self, size: int) -> dict[str, object]:
+        """What the helper checks before writing: the budget over the working-directory root."""
+        return {"root": str(self.root.parent), "size": size, "max_bytes": self.budget.max_bytes,
+                "min_free": self.budget.min_free}
 
     def _resume_at(self) -> float:
         return min(self._quiet_until, self._yield_until)
@@ -286,6 +325,10 @@ class Spares:
             version = self._versions.get(kind)
             if version is not None:
                 version.failed = True
+        if isinstance(exc, NoRoom):
+            log.info("not staging a spare copy of %s %s (steps extract it inline): %s",
+                     kind.package_id, kind.version, exc)
+            return
         log.warning("could not stage a spare copy of %s %s (steps extract it inline): %s",
                     kind.package_id, kind.version, exc)
 

@@ -6,9 +6,11 @@ that start meanwhile. It runs at a lower priority than scripts, and the worker s
 (SIGSTOP) while a step starts, so a staging copy never competes with a step's start.
 
 Protocol: ``main()`` runs with the worker's pid as its argument; one job per line on stdin (JSON:
-archive, target, extract, max_bytes, max_entries), one reply per line on stdout
-(``{"ok": true}`` or ``{"error": "..."}``). It ends at the end of its input, and is killed
-when the worker dies (PR_SET_PDEATHSIG with SIGKILL, which also ends a stopped process).
+archive, target, extract, max_bytes, max_entries, max_ratio, ratio_floor, and room: the disk
+budget to check first, ``budget.py``), one reply per line on stdout (``{"ok": true}``,
+``{"error": "..."}``, or ``{"error": "...", "no_room": true}`` when the budget left no room). It
+ends at the end of its input, and is killed when the worker dies (PR_SET_PDEATHSIG with
+SIGKILL, which also ends a stopped process).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from workerpool.core.errors import ArchiveError
+from workerpool.worker.packages.archive import DEFAULT_RATIO, Ratio
+from workerpool.worker.packages.budget import DiskBudget, NoRoom
 from workerpool.worker.packages.formats import place
 
 NICE = 10  # scripts come first
@@ -79,12 +83,7 @@ class Stager:
             self.resume()
         if not line:
             raise OSError("the staging helper exited")
-        try:
-            error = json.loads(line).get("error")
-        except (ValueError, AttributeError):
-            raise OSError(f"the staging helper replied {line!r}") from None
-        if error:
-            raise OSError(error)
+        _raise_for(line)
 
     def pause(self) -> None:
         """Stop the helper mid-job (a step is starting); ``write()`` resumes it."""
@@ -120,12 +119,37 @@ class Stager:
                     pipe.close()
 
 
+def _raise_for(line: str) -> None:
+    """OSError for a reply that is not ``ok`` (NoRoom for the budget's)."""
+    try:
+        reply = json.loads(line)
+        error, no_room = reply.get("error"), reply.get("no_room")
+    except (ValueError, AttributeError):
+        raise OSError(f"the staging helper replied {line!r}") from None
+    if error:
+        raise NoRoom(error) if no_room else OSError(error)
+
+
 # -- the helper process ------------------------------------------------------------------------
 
 def write(job: dict[str, object]) -> None:
-    """One spare: the archive extracted or copied, by the same ``place()`` a step runs."""
+    """One spare, if the budget has room: the archive extracted or copied, by the same
+    ``place()`` a step runs."""
+    room = job.get("room")
+    if isinstance(room, dict):
+        DiskBudget(_int(room, "max_bytes"), _int(room, "min_free")).check(
+            Path(str(room["root"])), _int(room, "size"))
+    ratio = Ratio(_int(job, "max_ratio", DEFAULT_RATIO.times),
+                  _int(job, "ratio_floor", DEFAULT_RATIO.floor))
     place(Path(str(job["archive"])), Path(str(job["target"])), bool(job["extract"]),
-          int(str(job["max_bytes"])), int(str(job["max_entries"])))
+          _int(job, "max_bytes"), _int(job, "max_entries"), ratio)
+
+
+def _int(fields: dict[str, object], key: str, default: int | None = None) -> int:
+    value = fields.get(key, default)
+    if value is None:
+        raise KeyError(key)
+    return int(str(value))
 
 
 def main() -> None:
@@ -139,6 +163,8 @@ def main() -> None:
         try:
             write(json.loads(line))
             reply: dict[str, object] = {"ok": True}
+        except NoRoom as exc:
+            reply = {"error": str(exc), "no_room": True}
         except (ArchiveError, OSError, ValueError, KeyError) as exc:
             reply = {"error": str(exc) or type(exc).__name__}
         print(json.dumps(reply), flush=True)

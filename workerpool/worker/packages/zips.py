@@ -18,7 +18,7 @@ class ZipFormat(ArchiveFormat):
     def extract_into(self, archive: Path, target: SafeWriter) -> None:
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
-                target.count(info.filename, info.file_size)
+                target.count(info.filename, info.file_size, info.compress_size)
                 name = self.entry_name(info.filename)
                 if not self.skip(name):
                     self._entry(zf, info, name, target)
@@ -44,7 +44,7 @@ class ZipFormat(ArchiveFormat):
             target.directory(name)
             return
         with zf.open(info) as source:
-            target.file(name, source.read, bool(mode & 0o111))
+            target.file(name, source.read, bool(mode & 0o111), info.compress_size)
 
 
 class NupkgFormat(ZipFormat):

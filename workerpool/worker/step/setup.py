@@ -16,8 +16,11 @@ from pathlib import Path
 
 from workerpool.core.errors import BadInput
 from workerpool.core.packageref import PackageRef
+from workerpool.core.settings import Settings
 from workerpool.core.substitution import resolve_all, substitute
 from workerpool.core.syntaxes import SYNTAXES, Syntax, syntax_for_path
+from workerpool.worker.packages.archive import Ratio
+from workerpool.worker.packages.budget import DiskBudget
 from workerpool.worker.packages.cache import PackageCache
 from workerpool.worker.packages.install import PreparedPackage, prepare
 from workerpool.worker.packages.registry import FeedRegistry
@@ -51,19 +54,25 @@ def system_variables(step_id: str, record: dict[str, str], worker: str,
     }
 
 
+DEFAULTS = Settings()
+
+
 class StepSetup:
     """Everything before the script: shared by all steps of one worker process.
 
     With a *staging* directory (on the working directories' file system) and *spares* > 0, a
     package a step used is staged again in the background, so the next step takes it by one
-    rename (``packages.spares``); ``close()`` stops that and removes the staged copies.
+    rename (``packages.spares``), within the disk budget; ``close()`` stops that and removes
+    the staged copies. *settings* give the archives' ratio and the disk budget.
     """
 
     def __init__(self, feeds: FeedRegistry, cache: PackageCache, staging: Path | None = None,
-                 spares: int = 0) -> None:
+                 spares: int = 0, settings: Settings = DEFAULTS) -> None:
         self.feeds = feeds
         self.cache = cache
-        self.spares = Spares(staging, cache, spares) if staging is not None and spares else None
+        self.ratio = Ratio.of(settings)
+        self.spares = Spares(staging, cache, spares, budget=DiskBudget.of(settings)) \
+            if staging is not None and spares else None
 
     def close(self) -> None:
         if self.spares is not None:
@@ -107,7 +116,7 @@ class StepSetup:
             log(f"downloading {ref.package_id} {ref.version}: {done / 1e6:.1f} MB{size}")
 
         package = prepare(ref, self.feeds, self.cache, workdir, EXTRACT_MAX_BYTES,
-                          EXTRACT_MAX_ENTRIES, progress, self.spares)
+                          EXTRACT_MAX_ENTRIES, progress, self.spares, self.ratio)
         how = "downloaded" if package.cached.downloaded else "from cache"
         placed = f"extracted to ./{ref.name}/" if ref.extract else \
             f"placed at ./{package.cached.file_name}"
