@@ -1,7 +1,9 @@
 """Reading YAML that users write (process files, variables files, templates), guarded.
 
-A size limit, a node limit on alias expansion (a "billion laughs" document is refused before it
-is built), and one-line errors that name the file, line and column.
+A size limit, a depth limit (a document nested deeper than ``MAX_DEPTH`` is refused from its
+event stream, before the recursive composer would run out of stack), a node limit on alias
+expansion (a "billion laughs" document is refused before it is built), and one-line errors that
+name the file, line and column.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 import ruamel.yaml
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.events import CollectionEndEvent, CollectionStartEvent
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from workerpool.core.errors import BadInput, one_line
@@ -19,6 +22,8 @@ from workerpool.core.errors import BadInput, one_line
 MAX_FILE_BYTES = 1_000_000
 # Nodes a document may hold once every alias is expanded; real files hold a few thousand.
 MAX_NODES = 100_000
+# Collections a document may nest; real files nest fewer than ten.
+MAX_DEPTH = 100
 _COMMENTED_REFERENCE = re.compile(r"[ \t]+#\{")
 
 
@@ -39,6 +44,7 @@ def read_yaml(path: Path, what: str = "file") -> Any:
         raise BadInput(f"{path}: the {what} is not UTF-8 text") from None
     yaml = ruamel.yaml.YAML(typ="safe", pure=True)
     try:
+        _check_depth(path, yaml, text, what)
         node = yaml.compose(text)
         if node is None:
             return None
@@ -48,6 +54,21 @@ def read_yaml(path: Path, what: str = "file") -> Any:
         raise BadInput(f"{path}: {_describe(exc)}") from None
     except YAMLError as exc:
         raise BadInput(f"{path}: not valid YAML: {one_line(str(exc))}") from None
+
+
+def _check_depth(path: Path, yaml: ruamel.yaml.YAML, text: str, what: str) -> None:
+    """Refuse a document nested deeper than ``MAX_DEPTH``, read as events (no recursion)."""
+    depth = 0
+    for event in yaml.parse(text):
+        if isinstance(event, CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                mark = event.start_mark
+                raise BadInput(f"{path}: line {mark.line + 1} column {mark.column + 1}: the "
+                               f"{what} nests lists or mappings more than {MAX_DEPTH} deep; "
+                               "flatten it")
+        elif isinstance(event, CollectionEndEvent):
+            depth -= 1
 
 
 def _describe(exc: MarkedYAMLError) -> str:
