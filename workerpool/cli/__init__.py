@@ -25,7 +25,7 @@ COMMAND_MODULES = {
     "package": "packages",
     "target": "deployments", "agent": "deployments", "deploy": "deployments",
     "deployments": "deployments", "template": "templates", "examples": "templates",
-    "flower": "flower", "bench": "bench",
+    "flower": "flower", "bench": "bench", "dead": "dead",
 }
 
 

@@ -25,6 +25,14 @@ from workerpool.core.settings import Settings
 # step's last log lines, its end).
 REDIS_RETRY_SECONDS = 300.0
 
+# The Redis errors that mean "Redis is away for now": a lost or refused connection, a timeout,
+# a server still loading its data or a replica that cannot write yet (a failover). Worth
+# waiting out. Any other (DataError: an argument no command takes; ResponseError: a command
+# Redis refused, NOPERM among them) is permanent: the same call fails the same way again.
+AWAY: tuple[type[redis.RedisError], ...] = (
+    redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError,
+    redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
+
 T = TypeVar("T")
 SCHEMES = ("redis", "rediss", "unix")
 CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}

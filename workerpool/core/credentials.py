@@ -66,6 +66,7 @@ def worker_rules(pool: str) -> list[str]:
     """The ACL rules of *pool*'s workers: their pool's space and queue, and what they read."""
     queue = keys.queue_of(pool)
     rules = [*COMMANDS, f"~{_escape(keys.space(pool))}*", f"~{queue}",
+             f"~{_escape(keys.dead(pool))}",
              *(f"~{binding}.{queue}" for binding in KOMBU_BINDINGS),
              *(f"%R~{key}" for key in READ_ONLY),
              f"&{_escape(keys.space(pool))}control:*", *(f"&{c}" for c in EVENTS)]
@@ -83,7 +84,8 @@ def runner_rules() -> list[str]:
             f"~{keys.TARGET_QUEUE_PREFIX}*", f"~{keys.deployment('*')}",
             f"~{keys.PREFIX}deployments:*",
             *(f"%R~{key}" for key in (*READ_ONLY, keys.BUILTIN_DISABLED, keys.TARGETS,
-                                      keys.POOL_KEYS, keys.SERVER_HEARTBEAT)),
+                                      keys.POOL_KEYS, keys.SERVER_HEARTBEAT,
+                                      keys.dead("*"))),
             f"&{every_space}"]
 
 

@@ -26,6 +26,11 @@ Global (``P`` is ``workerpool:``)::
     P deployments:all         zset   deployment id -> submit time
     P deployment:<id>         hash   deployment record: process JSON, environment, state, steps
     P server:hb               string the orchestrator's heartbeat, expiring
+    P dead:<POOL>             list   the pool's dead letters, newest first: JSON {tag, queue,
+                                     reason, worker, at, message}, messages that crashed
+                                     Celery's consumer twice (``core/deadletters.py``); the
+                                     one key of a pool outside its space, written by its
+                                     workers, read and dropped by admins
     workerpool.pool.<slug>    list   the pool's Celery queue (kombu's Redis layout)
     workerpool.builtin        list   the built-in worker's Celery queue
     workerpool.target.<slug>  list   a deployment target's own agent queue
@@ -47,6 +52,9 @@ A pool's own (``S`` is ``workerpool:pool:{POOL}:``)::
     S done:<deployment id>    list   ids of the deployment's runs in this pool as they finish
     S package-sha:<feed>/<id>/<version>
                               string sha256 recorded at the package's first download in the pool
+    S dropped                 string how many malformed messages the pool's workers dropped
+    S crashes                 hash   delivery tag -> times the message crashed Celery's
+                                     consumer (the second crash dead-letters it), expiring
     S kombu:unacked, S kombu:unacked_index, S kombu:unacked_mutex
                                      kombu's unacknowledged messages of the pool's workers:
                                      delivery tag -> message, and -> delivery time (a worker acks
@@ -169,6 +177,18 @@ def control(pool: str, instance: str) -> str:
 def done(pool: str, deployment_id: str) -> str:
     """Where the deployment's runs in *pool* announce their end to the orchestrator."""
     return f"{space(pool)}done:{deployment_id}"
+
+
+def dropped(pool: str) -> str:
+    return space(pool) + "dropped"
+
+
+def crashes(pool: str) -> str:
+    return space(pool) + "crashes"
+
+
+def dead(pool: str) -> str:
+    return f"{PREFIX}dead:{pool}"
 
 
 def kombu_keys(pool: str) -> dict[str, str]:

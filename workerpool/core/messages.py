@@ -62,3 +62,68 @@ def for_record(step_id: str, attempt: int, record: Mapping[str, str]) -> str:
     shown = label(record.get("name", ""), record.get("pool_name", ""), step_id,
                   target=record.get("target", ""))
     return build(step_id, attempt, record.get("queue", ""), shown)
+
+
+# What a step message's embed may name: Celery's own keys, all empty (steps have no callbacks,
+# chains or chords, which would make a worker publish further tasks).
+EMBED_KEYS = frozenset({"callbacks", "errbacks", "chain", "chord"})
+
+
+def problem(message: object) -> str | None:
+    """Why a raw entry taken from a step queue is not a step message, or None if it is one.
+
+    Checked before Celery or kombu unpack it: a malformed entry would otherwise raise inside
+    Celery's consumer, which restarts and takes the same entry again. The envelope kombu reads,
+    the task, and the body ``[[step id, attempt], {}, embed]`` are checked for their exact
+    shape, and the headers Celery schedules by (``eta``, ``expires``) must be empty.
+    """
+    if not isinstance(message, dict):
+        return "it is not a JSON object"
+    headers, properties = message.get("headers"), message.get("properties")
+    if not isinstance(headers, dict) or not isinstance(properties, dict):
+        return "its headers or properties are not JSON objects"
+    return _header_problem(headers, properties) or _content_problem(message, properties)
+
+
+def _header_problem(headers: dict[str, object], properties: dict[str, object]) -> str | None:
+    if headers.get("task") != TASK_NAME:
+        return f"its task is {str(headers.get('task'))[:80]!r}, not {TASK_NAME}"
+    if not isinstance(headers.get("id"), str) or not isinstance(properties.get("delivery_tag"),
+                                                                 str):
+        return "its task id or delivery tag is not text"
+    if headers.get("eta") is not None or headers.get("expires") is not None:
+        return "it carries an eta or an expiry (steps have neither)"
+    return None
+
+
+def _content_problem(message: dict[str, object], properties: dict[str, object]) -> str | None:
+    content_type = message.get("content-type")
+    if content_type != "application/json":
+        return (f"refusing content type {str(content_type)[:80]!r}: step messages are JSON "
+                "only, any other serializer is untrusted")
+    body = message.get("body")
+    if not isinstance(body, str):
+        return "its body is not text"
+    try:
+        raw = base64.b64decode(body, validate=True) if properties.get("body_encoding") \
+            == "base64" else body.encode()
+        payload = json.loads(raw)
+    except (ValueError, RecursionError):
+        return "its body is not base64-encoded JSON"
+    return _payload_problem(payload)
+
+
+def _payload_problem(payload: object) -> str | None:
+    if not isinstance(payload, list) or len(payload) != 3:
+        return "its body is not [args, kwargs, embed]"
+    args, kwargs, embed = payload
+    if not isinstance(args, list) or not 1 <= len(args) <= 2 or kwargs != {}:
+        return "its arguments are not [step id, attempt] with no keyword arguments"
+    if not isinstance(args[0], str):
+        return "its step id is not text"
+    if len(args) == 2 and (type(args[1]) is not int or args[1] < 0):
+        return "its attempt is not a whole number >= 0"
+    if not isinstance(embed, dict) or not embed.keys() <= EMBED_KEYS \
+            or any(value is not None for value in embed.values()):
+        return "it carries callbacks, a chain or a chord (steps have none)"
+    return None

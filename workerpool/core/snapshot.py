@@ -35,6 +35,8 @@ class Snapshot:
     queue_depths: dict[str, int]
     leases: tuple[Lease, ...]
     public_keys: dict[str, str] = field(default_factory=dict)  # pool -> its keys' JSON
+    # pool -> (malformed messages its workers dropped, its dead letters); with detail only
+    faults: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def workers_in(self, pool_slug: str) -> list[WorkerInfo]:
         return list(self._by_pool.get(pool_slug, ()))
@@ -65,8 +67,8 @@ def read_snapshot(client: redis.Redis, detail: bool = False) -> Snapshot:
         args=[default_slug, json.dumps({"name": DEFAULT_POOL_NAME, "description": ""}),
               "1" if detail else "0", keys.POOL_QUEUE_PREFIX, keys.SPACE_PREFIX,
               keys.TARGET_POOL_PREFIX, keys.POOLS, keys.DEFAULT_POOL, keys.BUILTIN_DISABLED,
-              keys.TARGETS, keys.BUILTIN_QUEUE, keys.POOL_KEYS])
-    raw_pools, default, disabled, records, beats, depths, raw_leases, public = reply
+              keys.TARGETS, keys.BUILTIN_QUEUE, keys.POOL_KEYS, keys.dead("")])
+    raw_pools, default, disabled, records, beats, depths, raw_leases, public, faults = reply
     pools = pools_from_hash(pairs(raw_pools), default)
     workers = tuple(sorted((WorkerInfo.from_record(rec, beat or None)
                             for rec, beat in zip(records, beats, strict=True)),
@@ -78,7 +80,8 @@ def read_snapshot(client: redis.Redis, detail: bool = False) -> Snapshot:
     leases = tuple(Lease(step_id=str(r[0]), worker=str(r[1]), pool=str(r[2]),
                          started_at=float(r[3] or 0), step_name=str(r[4])) for r in raw_leases)
     return Snapshot(pools=pools, builtin_enabled=not disabled, workers=workers,
-                    queue_depths=depth_map, leases=leases, public_keys=pairs(public))
+                    queue_depths=depth_map, leases=leases, public_keys=pairs(public),
+                    faults={str(f[0]): (int(f[1]), int(f[2])) for f in faults})
 
 
 def _worker_json(worker: WorkerInfo, leases: list[Lease]) -> dict[str, object]:
@@ -92,7 +95,9 @@ def status_view(snap: Snapshot) -> dict[str, object]:
 
     def section(slug: str) -> dict[str, object]:
         leases = [le for le in snap.leases if le.pool == slug]
+        dropped, dead = snap.faults.get(slug, (0, 0))
         return {"queued": snap.queue_depths.get(slug, 0), "running": len(leases),
+                "dropped_messages": dropped, "dead_letters": dead,
                 "workers": [_worker_json(w, leases) for w in snap.workers_in(slug)],
                 "leases": [le.to_json() for le in leases]}
 

@@ -144,6 +144,31 @@ def render_html(snap: Snapshot, now: float | None = None, flower_url: str | None
     return _page(f"<main>{body}</main>", updated, flower_url)
 
 
+# The Prometheus series of ``/metrics``: name, type, help, and the value of a pool's section of
+# ``status_view``.
+METRICS = (
+    ("workerpool_queued_steps", "gauge", "Steps waiting in the pool's queue.", "queued"),
+    ("workerpool_running_steps", "gauge", "Steps running on the pool's workers.", "running"),
+    ("workerpool_dropped_messages_total", "counter",
+     "Malformed messages the pool's workers dropped from its queue.", "dropped_messages"),
+    ("workerpool_dead_letters", "gauge",
+     "Messages in the pool's dead letters (they crashed a worker's consumer twice).",
+     "dead_letters"),
+)
+
+
+def render_metrics(snap: Snapshot) -> str:
+    """The pools' counts in Prometheus's text format, one series per pool (its slug)."""
+    view = status_view(snap)
+    sections = [(p["slug"], p) for p in view["pools"]]  # type: ignore[attr-defined]
+    sections.append((keys.BUILTIN_POOL, view["builtin_worker"]))
+    lines = []
+    for name, kind, text, field in METRICS:
+        lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+        lines += [f'{name}{{pool="{slug}"}} {section[field]}' for slug, section in sections]
+    return "\n".join(lines) + "\n"
+
+
 def render_error(message: str, flower_url: str | None = None) -> str:
     updated = datetime.now().strftime("%H:%M:%S")
     return _page(f'<p class="error">{escape(message)}</p>', updated, flower_url)
@@ -183,7 +208,7 @@ class PoolsHandler(BaseHTTPRequestHandler):
                        include_body, {"WWW-Authenticate": 'Basic realm="workerpool"'})
             return
         path = urlsplit(self.path).path
-        if path not in ("/", "/api/pools"):
+        if path not in ("/", "/api/pools", "/metrics"):
             self._send(404, "text/plain; charset=utf-8", b"not found\n", include_body)
             return
         config = self.server.config
@@ -195,6 +220,9 @@ class PoolsHandler(BaseHTTPRequestHandler):
         if path == "/api/pools":
             self._send(200, "application/json", json.dumps(status_view(snap)).encode(),
                        include_body)
+        elif path == "/metrics":
+            self._send(200, "text/plain; version=0.0.4; charset=utf-8",
+                       render_metrics(snap).encode(), include_body)
         else:
             self._send(200, "text/html; charset=utf-8",
                        render_html(snap, flower_url=self._flower_url()).encode(), include_body)

@@ -17,7 +17,7 @@ from typing import TypeVar
 import redis
 
 from workerpool.core import keys, workers
-from workerpool.core.connection import REDIS_RETRY_SECONDS, connect
+from workerpool.core.connection import AWAY, REDIS_RETRY_SECONDS, connect
 from workerpool.core.errors import WorkerPoolError
 from workerpool.core.leases import Claim, Leases
 from workerpool.core.pools import PoolRegistry
@@ -104,7 +104,8 @@ class Runtime:
                                             settings.package_cache_bytes, self.redis,
                                             identity.pool),
                                private_dir(self.workdir_root / ".staged")
-                               if settings.package_spares else None, settings.package_spares)
+                               if settings.package_spares else None, settings.package_spares,
+                               settings)
 
     # -- background threads -------------------------------------------------------------
 
@@ -308,7 +309,7 @@ class Runtime:
         while True:
             try:
                 return action()
-            except redis.RedisError as exc:
+            except AWAY as exc:
                 if time.monotonic() > deadline or (until_stopping and self.stopping.is_set()):
                     log.error("gave up trying to %s (%s): %s", what, if_given_up, exc)
                     return None
@@ -317,6 +318,11 @@ class Runtime:
                     self.stopping.wait(1.0)
                 else:  # also while stopping: a stopped step's end must still be recorded
                     time.sleep(1.0)
+            except redis.RedisError as exc:  # permanent: the same call would fail again
+                log.error("could not %s (%s; not retried: %s): %s", what, if_given_up,
+                          "Redis refused it" if isinstance(exc, redis.ResponseError)
+                          else "an argument Redis cannot take", exc)
+                return None
 
     def _hand_back(self, step_id: str, attempt: int) -> None:
         """Give back, unclaimed, a step that reached this worker while it is unhealthy.

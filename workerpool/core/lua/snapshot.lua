@@ -1,7 +1,7 @@
 -- KEYS: none. ARGV: default slug, default pool JSON, detail ('1': queue depths + leases), pool
 -- queue prefix, pool space prefix ("workerpool:pool:{"), target pool prefix ("target:"), then
 -- the keys: pools, default-pool, builtin-disabled, targets, built-in queue, pools' public keys
--- (returned too: a client seals to one). They are arguments,
+-- (returned too: a client seals to one), then the dead letters' prefix ("workerpool:dead:"). They are arguments,
 -- not KEYS: Redis checks a script's KEYS for writing, and a runner's login may only read the
 -- pools (each call below is checked for what it does).
 local POOLS, DEFAULT, DISABLED, TARGETS, BUILTIN_QUEUE, POOL_KEYS = ARGV[7], ARGV[8], ARGV[9],
@@ -18,7 +18,7 @@ local spaces = {}
 for i = 1, #pools, 2 do spaces[#spaces + 1] = pools[i] end
 spaces[#spaces + 1] = 'builtin'
 for _, slug in ipairs(redis.call('HKEYS', TARGETS)) do spaces[#spaces + 1] = ARGV[6] .. slug end
-local workers, beats, depths, leases = {}, {}, {}, {}
+local workers, beats, depths, leases, faults = {}, {}, {}, {}, {}
 for _, pool in ipairs(spaces) do
   local space = ARGV[5] .. pool .. '}:'
   local found = redis.call('HGETALL', space .. 'workers')
@@ -28,6 +28,9 @@ for _, pool in ipairs(spaces) do
                         or ''
   end
   if ARGV[3] == '1' then
+    -- messages the pool's workers dropped as malformed, and its dead letters
+    faults[#faults + 1] = {pool, tonumber(redis.call('GET', space .. 'dropped') or '0'),
+                           redis.call('LLEN', ARGV[13] .. pool)}
     for _, id in ipairs(redis.call('ZRANGE', space .. 'running', 0, -1)) do
       local f = redis.call('HMGET', space .. 'step:' .. id, 'worker', 'pool', 'started_at',
                            'name')
@@ -42,4 +45,4 @@ if ARGV[3] == '1' then
   depths[#depths + 1] = redis.call('LLEN', BUILTIN_QUEUE)
 end
 return {pools, redis.call('GET', DEFAULT), redis.call('EXISTS', DISABLED), workers, beats,
-        depths, leases, redis.call('HGETALL', POOL_KEYS)}
+        depths, leases, redis.call('HGETALL', POOL_KEYS), faults}

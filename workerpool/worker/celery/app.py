@@ -71,12 +71,14 @@ def _pool_options(pool: str) -> dict[str, object]:
     return {**keys.kombu_keys(pool), "priority_steps": [0]}
 
 
-def worker_app(url: str, visibility_timeout: float, pool: str) -> Celery:
-    """The app of a worker of *pool*. It takes no Celery remote control: a broadcast on the
+def worker_app(url: str, visibility_timeout: float, pool: str, worker: str) -> Celery:
+    """The app of *worker* of *pool*. Its channel checks each entry of the pool's queue before
+    Celery unpacks it (``poison.py``). It takes no Celery remote control: a broadcast on the
     control channel reaches every worker of every pool, so a channel a pool's credentials may
     publish on would let one pool stop or reconfigure the others (a step is cancelled with
     ``workerpool cancel`` instead)."""
     app = make_app(url, visibility_timeout, pool=pool)
+    app.conf.broker_transport_options.update(step_pool=pool, step_worker=worker)
     app.conf.worker_enable_remote_control = False
     return app
 

@@ -6,6 +6,10 @@ start-up check that they are still there.
   next BRPOP, not the one Redis already holds.
 - kombu's Redis ``Channel._create_client``: builds a redis-py client, by default for every
   publish and ack; ``transport.Channel`` overrides it to keep one per channel.
+- kombu's virtual ``Transport._callbacks`` (queue -> the channel's delivery of a raw entry)
+  and Redis ``Channel._brpop_read`` (pops and decodes an entry): ``transport.Channel`` wraps
+  the one and overrides the other so a worker checks its step queue's entries first
+  (``poison.py``).
 - Celery's ``Consumer._flush_events`` (publishes the buffered task events) and
   ``Consumer.on_send_event_buffered`` (called when an event is buffered):
   ``consumer.BatchingConsumer`` overrides the hook to publish once per 50 ms.
@@ -16,16 +20,21 @@ reopen); ``check`` makes it refuse to start instead, naming what is missing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from celery.worker.consumer import Consumer
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
 
 from workerpool.core.errors import Incompatible
 
 REQUIRED: tuple[tuple[type, str], ...] = (
     (kombu_redis.Channel, "_in_poll"),
     (kombu_redis.Channel, "_create_client"),
+    (kombu_redis.Channel, "_brpop_read"),
+    (virtual.Transport, "_deliver"),
+    (virtual.Transport, "_callbacks"),
     (Consumer, "_flush_events"),
     (Consumer, "on_send_event_buffered"),
 )
@@ -50,3 +59,15 @@ def brpop_in_flight(channel: Any) -> bool:
 def flush_events(consumer: Any) -> None:
     """Publish the task events *consumer* (Celery's) has buffered, now."""
     consumer._flush_events()
+
+
+def wrap_delivery(channel: Any, queue: str, guard: Callable[[Callable[[Any], Any], Any], None]
+                  ) -> None:
+    """Make *channel*'s delivery of *queue*'s raw entries go through *guard* first."""
+    callbacks = channel.connection._callbacks
+    deliver = callbacks[queue]
+    if not getattr(deliver, "guarded", False):  # kombu may consume a queue again
+        def guarded(raw: Any) -> None:
+            guard(deliver, raw)
+        guarded.guarded = True  # type: ignore[attr-defined]
+        callbacks[queue] = guarded

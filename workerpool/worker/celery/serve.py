@@ -63,7 +63,7 @@ def serve(settings: Settings, pool: str | None, name: str | None, concurrency: i
     identity = guarded(lambda: register(client, settings, slug, name, concurrency, syntaxes),
                        url)
     runtime = Runtime(settings, url, identity, users)
-    app = worker_app(url, settings.visibility_timeout, identity.pool)
+    app = worker_app(url, settings.visibility_timeout, identity.pool, identity.name)
     batch_events(app)
     bind(app, runtime)
     if identity.checks_health:

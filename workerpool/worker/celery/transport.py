@@ -1,5 +1,6 @@
 """kombu's Redis transport, with one Redis client per channel instead of one per operation,
-and a prefetch slot that an ack lost with Redis does not keep (``QoS``).
+a prefetch slot that an ack lost with Redis does not keep (``QoS``), and a worker's step
+queue guarded against malformed and crashing entries (``poison.MessageGuard``).
 
 Stock kombu builds a new ``redis.Redis`` object for each message it publishes (a task event, a
 message to a queue) and for each ack (``conn_or_acquire`` without a client). With redis-py 8
@@ -14,10 +15,16 @@ Workers and ``Client.run``'s Celery app name it by ``broker_transport``; the URL
 
 from __future__ import annotations
 
+import json
+from queue import Empty
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
+
+from workerpool.core import keys
+from workerpool.worker.celery import internals
+from workerpool.worker.celery.poison import MessageGuard
 
 NAME = "workerpool.worker.celery.transport:Transport"
 
@@ -48,8 +55,38 @@ class QoS(kombu_redis.QoS):
 
 
 class Channel(kombu_redis.Channel):
+    """kombu's Redis channel with one client, and, on a worker (transport options
+    ``step_pool`` and ``step_worker``), its step queue's entries checked before delivery."""
+
     QoS = QoS
+    from_transport_options = (*kombu_redis.Channel.from_transport_options, "step_pool",
+                              "step_worker")
+    step_pool: str | None = None
+    step_worker = ""
     _shared_client: Any = None
+    _guard: MessageGuard | None = None
+
+    def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
+        result = super().basic_consume(queue, *args, **kwargs)
+        if self.step_pool is not None and queue == keys.queue_of(self.step_pool):
+            internals.wrap_delivery(self, queue, self.guard().deliver)
+        return result
+
+    def _brpop_read(self, **options: Any) -> Any:
+        try:
+            return super()._brpop_read(**options)  # type: ignore[misc]
+        except json.JSONDecodeError as exc:  # kombu's decode of the entry it popped
+            if self.step_pool is None:
+                raise
+            self.guard().drop(f"it is not JSON ({exc})")
+            raise Empty() from None
+
+    def guard(self) -> MessageGuard:
+        if self._guard is None:
+            assert self.step_pool is not None
+            self._guard = MessageGuard(self.client, self.step_pool, self.step_worker,
+                                       self.qos.ack, tuple(self.connection.connection_errors))
+        return self._guard
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:  # the event loop's own client (BRPOP): kombu already keeps one

@@ -1,0 +1,30 @@
+"""``messages.problem``: the shape check a worker makes of each entry on its step queue."""
+
+from __future__ import annotations
+
+import json
+
+from workerpool.core import messages
+
+
+def test_the_messages_workerpool_builds_pass_the_check():
+    for attempt in (0, 1, 7):
+        raw = json.loads(messages.build("pool~ab12", attempt, "workerpool.pool.pool", "label"))
+        assert messages.problem(raw) is None
+
+
+def test_celerys_own_send_task_shape_passes():
+    raw = json.loads(messages.build("pool~ab12", 0, "workerpool.pool.pool", "label"))
+    raw["properties"].pop("body_encoding")  # a plain JSON body, not base64
+    raw["body"] = json.dumps([["pool~ab12"], {}, {"callbacks": None, "chord": None}])
+    assert messages.problem(raw) is None
+
+
+def test_each_wrong_part_is_named():
+    base = json.loads(messages.build("pool~ab12", 0, "workerpool.pool.pool", "label"))
+    assert messages.problem([base]) == "it is not a JSON object"
+    assert messages.problem({**base, "properties": None}) == \
+        "its headers or properties are not JSON objects"
+    assert messages.problem({**base, "body": 5}) == "its body is not text"
+    assert messages.problem({**base, "headers": {**base["headers"], "expires": 1}}) == \
+        "it carries an eta or an expiry (steps have neither)"
