@@ -10,6 +10,7 @@ import click
 import redis
 
 from workerpool.core.errors import WorkerPoolError
+from workerpool.core.printable import printable
 
 EXIT_USAGE = 2
 EXIT_REDIS = 3
@@ -45,16 +46,16 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except WorkerPoolError as exc:
-            click.echo(f"workerpool: error: {exc}", err=True)
+            click.echo(f"workerpool: error: {printable(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
         except redis.exceptions.NoPermissionError as exc:
-            click.echo(f"workerpool: error: this Redis login may not do this ({exc}); it is a "
-                       "worker's or a runner's: use the admin's URL in WORKERPOOL_REDIS_URL",
-                       err=True)
+            click.echo(f"workerpool: error: this Redis login may not do this "
+                       f"({printable(str(exc))}); it is a worker's or a runner's: use the "
+                       "admin's URL in WORKERPOOL_REDIS_URL", err=True)
             ctx.exit(EXIT_USAGE)
         except redis.RedisError as exc:
-            click.echo(f"workerpool: error: Redis failed: {exc}; check that it is running and "
-                       "WORKERPOOL_REDIS_URL", err=True)
+            click.echo(f"workerpool: error: Redis failed: {printable(str(exc))}; check that it "
+                       "is running and WORKERPOOL_REDIS_URL", err=True)
             ctx.exit(EXIT_REDIS)
 
 
@@ -74,10 +75,10 @@ def main() -> None:
         code = cli.main(prog_name="workerpool", standalone_mode=False)
     except click.UsageError as exc:
         where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
-        click.echo(f"workerpool: error: {exc.format_message()}{where}", err=True)
+        click.echo(f"workerpool: error: {printable(exc.format_message())}{where}", err=True)
         sys.exit(EXIT_USAGE)
     except click.ClickException as exc:
-        click.echo(f"workerpool: error: {exc.format_message()}", err=True)
+        click.echo(f"workerpool: error: {printable(exc.format_message())}", err=True)
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, click.Abort):
         sys.exit(130)

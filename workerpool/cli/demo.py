@@ -13,6 +13,7 @@ import click
 from workerpool.cli.output import table
 from workerpool.client import Client
 from workerpool.core.errors import NoWorker
+from workerpool.core.printable import printable
 from workerpool.core.settings import Settings
 from workerpool.core.steps import ScriptStep
 from workerpool.core.targets import TargetRegistry
@@ -65,7 +66,7 @@ def deploy_database(stack: Stack, home: Path) -> bool:
     click.echo("Migrate's log (the password is masked):")
     for entry in client.step(migrate.id).logs():
         if entry.stream == "stdout":
-            click.echo(f"  {entry.text}")
+            click.echo(f"  {printable(entry.text)}")
     return result.state == "Success"
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import click
 
 from workerpool.cli import cli
-from workerpool.cli.output import client, emit_json, table
+from workerpool.cli.output import client, echo, emit_json, table
 from workerpool.cli.pools import issue_credentials, rotate_key_option
+from workerpool.core.printable import printable
 from workerpool.core.settings import Settings
 from workerpool.core.steps import parse_assignment
 from workerpool.core.targets import TargetRegistry
@@ -29,9 +30,9 @@ def target() -> None:
 def target_add(name: str, environment: str, roles: tuple[str, ...]) -> None:
     """Register a target."""
     added = TargetRegistry(client().redis).add(name, environment, roles)
-    click.echo(f"added target {added.name!r} in {added.environment} with roles "
-               f"{', '.join(added.roles)}; run its agent with "
-               f"`workerpool agent start --target {added.slug}`")
+    echo(f"added target {added.name!r} in {added.environment} with roles "
+         f"{', '.join(added.roles)}; run its agent with "
+         f"`workerpool agent start --target {added.slug}`")
 
 
 @target.command("list")
@@ -55,7 +56,7 @@ def target_list(as_json: bool) -> None:
 def target_remove(name: str) -> None:
     """Remove a target."""
     removed = TargetRegistry(client().redis).remove(name)
-    click.echo(f"removed target {removed.name!r}")
+    echo(f"removed target {removed.name!r}")
 
 
 @target.command("credentials")
@@ -124,16 +125,17 @@ class Progress:
             text = (f"  {step.name}: {states.count('Success')} done, "
                     f"{states.count('Running')} running, {states.count('Queued')} queued")
         if text != self.live:
-            click.echo(f"\r\x1b[K{text}", err=True, nl=False, color=True)
+            click.echo(f"\r\x1b[K{printable(text)}", err=True, nl=False, color=True)
             self.live = text
 
     def _say(self, key: str, line: str) -> None:
         if self.seen.get(key) != line:
             self.seen[key] = line
             prefix = "\r\x1b[K" if self.tty and self.live else ""
-            click.echo(f"{prefix}workerpool: {line}", err=True, color=self.tty or None)
+            click.echo(f"{prefix}workerpool: {printable(line)}", err=True,
+                       color=self.tty or None)
             if self.tty and self.live:
-                click.echo(self.live, err=True, nl=False)
+                click.echo(printable(self.live), err=True, nl=False)
 
 
 @cli.command()
@@ -153,7 +155,7 @@ def deploy(process_file: str, environment: str, variables: tuple[str, ...],
     deployments = client().deployments
     deployment_id = deployments.submit(process, environment, extra)
     if detach:
-        click.echo(deployment_id)
+        echo(deployment_id)
         return
     result = deployments.wait(deployment_id, on_change=None if as_json else Progress())
     if as_json:
@@ -185,8 +187,8 @@ def deployments_show(deployment_id: str, as_json: bool) -> None:
     if as_json:
         emit_json(result.to_json())
         return
-    click.echo(f"{result.id} {result.process!r} to {result.environment}: {result.state}"
-               + (f" ({result.message})" if result.message else ""))
+    echo(f"{result.id} {result.process!r} to {result.environment}: {result.state}"
+         + (f" ({result.message})" if result.message else ""))
     table(["STEP", "STATE", "RUN", "TARGET", "WORKER", "RUN STATE", "EXIT"],
           [[s.name, s.state, r.id, r.target or "", r.worker or "", r.state, r.exit_code]
            for s in result.steps for r in (s.runs or ())] or [])

@@ -9,6 +9,7 @@ from datetime import datetime
 import click
 
 from workerpool.client import Client
+from workerpool.core.printable import printable
 from workerpool.core.settings import Settings
 
 
@@ -16,12 +17,23 @@ def client() -> Client:
     return Client(settings=Settings.from_env())
 
 
+def echo(text: object = "", err: bool = False, raw: bool = False) -> None:
+    """Print a line for people, its control characters made visible (``printable``): names,
+    descriptions and step output may carry terminal escapes. *raw* prints it as it is, colours
+    kept even when piped (click would strip them)."""
+    if raw:
+        click.echo(str(text), err=err, color=True)
+    else:
+        click.echo(printable(str(text)), err=err)
+
+
 def emit_json(data: object) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False))
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    cells = [[str(h) for h in headers]] + [["" if c is None else printable(str(c)) for c in r]
+                                           for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for index, row in enumerate(cells):
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

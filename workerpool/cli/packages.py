@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from workerpool.cli import cli
-from workerpool.cli.output import client, clock, emit_json, table
+from workerpool.cli.output import client, clock, echo, emit_json, table
 from workerpool.worker.packages.builtin import list_packages, push
 from workerpool.worker.packages.registry import FEED_TYPES, FeedRegistry
 
@@ -39,7 +39,7 @@ def feed_add(name: str, feed_type: str, uri: str, as_json: bool) -> None:
     """Add a feed that steps can download packages from."""
     c = client()
     added = c.guard(lambda: FeedRegistry(c.redis).add(name, feed_type, uri))
-    emit_json(added.to_json()) if as_json else click.echo(
+    emit_json(added.to_json()) if as_json else echo(
         f"added {feed_type} feed {name!r} at {added.uri}")
 
 
@@ -61,7 +61,7 @@ def feed_remove(name: str) -> None:
     """Remove a feed (steps that reference it then fail to start)."""
     c = client()
     c.guard(lambda: FeedRegistry(c.redis).remove(name))
-    click.echo(f"removed feed {name!r}")
+    echo(f"removed feed {name!r}")
 
 
 @cli.group()
@@ -79,8 +79,8 @@ def package_push(file: Path, as_json: bool) -> None:
     if as_json:
         emit_json(pushed.to_json())
         return
-    click.echo(f"pushed {pushed.package_id} {pushed.version} ({_size(pushed.size)}, sha256 "
-               f"{pushed.sha256[:12]}) to the built-in feed")
+    echo(f"pushed {pushed.package_id} {pushed.version} ({_size(pushed.size)}, sha256 "
+         f"{pushed.sha256[:12]}) to the built-in feed")
 
 
 @package.command("list")

@@ -9,7 +9,7 @@ from typing import TypeVar
 import click
 
 from workerpool.cli import cli
-from workerpool.cli.output import client, emit_json, table
+from workerpool.cli.output import client, echo, emit_json, table
 from workerpool.client import Client
 from workerpool.core import credentials, keys
 from workerpool.core.errors import BadInput
@@ -27,11 +27,11 @@ def _show(p: Pool) -> None:
     table(["NAME", "SLUG", "DEFAULT", "QUEUE", "DESCRIPTION"],
           [[p.name, p.slug, "yes" if p.is_default else "", p.queue, p.description]])
     if p.requires:
-        click.echo(f"requires: {', '.join(p.requires)}")
+        echo(f"requires: {', '.join(p.requires)}")
     if p.health_check:
-        click.echo("health check:")
+        echo("health check:")
         for line in p.health_check.splitlines():
-            click.echo(f"  {line}".rstrip())
+            echo(f"  {line}".rstrip())
 
 
 def _health_options(command: F) -> F:
@@ -111,7 +111,7 @@ def pool_show(name: str, as_json: bool) -> None:
         emit_json({**p.to_json(), "workers": [w.to_json() for w in members]})
         return
     _show(p)
-    click.echo("")
+    echo("")
     table(["WORKER", "STATE", "RUNNING", "CONCURRENCY", "REASON"],
           [[w.name, w.state, w.heartbeat.running if w.heartbeat else 0, w.concurrency,
             w.heartbeat.reason if w.heartbeat else ""] for w in members])
@@ -141,7 +141,7 @@ def pool_edit(name: str, new_name: str | None, description: str | None, make_def
 def pool_remove(name: str) -> None:
     """Remove a pool (not the default; not while it has workers or queued steps)."""
     removed = client().pools.remove(name)
-    click.echo(f"removed pool {removed.name!r}")
+    echo(f"removed pool {removed.name!r}")
 
 
 @cli.group("builtin-worker")
@@ -153,14 +153,14 @@ def builtin_worker() -> None:
 def builtin_enable() -> None:
     """Let steps run on the built-in worker again."""
     client().builtin.enable()
-    click.echo("built-in worker enabled")
+    echo("built-in worker enabled")
 
 
 @builtin_worker.command("disable")
 def builtin_disable() -> None:
     """Stop routing steps to the built-in worker; it refuses any that still reach it."""
     client().builtin.disable()
-    click.echo("built-in worker disabled: scripts run only on pool workers now")
+    echo("built-in worker disabled: scripts run only on pool workers now")
 
 
 @builtin_worker.command("status")
@@ -174,9 +174,9 @@ def builtin_status(as_json: bool) -> None:
     if as_json:
         emit_json(data)
         return
-    click.echo(f"built-in worker: {'enabled' if snap.builtin_enabled else 'disabled'}; "
-               f"{len(members)} registered ({', '.join(f'{w.name} {w.state}' for w in members)})"
-               f"; {data['queued']} queued")
+    echo(f"built-in worker: {'enabled' if snap.builtin_enabled else 'disabled'}; "
+         f"{len(members)} registered ({', '.join(f'{w.name} {w.state}' for w in members)})"
+         f"; {data['queued']} queued")
 
 
 def rotate_key_option(command: F) -> F:
@@ -219,15 +219,15 @@ def issue_credentials(pool: str, who: str, revoke: bool, acl_file: Path | None,
         emit_json({"user": made.user, "url": made.url, "pool_key": key})
         return
     where = f"appended to {acl_file} (load it with ACL LOAD)" if acl_file else "set in Redis"
-    click.echo(f"# {who} logs in as Redis user {made.user} ({where}) and opens its steps' "
-               "sensitive values with its pool's key; put these lines in its environment "
-               "(worker.env, compose's .env), and nothing else of the admin's:")
-    click.echo(f"{prefix}REDIS_URL={made.url}")
+    echo(f"# {who} logs in as Redis user {made.user} ({where}) and opens its steps' "
+         "sensitive values with its pool's key; put these lines in its environment "
+         "(worker.env, compose's .env), and nothing else of the admin's:")
+    echo(f"{prefix}REDIS_URL={made.url}")
     if key:
-        click.echo(f"{prefix}POOL_KEY={key}")
+        echo(f"{prefix}POOL_KEY={key}")
     else:
-        click.echo("# WORKERPOOL_POOL_KEY: run this where the admin's master key "
-                   "(WORKERPOOL_SECRET_KEY) is set, e.g. beside `workerpool server`")
+        echo("# WORKERPOOL_POOL_KEY: run this where the admin's master key "
+             "(WORKERPOOL_SECRET_KEY) is set, e.g. beside `workerpool server`")
 
 
 def _pool_key(c: Client, pool: str, rotate: bool) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 import click
 
 from workerpool.cli import cli
-from workerpool.cli.output import client, emit_json, table
+from workerpool.cli.output import client, echo, emit_json, table
 from workerpool.cli.templates import template_step
 from workerpool.client import Client
 from workerpool.core import keys
@@ -30,13 +31,20 @@ from workerpool.core.steps import parse_assignment as assignment
 from workerpool.core.syntaxes import SYNTAXES, syntax_for_path
 
 
-def print_entry(entry: LogEntry) -> None:
+def print_entry(entry: LogEntry, raw: bool = False) -> None:
+    """One log line: stdout to stdout, the rest to stderr; control characters visible unless
+    *raw* (the stored log keeps the bytes as written)."""
     if entry.stream == "stdout":
-        click.echo(entry.text)
+        echo(entry.text, raw=raw)
     elif entry.stream == "stderr":
-        click.echo(entry.text, err=True)
+        echo(entry.text, err=True, raw=raw)
     else:
-        click.echo(f"workerpool: {entry.text}", err=True)
+        echo(f"workerpool: {entry.text}", err=True)
+
+
+RAW = click.option("--raw", is_flag=True, help="Print the script's output as it wrote it, "
+                   "terminal escapes included (by default control characters are shown as "
+                   "\\x1b, \\r, ...).")
 
 
 def read_script(script: str | None, script_file: str | None, syntax: str | None,
@@ -106,12 +114,13 @@ def summary(result: StepResult) -> str:
               help="Structured variable replacement in JSON/YAML files matching GLOB.")
 @click.option("--no-wait", is_flag=True, help="Print the step id and return at once.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@RAW
 def run(pool: str | None, server: bool, script: str | None, script_file: str | None,
         template: str | None, params: tuple[str, ...],
         syntax: str | None, name: str, variables: tuple[str, ...], secrets: tuple[str, ...],
         timeout: float | None, lease_timeout: float | None, retry_on_worker_lost: bool,
         packages: tuple[str, ...], substitute: tuple[str, ...], structured: tuple[str, ...],
-        no_wait: bool, as_json: bool) -> None:
+        no_wait: bool, as_json: bool, raw: bool) -> None:
     """Run a script step on a worker pool and wait for it."""
     refs = tuple(PackageRef.parse(text) for text in packages)
     plain, sensitive = dict(map(assignment, variables)), dict(map(assignment, secrets))
@@ -131,21 +140,21 @@ def run(pool: str | None, server: bool, script: str | None, script_file: str | N
     c = client()
     handle = c.run(step)
     if no_wait:
-        click.echo(handle.id)
+        echo(handle.id)
         return
     if not as_json:
-        click.echo(f"workerpool: step {handle.id} queued", err=True)
+        echo(f"workerpool: step {handle.id} queued", err=True)
     try:
-        result = handle.wait(on_log=None if as_json else print_entry)
+        result = handle.wait(on_log=None if as_json else functools.partial(print_entry, raw=raw))
     except KeyboardInterrupt:
-        click.echo(f"\nworkerpool: step {handle.id} keeps going; follow it with "
-                   f"`workerpool logs {handle.id} --follow` or stop it with "
-                   f"`workerpool cancel {handle.id}`", err=True)
+        echo(f"\nworkerpool: step {handle.id} keeps going; follow it with "
+             f"`workerpool logs {handle.id} --follow` or stop it with "
+             f"`workerpool cancel {handle.id}`", err=True)
         sys.exit(130)
     if as_json:
         emit_json(result.to_json())
     else:
-        click.echo(f"workerpool: {summary(result)}", err=True)
+        echo(f"workerpool: {summary(result)}", err=True)
     sys.exit(0 if result.succeeded else 1)
 
 
@@ -153,22 +162,24 @@ def run(pool: str | None, server: bool, script: str | None, script_file: str | N
 @click.argument("step_id")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the step ends.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-def logs(step_id: str, follow: bool, as_json: bool) -> None:
+@RAW
+def logs(step_id: str, follow: bool, as_json: bool, raw: bool) -> None:
     """Print a step's log, or every run's log of a deployment."""
     c = client()
     if c.guard(lambda: c.redis.exists(keys.deployment(step_id))):
-        _deployment_logs(c, step_id, follow, as_json)
+        _deployment_logs(c, step_id, follow, as_json, raw)
         return
     handle = c.step(step_id)
     entries = handle.follow() if follow else iter(handle.logs())
     for entry in entries:
         if as_json:
-            click.echo(json.dumps(entry.to_json()))
+            click.echo(json.dumps(entry.to_json()))  # exact: json.dumps escapes controls
         else:
-            print_entry(entry)
+            print_entry(entry, raw)
 
 
-def _deployment_logs(c: Client, deployment_id: str, follow: bool, as_json: bool) -> None:
+def _deployment_logs(c: Client, deployment_id: str, follow: bool, as_json: bool,
+                     raw: bool) -> None:
     """Each run's log in step order, headed by step and target; with --follow, until the end."""
     deployments = c.deployments
     shown: set[str] = set()
@@ -180,10 +191,10 @@ def _deployment_logs(c: Client, deployment_id: str, follow: bool, as_json: bool)
                     continue
                 shown.add(run.id)
                 where = f" [{run.target}]" if run.target else ""
-                click.echo(f"== {step.name}{where}: {run.state} on {run.worker or '-'} ({run.id})",
-                           err=True)
+                echo(f"== {step.name}{where}: {run.state} on {run.worker or '-'} ({run.id})",
+                     err=True)
                 for entry in c.step(run.id).logs():
-                    click.echo(json.dumps(entry.to_json())) if as_json else print_entry(entry)
+                    click.echo(json.dumps(entry.to_json())) if as_json else print_entry(entry, raw)
         if not follow or result.done:
             return
         time.sleep(0.5)
@@ -212,7 +223,7 @@ def artifacts(step_id: str, name: str | None, output: str | None, as_json: bool)
                        f"`workerpool artifacts {step_id}`")
     target = Path(output or Path(name).name)
     target.write_bytes(data)
-    click.echo(f"wrote {len(data)} bytes to {target}")
+    echo(f"wrote {len(data)} bytes to {target}")
 
 
 @cli.command()
@@ -221,6 +232,6 @@ def cancel(step_id: str) -> None:
     """Cancel a queued or running step (its whole process group is killed)."""
     before = client().step(step_id).cancel()
     if before in ("Queued", "Running"):
-        click.echo(f"cancel requested for step {step_id} (it was {before})")
+        echo(f"cancel requested for step {step_id} (it was {before})")
     else:
-        click.echo(f"step {step_id} already ended ({before}); nothing to cancel")
+        echo(f"step {step_id} already ended ({before}); nothing to cancel")

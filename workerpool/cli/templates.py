@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from workerpool.cli import cli
-from workerpool.cli.output import emit_json, table
+from workerpool.cli.output import echo, emit_json, table
 from workerpool.core.errors import BadInput
 from workerpool.core.packageref import PackageRef
 from workerpool.core.steps import check_variable
@@ -107,7 +107,7 @@ def template_list(as_json: bool) -> None:
         try:
             found.append(parse_template(path))
         except BadInput as exc:
-            click.echo(f"workerpool: warning: skipped {exc}", err=True)
+            echo(f"workerpool: warning: skipped {exc}", err=True)
     if as_json:
         emit_json([to_json(t, with_script=False) for t in found])
         return
@@ -127,19 +127,19 @@ def template_show(name: str, as_json: bool) -> None:
     if as_json:
         emit_json(to_json(found))
         return
-    click.echo(f"{found.name} ({found.slug}), {found.syntax}, from {found.source}")
+    echo(f"{found.name} ({found.slug}), {found.syntax}, from {found.source}")
     if found.description:
-        click.echo(found.description)
-    click.echo("\nParameters:")
+        echo(found.description)
+    echo("\nParameters:")
     table(["NAME", "REQUIRED", "SENSITIVE", "DEFAULT", "DESCRIPTION"],
           [[p.name, "yes" if p.required else "", "yes" if p.sensitive else "",
             "" if p.default is None else p.default, p.description] for p in found.parameters])
     if found.packages or found.slots:
-        click.echo("\nPackages:")
+        echo("\nPackages:")
         for line in _package_text(found):
-            click.echo(f"  {line}")
-    click.echo("\nScript:")
-    click.echo(found.script.rstrip("\n"))
+            echo(f"  {line}")
+    echo("\nScript:")
+    echo(found.script.rstrip("\n"))
 
 
 @cli.command("examples")
@@ -170,7 +170,7 @@ def examples(copy_to: Path | None, as_json: bool) -> None:
         emit_json([str(path) for path in written])
         return
     for path in written:
-        click.echo(f"wrote {path}")
+        echo(f"wrote {path}")
     zips = " ".join(str(copy_to / p.file_name) for p in packages)
-    click.echo(f"next: workerpool package push {zips}; then workerpool deploy "
-               f"{copy_to / processes[0].name} --environment Test (see its comments)")
+    echo(f"next: workerpool package push {zips}; then workerpool deploy "
+         f"{copy_to / processes[0].name} --environment Test (see its comments)")

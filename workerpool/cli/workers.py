@@ -9,7 +9,7 @@ import time
 import click
 
 from workerpool.cli import cli
-from workerpool.cli.output import ago, client, emit_json, table
+from workerpool.cli.output import ago, client, echo, emit_json, table
 from workerpool.core.pools import ordered
 from workerpool.core.settings import Settings
 from workerpool.core.snapshot import Snapshot, status_view
@@ -107,12 +107,12 @@ def status(as_json: bool) -> None:
                  snap.queue_depths.get("builtin", 0), leases_by_pool.get("builtin", 0)])
     table(["POOL", "WORKERS", "QUEUED", "RUNNING"], rows)
     if target_rows:
-        click.echo("")
+        echo("")
         table(["TARGET", "ENVIRONMENT", "ROLES", "AGENT", "RUNNING"],
               [[t.name, t.environment, ", ".join(t.roles), row["agent"], row["running"]]
                for t, row in zip(targets, target_rows, strict=True)])
     if snap.leases:
-        click.echo("")
+        echo("")
         now = time.time()
         table(["LEASED STEP", "NAME", "WORKER", "POOL", "SINCE"],
               [[lease.step_id, lease.step_name, lease.worker, lease.pool,
