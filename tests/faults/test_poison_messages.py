@@ -149,7 +149,7 @@ def test_a_step_whose_record_redis_refuses_does_not_hold_a_slot(client, start_wo
     assert len(refused) == 1 and "not retried" in refused[0] and "WRONGTYPE" in refused[0]
 
 
-def test_metrics_count_dropped_messages_and_dead_letters(client, start_worker, raw,
+def test_metrics_count_dropped_messages_and_dead_letters(client, start_worker, raw, cli,
                                                          redis_url):
     client.pools.add("Pool")
     start_worker("Pool")
@@ -169,3 +169,7 @@ def test_metrics_count_dropped_messages_and_dead_letters(client, start_worker, r
     assert 'workerpool_dead_letters{pool="pool"} 1' in lines
     assert 'workerpool_queued_steps{pool="pool"} 0' in lines
     assert "# TYPE workerpool_dropped_messages_total counter" in lines
+    assert cli("dead", "drop", "--all").stdout.strip() == "dropped 1 dead letter(s)"
+    assert raw.llen(keys.dead("pool")) == 0
+    both = cli("dead", "drop", "t", "--all")
+    assert both.returncode == 2 and "give exactly one of TAG or --all" in both.stderr
