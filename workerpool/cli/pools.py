@@ -211,7 +211,8 @@ def issue_credentials(pool: str, who: str, revoke: bool, acl_file: Path | None,
         made = credentials.offline(c.url, pool)
         try:
             with acl_file.open("a") as fh:
-                fh.write(credentials.acl_line(pool, made.password) + "\n")
+                fh.write(credentials.acl_line(pool, made.password,
+                                             credentials.database(c.url)) + "\n")
         except OSError as exc:
             raise BadInput(f"cannot write {acl_file}: {exc.strerror or exc}") from None
     key = None if pool == credentials.RUNNER else _pool_key(c, pool, rotate_key)

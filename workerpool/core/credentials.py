@@ -5,12 +5,13 @@ default user, or any user allowed ``ACL SETUSER``):
 
 - ``workerpool-pool-<slug>`` (a pool's workers), ``workerpool-builtin`` (the built-in worker),
   ``workerpool-target-<slug>`` (a target's agent): its pool's space (``keys.space``) and queue,
-  kombu's binding of that queue, the pools and feeds to read (a health check, a package), and
-  the channel of task events (Flower). It cannot push onto another queue, read another pool's
-  steps, or change pools, feeds, targets or the built-in worker's switch.
+  kombu's binding of that queue, the pools and feeds to read (a health check, a package), the
+  channel of task events (Flower), and Celery's remote control to listen to and reply on. It
+  cannot push onto another queue, read another pool's steps, send a control command, or
+  change pools, feeds, targets or the built-in worker's switch.
 - ``workerpool-runner`` (clients that run and follow steps, and submit deployments): every
-  pool's steps and queues, deployments; pools, targets and the built-in worker's switch only
-  to read.
+  pool's steps and queues, deployments, the channel of task events (the reaper's word on a
+  step no worker ended); pools, targets and the built-in worker's switch only to read.
 
 A user's password is made here, shown once, and stored by Redis only as a hash; asking again
 gives the user a new password and keeps the old ones until ``revoke`` (so running workers go
@@ -36,8 +37,17 @@ COMMANDS = ("-@all", "+@all", "-@dangerous", "-@admin", "+info",
             "+client|setname", "+client|id")
 READ_ONLY = (keys.POOLS, keys.DEFAULT_POOL, keys.FEEDS, keys.BUILTIN_PACKAGES,
              keys.builtin_package_data("*", "*").rsplit(":", 1)[0] + ":*")
-EVENTS = ("/*.celeryev/*",)  # Celery's task events (Flower); workers take no remote control
+EVENTS = ("/*.celeryev/*",)  # Celery's task events (Flower)
 KOMBU_BINDINGS = ("_kombu.binding", "_kombu.binding_permanent")  # kombu's sets of bindings
+# Celery's remote control (Flower's buttons, ``celery control``): a worker listens on the
+# broadcast channel of its database (kombu subscribes by pattern, which Redis checks
+# literally), binds its own mailbox, and pushes its replies onto the asker's reply queue. The
+# listening is granted by a selector that allows nothing else, so the worker cannot PUBLISH
+# there: only an admin's login can send a control command to the workers of every pool.
+CONTROL_LISTEN = "(+psubscribe +punsubscribe &/{db}.celery.pidbox)"
+CONTROL_KEYS = ("~_kombu.binding.celery.pidbox", "~_kombu.binding_permanent.celery.pidbox",
+                "~_kombu.binding_deadlines", "%R~_kombu.binding.reply.celery.pidbox",
+                "%W~*.celery.pidbox")
 
 
 class CredentialsRefused(Refused):
@@ -62,14 +72,22 @@ def user_name(pool: str) -> str:
                           else "pool-" + pool)
 
 
-def worker_rules(pool: str) -> list[str]:
-    """The ACL rules of *pool*'s workers: their pool's space and queue, and what they read."""
+def database(url: str) -> int:
+    """The database number a Redis URL names (0 if none)."""
+    path = urlparse(url).path.strip("/")
+    return int(path) if path.isdigit() else 0
+
+
+def worker_rules(pool: str, db: int = 0) -> list[str]:
+    """The ACL rules of *pool*'s workers on database *db*: their pool's space and queue, and
+    what they read."""
     queue = keys.queue_of(pool)
     rules = [*COMMANDS, f"~{_escape(keys.space(pool))}*", f"~{queue}",
              f"~{_escape(keys.dead(pool))}",
              *(f"~{binding}.{queue}" for binding in KOMBU_BINDINGS),
              *(f"%R~{key}" for key in READ_ONLY),
-             f"&{_escape(keys.space(pool))}control:*", *(f"&{c}" for c in EVENTS)]
+             *CONTROL_KEYS, f"&{_escape(keys.space(pool))}control:*",
+             *(f"&{c}" for c in EVENTS), CONTROL_LISTEN.format(db=db)]
     if pool == keys.BUILTIN_POOL:
         rules.append(f"%R~{keys.BUILTIN_DISABLED}")
     if pool.startswith(keys.TARGET_POOL_PREFIX):
@@ -86,15 +104,15 @@ def runner_rules() -> list[str]:
             *(f"%R~{key}" for key in (*READ_ONLY, keys.BUILTIN_DISABLED, keys.TARGETS,
                                       keys.POOL_KEYS, keys.SERVER_HEARTBEAT,
                                       keys.dead("*"))),
-            f"&{every_space}"]
+            f"&{every_space}", *(f"&{c}" for c in EVENTS)]
 
 
 def issue(admin: redis.Redis, admin_url: str, pool: str, revoke: bool = False) -> Credentials:
     """Make or update the ACL user of *pool* (or ``RUNNER``) with a new password, keeping its
     earlier ones unless *revoke*; its URL has *admin_url*'s host, port, database and options."""
     user, password = user_name(pool), secrets.token_urlsafe(24)
-    rules = runner_rules() if pool == RUNNER else worker_rules(pool)
-    start = ["reset"] if revoke else ["resetkeys", "resetchannels"]
+    rules = runner_rules() if pool == RUNNER else worker_rules(pool, database(admin_url))
+    start = ["reset"] if revoke else ["resetkeys", "resetchannels", "clearselectors"]
     try:
         admin.execute_command(  # type: ignore[no-untyped-call]
             "ACL", "SETUSER", user, *start, "on", f">{password}", *rules)
@@ -118,9 +136,10 @@ def offline(admin_url: str, pool: str) -> Credentials:
     return Credentials(user, password, url_for(admin_url, user, password))
 
 
-def acl_line(pool: str, password: str) -> str:
-    """The ``user`` line of an ACL file (or redis.conf) for *pool*'s user with *password*."""
-    rules = runner_rules() if pool == RUNNER else worker_rules(pool)
+def acl_line(pool: str, password: str, db: int = 0) -> str:
+    """The ``user`` line of an ACL file (or redis.conf) for *pool*'s user with *password*, on
+    database *db*."""
+    rules = runner_rules() if pool == RUNNER else worker_rules(pool, db)
     return " ".join(["user", user_name(pool), "on", f">{password}", *rules])
 
 

@@ -18,6 +18,12 @@ def task_id(step_id: str, attempt: int) -> str:
     return step_id if attempt == 0 else f"{step_id}-r{attempt}"
 
 
+def step_of(task_id: str) -> str:
+    """The step id of a Celery task id (``task_id``'s inverse)."""
+    step_id, sep, attempt = task_id.rpartition("-r")
+    return step_id if sep and attempt.isdigit() and step_id else task_id
+
+
 def build(step_id: str, attempt: int, queue: str, label: str) -> str:
     """The raw list entry a Celery worker consuming *queue* will run as ``run_step(id, attempt)``.
 

@@ -9,21 +9,29 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import redis
 
-from workerpool.core import keys, workers
+from workerpool.core import keys, messages, workers
 from workerpool.core.connection import AWAY, REDIS_RETRY_SECONDS, connect
 from workerpool.core.errors import WorkerPoolError
 from workerpool.core.leases import Claim, Leases
 from workerpool.core.pools import PoolRegistry
 from workerpool.core.sealing import Keyring, SealError
 from workerpool.core.settings import Settings
-from workerpool.core.steps import CANCELLED, FAILED, RUNNING, SUCCESS, TIMED_OUT, WORKER_LOST
+from workerpool.core.steps import (
+    CANCELLED,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    SUCCESS,
+    TIMED_OUT,
+    WORKER_LOST,
+)
 from workerpool.core.store import StepStore
 from workerpool.core.syntaxes import install_helpers
 from workerpool.core.variables import Masker, script_environment
@@ -52,6 +60,8 @@ T = TypeVar("T")
 # Seconds an unhealthy worker holds a message it should not have taken before handing it back,
 # so its queue gate (which checks several times a second) has stopped consumption by then.
 HAND_BACK_DELAY = 0.5
+HELD_REASON = ("consumer cancelled by control command; `celery control add_consumer {queue}` "
+               "resumes it")
 
 
 
@@ -86,6 +96,10 @@ class Runtime:
         # Whether the worker consumes its queue now; only the queue gate changes it. The state
         # others see follows this, so Unhealthy means the worker takes nothing.
         self.consuming = True
+        # Whether Celery remote control (``celery control cancel_consumer``, Flower) asked the
+        # worker to stop consuming; ``add_consumer`` clears it. The queue gate obeys both this
+        # and the health check.
+        self.held = False
         self.pools = PoolRegistry(self.redis)
         self._health_lock = threading.Lock()
         self._beat_lock = threading.Lock()
@@ -123,8 +137,9 @@ class Runtime:
         with self._beat_lock:
             status = self.health
             state = STARTING if not self.ready else HEALTHY if self.consuming else UNHEALTHY
-            hb = Heartbeat(time=time.time(), state=state, running=running,
-                           reason=status.reason if state == UNHEALTHY else "")
+            reason = "" if state != UNHEALTHY else status.reason if not status.healthy \
+                else HELD_REASON.format(queue=self.identity.queue) if self.held else ""
+            hb = Heartbeat(time=time.time(), state=state, running=running, reason=reason)
             self.redis.set(keys.heartbeat(self.identity.pool, self.identity.instance), hb.to_json(),
                            px=int(self.settings.heartbeat_ttl * 1000))
 
@@ -213,6 +228,28 @@ class Runtime:
         if script is not None:
             script.stop(reason)
 
+    def revoke(self, task_ids: Iterable[str]) -> list[tuple[str, str]]:
+        """Cancel the steps of this worker's pool among Celery *task_ids*, as ``workerpool
+        cancel`` does (Celery's revoke, from Flower or ``celery control revoke``): a Queued
+        step ends Cancelled before it runs, a Running one has its process group killed by the
+        worker running it. Returns the (task id, label) of those that were Queued."""
+        were_queued = []
+        for task_id in task_ids:
+            step_id = messages.step_of(task_id)
+            try:
+                if keys.pool_of(step_id) != self.identity.pool:
+                    continue  # a broadcast reaches every pool's workers
+                record = self.store.record(step_id)
+                if record and self.leases.cancel(step_id) == QUEUED:
+                    were_queued.append((task_id, messages.label(
+                        record.get("name", ""), record.get("pool_name", ""), step_id,
+                        target=record.get("target", ""))))
+            except ValueError:
+                continue  # not a step id
+            except redis.RedisError as exc:
+                log.warning("could not cancel step %s on revoke: %s", step_id, exc)
+        return were_queued
+
     def abort_running(self) -> None:
         """Stop every local script now; their steps end WorkerLost (or run once more)."""
         with self.lock:
@@ -248,8 +285,10 @@ class Runtime:
     # -- running a step -----------------------------------------------------------------
 
     def execute(self, step_id: str, attempt: int,
-                ack: Callable[[], None] = _nothing) -> None:
-        """The body of the Celery task: claim, run, finish. Never raises.
+                ack: Callable[[], None] = _nothing) -> Ending | None:
+        """The body of the Celery task: claim, run, finish. Never raises; returns how the step
+        ended (what Flower is told), or None if this message ran nothing (not this pool's, a
+        copy of a step already taken, or handed back).
 
         *ack* acknowledges the step's message (``celeryapp.StepRequest``). It is called once
         the step's script has started: the step is claimed, so its record, not the message,
@@ -260,22 +299,22 @@ class Runtime:
         setup that failed) is acked by Celery when the task returns.
         """
         if not self._ours(step_id):
-            return
+            return None
         if not self.health.healthy:
             self._hand_back(step_id, attempt)
-            return
+            return None
         claim = self._claim(step_id, attempt)
         if claim is None:
-            return
+            return None
         if claim.outcome != "ok":
             log.warning("discarded message for step %s: %s (state %s)", step_id, claim.outcome,
                         claim.record.get("state"))
-            return
+            return None
         try:
-            self._run_claimed(step_id, claim.record, ack)
+            return self._run_claimed(step_id, claim.record, ack)
         except Exception as exc:
             log.exception("step %s failed inside the worker", step_id)
-            self._finish(step_id, FAILED, message=f"worker error: {exc}")
+            return self._finish(step_id, FAILED, message=f"worker error: {exc}")
 
     def _ours(self, step_id: object) -> bool:
         """Whether *step_id* names a step of this worker's pool; a message for another pool's
@@ -350,18 +389,17 @@ class Runtime:
                         record.get("state"))
 
     def _run_claimed(self, step_id: str, record: dict[str, str],
-                     started: Callable[[], None]) -> None:
+                     started: Callable[[], None]) -> Ending:
         if self.identity.pool == keys.BUILTIN_POOL and self.redis.exists(keys.BUILTIN_DISABLED):
-            self._finish(step_id, FAILED, message="refused: the built-in worker is disabled, so "
-                         "it runs nothing; `workerpool builtin-worker enable` or use a pool")
-            return
+            return self._finish(step_id, FAILED, message="refused: the built-in worker is "
+                                "disabled, so it runs nothing; `workerpool builtin-worker "
+                                "enable` or use a pool")
         try:
             secrets = self.store.keyring.open_map(record.get("secrets", ""), self.identity.pool,
                                                   "this worker")
         except SealError as exc:
             log.error("step %s: %s", step_id, exc)
-            self._finish(step_id, FAILED, message=str(exc))
-            return
+            return self._finish(step_id, FAILED, message=str(exc))
         variables: dict[str, str] = json.loads(record.get("variables") or "{}")
         steplog = StepLog(self.redis, step_id, Masker(secrets.values()),
                           self.settings.log_max_lines, self.settings.log_max_line_bytes)
@@ -377,10 +415,13 @@ class Runtime:
                     self.running.pop(step_id, None)
                 if ending is None:
                     steplog.close()  # every line is stored before any end marker
-            if ending is not None:  # the last lines go with the end: one round trip
-                self._finish(step_id, ending.state, exit_code=ending.exit_code,
-                             outputs=steplog.outputs, message=steplog.mask(ending.message),
-                             lines=steplog.last_lines())
+            if ending is None:  # queued once more, as another task
+                return Ending(WORKER_LOST, None, f"worker {self.identity.name} stopped while "
+                              "the step ran; it was queued once more")
+            # The last lines go with the end: one round trip.
+            return self._finish(step_id, ending.state, exit_code=ending.exit_code,
+                                outputs=steplog.outputs, message=steplog.mask(ending.message),
+                                lines=steplog.last_lines())
         finally:  # after the end is recorded: the caller need not wait for the removal
             if not self.settings.keep_workdirs:
                 remove_workdir(workdir)
@@ -453,10 +494,12 @@ class Runtime:
 
     def _finish(self, step_id: str, state: str, exit_code: int | None = None,
                 outputs: dict[str, str] | None = None, message: str = "",
-                lines: list[dict[str, str]] | None = None) -> None:
-        """Record the end, retrying while Redis is away so the step is not left Running."""
+                lines: list[dict[str, str]] | None = None) -> Ending:
+        """Record the end, retrying while Redis is away so the step is not left Running; the
+        ending, for Flower."""
         self._while_redis_away(
             f"record the end of step {step_id}", "it stays Running until its lease deadline",
             lambda: self.store.finish(step_id, state, expected=(RUNNING,),
                                       instance=self.identity.instance, exit_code=exit_code,
                                       outputs=outputs, message=message, lines=lines or ()))
+        return Ending(state, exit_code, message)

@@ -6,6 +6,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery
+from celery.exceptions import Ignore, Terminated
 from celery.utils.functional import noop
 from celery.worker.request import Request
 from kombu.asynchronous import get_event_loop
@@ -14,10 +15,12 @@ from workerpool.core import keys
 from workerpool.core.connection import tls_options, without_query
 from workerpool.core.messages import TASK_NAME
 from workerpool.core.settings import Settings
+from workerpool.core.steps import CANCELLED, SUCCESS
+from workerpool.worker.celery import control
 from workerpool.worker.celery.transport import NAME as TRANSPORT
 
 if TYPE_CHECKING:  # Flower builds the app without any worker code
-    from workerpool.worker.runtime import Runtime
+    from workerpool.worker.runtime import Ending, Runtime
 
 
 def make_app(url: str, visibility_timeout: float = Settings.visibility_timeout,
@@ -73,13 +76,10 @@ def _pool_options(pool: str) -> dict[str, object]:
 
 def worker_app(url: str, visibility_timeout: float, pool: str, worker: str) -> Celery:
     """The app of *worker* of *pool*. Its channel checks each entry of the pool's queue before
-    Celery unpacks it (``poison.py``). It takes no Celery remote control: a broadcast on the
-    control channel reaches every worker of every pool, so a channel a pool's credentials may
-    publish on would let one pool stop or reconfigure the others (a step is cancelled with
-    ``workerpool cancel`` instead)."""
+    Celery unpacks it (``poison.py``). It takes Celery's remote control, from an admin's
+    login only (``control.py``)."""
     app = make_app(url, visibility_timeout, pool=pool)
     app.conf.broker_transport_options.update(step_pool=pool, step_worker=worker)
-    app.conf.worker_enable_remote_control = False
     return app
 
 
@@ -96,6 +96,15 @@ class StepRequest(Request):
         super().__init__(*args, **kwargs)
         _requests[self.task_id] = self  # for the task, which Celery hands only the task id
 
+    def send_event(self, type: str, **fields: Any) -> None:
+        """Celery's, with the queue on ``task-started``: a step's message is pushed by
+        workerpool, not sent by Celery, so no ``task-sent`` event carries it to Flower."""
+        if type == "task-started":
+            info = self.delivery_info or {}
+            fields.setdefault("exchange", info.get("exchange", ""))
+            fields.setdefault("routing_key", info.get("routing_key"))
+        super().send_event(type, **fields)
+
     def acknowledge(self) -> None:
         if not self.acknowledged:
             super().acknowledge()
@@ -108,11 +117,39 @@ class StepRequest(Request):
 _requests: weakref.WeakValueDictionary[str, StepRequest] = weakref.WeakValueDictionary()
 
 
+class StepEnded(Exception):
+    """A step that ended other than Success (Failed, TimedOut, WorkerLost): Celery reports the
+    task as FAILURE, with this text, which names the workerpool state, exit code and worker."""
+
+
+def report(ending: Ending | None, worker: str) -> dict[str, object]:
+    """What Celery, and so Flower, is told of a step's task: Success is its result (state, exit
+    code, worker); a Cancelled step is a terminated task (REVOKED); any other end raises
+    ``StepEnded`` (FAILURE). A message that ran nothing (a copy of a step already taken, or
+    handed back) is ignored: its task sends no end event, so it cannot overwrite the state of
+    the task that ran the step. Never a variable value: the message is the step's own end
+    message, masked."""
+    if ending is None:
+        raise Ignore()
+    exit_code = "none" if ending.exit_code is None else ending.exit_code
+    text = f"{ending.state}: exit code {exit_code}, worker {worker}" + (
+        f"; {ending.message}" if ending.message else "")
+    if ending.state == SUCCESS:
+        return {"state": ending.state, "exit_code": ending.exit_code, "worker": worker}
+    if ending.state == CANCELLED:
+        raise Terminated(text)
+    raise StepEnded(text)
+
+
 def bind(app: Celery, runtime: Runtime) -> None:
-    """Register the step task, a thin shell around ``Runtime.execute``."""
+    """Register the step task, a thin shell around ``Runtime.execute``, and the remote control
+    commands that act on steps (``control.py``)."""
+    control.install(app, runtime)
 
     @app.task(name=TASK_NAME, acks_late=True, ignore_result=True, Request=StepRequest,
-              bind=True)
-    def run_step(task: Any, step_id: str, attempt: int = 0) -> None:
+              bind=True, throws=(StepEnded, Terminated))
+    def run_step(task: Any, step_id: str, attempt: int = 0) -> dict[str, object]:
         request = _requests.pop(task.request.id, None)
-        runtime.execute(step_id, attempt, noop if request is None else request.acknowledge)
+        return report(runtime.execute(step_id, attempt,
+                                      noop if request is None else request.acknowledge),
+                      runtime.identity.name)

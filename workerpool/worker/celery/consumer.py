@@ -1,5 +1,6 @@
 """Bootsteps of a worker's Celery consumer: task events gathered for 50 ms, and the queue gate
-that consumes the worker's queue only while its health check passes."""
+that consumes the worker's queue only while its health check passes and remote control has
+not held it."""
 
 from __future__ import annotations
 
@@ -87,30 +88,28 @@ def fetching(consumer: Any) -> bool:
 
 
 def queue_gate(runtime: Runtime) -> type[bootsteps.StartStopStep]:
-    """A consumer bootstep that consumes the worker's queue only while its runtime is healthy.
+    """A consumer bootstep that consumes the worker's queue only while its runtime is healthy
+    and not held by remote control (``control.py``: ``celery control cancel_consumer``).
 
     It runs in the consumer's own thread (Celery's event loop), where ``cancel_task_queue`` and
-    ``add_task_queue`` are safe to call; the health thread only sets ``runtime.health``. It first
-    runs after the task consumer is made and before the loop's first fetch, so a worker that
-    starts unhealthy takes nothing; after a reconnection it runs again. It resumes only what it
-    cancelled itself.
+    ``add_task_queue`` are safe to call; the health thread and the control commands only set
+    ``runtime.health`` and ``runtime.held``. It first runs after the task consumer is made and
+    before the loop's first fetch, so a worker that starts unhealthy takes nothing; after a
+    reconnection it runs again.
     """
     queue = runtime.identity.queue
-    cancelled = False  # by the gate: a consumer an operator cancels (Flower) stays cancelled
 
     def reconcile(consumer: Any) -> None:
-        nonlocal cancelled
         # Whether the queue is listed, not whether a fetch is active: at the first look the
         # event loop has not started consuming yet, and would start with every listed queue.
         listed = any(q.name == queue for q in consumer.task_consumer.queues)
-        if not runtime.health.healthy and listed:
+        wanted = runtime.health.healthy and not runtime.held
+        if listed and not wanted:
             consumer.cancel_task_queue(queue)
-            cancelled, listed = True, False
-        elif runtime.health.healthy and cancelled:
-            cancelled = False
-            if not listed:
-                consumer.add_task_queue(queue)
-                listed = True
+            listed = False
+        elif wanted and not listed:
+            consumer.add_task_queue(queue)
+            listed = True
         if runtime.consuming != listed:
             if not listed and fetching(consumer):
                 return  # a BRPOP sent before the cancel may still take a message; look again

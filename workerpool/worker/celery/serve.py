@@ -66,8 +66,7 @@ def serve(settings: Settings, pool: str | None, name: str | None, concurrency: i
     app = worker_app(url, settings.visibility_timeout, identity.pool, identity.name)
     batch_events(app)
     bind(app, runtime)
-    if identity.checks_health:
-        app.steps["consumer"].add(queue_gate(runtime))
+    app.steps["consumer"].add(queue_gate(runtime))
     logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def on_ready(**_: Any) -> None:
