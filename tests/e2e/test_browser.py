@@ -55,8 +55,8 @@ def browse(url: str, profile: Path, screenshot: Path | None = None, budget_ms: i
     return out.decode()
 
 
-def test_flower_shows_workers_of_two_pools_and_a_finished_step(client, start_worker, env,
-                                                                tmp_path):
+def test_flower_shows_workers_of_two_pools_their_steps_states_and_queues(
+        client, start_worker, env, tmp_path):
     client.pools.add("Database Worker Pool", description="SQL Server tools")
     client.pools.add("Kubernetes Worker Pool", description="kubectl and helm")
     db = start_worker("Database Worker Pool")
@@ -79,22 +79,44 @@ def test_flower_shows_workers_of_two_pools_and_a_finished_step(client, start_wor
             variables={"DbName": "orders"}, sensitive_variables={"DbPassword": SECRET}))
         apply = client.run(ScriptStep(script="echo kubectl apply", pool="Kubernetes Worker Pool",
                                       name="Apply manifests"))
+        client.pools.add("Azure Worker Pool", description="no worker online")
+        for name in ("Create resource group", "Deploy web app"):  # they wait in its queue
+            client.run(ScriptStep(script="echo az", pool="Azure Worker Pool", name=name))
+        rollout = client.run(ScriptStep(script="exit 3", pool="Kubernetes Worker Pool",
+                                        name="Check rollout"))
+        backup = client.run(ScriptStep(script="sleep 30", pool="Database Worker Pool",
+                                       name="Back up the database"))
         assert migrate.wait(30).state == "Success" and apply.wait(30).state == "Success"
+        assert rollout.wait(30).state == "Failed"
+        wait_for(lambda: backup.result().state == "Running", 30, "the backup to run")
+        backup.cancel()
+        assert backup.wait(30).state == "Cancelled"
 
         def finished_in_flower() -> bool:
             query = urlencode({"draw": 1, "start": 0, "length": 10, "search[value]": "",
                                "order[0][column]": 0, "order[0][dir]": "asc",
                                "columns[0][data]": "name"})
             body = fetch(f"{flower}/tasks/datatable?{query}")[1]
-            return sum(t["state"] == "SUCCESS" for t in json.loads(body)["data"]) == 2
+            return sorted(t["state"] for t in json.loads(body)["data"]) == [
+                "FAILURE", "REVOKED", "SUCCESS", "SUCCESS"]
 
-        wait_for(finished_in_flower, 15, "Flower to receive both steps' task events")
+        wait_for(finished_in_flower, 15, "Flower to receive every step's task events")
 
         workers_dom = browse(f"{flower}/workers", tmp_path / "profile-workers")
         assert f"{db.name}@" in workers_dom and f"{kube.name}@" in workers_dom
         tasks_dom = browse(f"{flower}/tasks", tmp_path / "profile-tasks",
                            tmp_path / "flower.png")
-        assert "workerpool.run_step" in tasks_dom and "SUCCESS" in tasks_dom
+        assert "workerpool.run_step" in tasks_dom
+        for state in ("SUCCESS", "FAILURE", "REVOKED"):
+            assert state in tasks_dom, state
+        broker_dom = browse(f"{flower}/broker", tmp_path / "profile-broker",
+                            tmp_path / "flower-broker.png")
+        for queue in ("workerpool.pool.database-worker-pool",
+                      "workerpool.pool.kubernetes-worker-pool",
+                      "workerpool.pool.azure-worker-pool"):
+            assert queue in broker_dom, queue
+        azure_row = broker_dom.split("workerpool.pool.azure-worker-pool", 1)[1].split("</tr>")[0]
+        assert ">2<" in azure_row.replace(" ", ""), azure_row  # its two waiting steps
         for shown in (f"step='Migrate orders' pool='Database Worker Pool' id={migrate.id}",
                       f"step='Apply manifests' pool='Kubernetes Worker Pool' id={apply.id}",
                       f"{db.name}@", f"{kube.name}@"):

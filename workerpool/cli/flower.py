@@ -25,20 +25,27 @@ def _check_basic_auth(ctx: click.Context, param: click.Parameter,
     return value
 
 
-def run_flower(url: str, port: int, address: str, basic_auth: str | None) -> int:
+def run_flower(url: str, port: int, address: str, basic_auth: str | None,
+               public_metrics: bool = False) -> int:
     """Run Flower in this process on the project's Celery app until Ctrl-C or SIGTERM.
 
     Workers send task events from the start (``make_app``); the tasks Flower shows carry the
     message's label as their arguments, which names the step, pool and target and holds no
-    variable value.
+    variable value. Flower's app uses kombu's own Redis transport, so its broker URL keeps
+    the ``redis://`` or ``rediss://`` scheme by which Flower picks its Broker page's client;
+    that page lists every pool's queue (``flowerapp``).
+    Flower's ``/metrics`` asks for the same credentials as its pages unless *public_metrics*.
     """
-    from workerpool.worker.celery.app import make_app  # Celery and Flower load only here
+    from workerpool.cli import flowerapp  # Flower loads only here
+    from workerpool.worker.celery.app import make_app
 
+    app = make_app(url, transport=None)
+    flowerapp.install(url, public_metrics)
     argv = ["flower", f"--port={port}", f"--address={address}", f"--tasks-columns={COLUMNS}"]
     if basic_auth is not None:
         argv.append(f"--basic-auth={basic_auth}")
     try:
-        return int(make_app(url).start(argv) or 0)
+        return int(app.start(argv) or 0)
     except OSError as exc:  # the port is taken or the address is not this machine's
         raise BadInput(f"cannot run Flower on {address}:{port} ({exc.strerror}); "
                        "choose another --port or --address") from None
@@ -52,8 +59,13 @@ def run_flower(url: str, port: int, address: str, basic_auth: str | None) -> int
 @click.option("--address", default="127.0.0.1", show_default=True,
               help="Interface Flower and the pools page listen on (0.0.0.0: all).")
 @click.option("--basic-auth", default=None, metavar="USER:PASS", callback=_check_basic_auth,
-              help="Require this user and password on Flower and the pools page.")
-def flower(port: int, pools_port: int | None, address: str, basic_auth: str | None) -> None:
+              help="Require this user and password on Flower (its API and /metrics too) and "
+                   "the pools page.")
+@click.option("--public-metrics", is_flag=True,
+              help="Serve Flower's /metrics without credentials (for a Prometheus that cannot "
+                   "send them); every other page still asks.")
+def flower(port: int, pools_port: int | None, address: str, basic_auth: str | None,
+           public_metrics: bool) -> None:
     """Run Flower on workerpool's Celery app and broker, and the pools page (queue depth of
     every pool, even one without online workers) beside it, until Ctrl-C."""
     url = resolve_url(Settings.from_env())
@@ -66,6 +78,6 @@ def flower(port: int, pools_port: int | None, address: str, basic_auth: str | No
     with web.serving(url, pools_port, address, basic_auth, flower_port=port):
         click.echo(f"workerpool: Flower on http://{address}:{port}/, pools page on "
                    f"http://{address}:{pools_port}/; Ctrl-C stops both", err=True)
-        code = run_flower(url, port, address, basic_auth)
+        code = run_flower(url, port, address, basic_auth, public_metrics)
     click.echo("workerpool: stopped", err=True)
     sys.exit(code)
