@@ -53,6 +53,14 @@ class Flower:
         status, body = self.get(f"/api/task/info/{task_id}")
         return json.loads(body) if status == 200 else {}
 
+    def sees(self, *workers: Any) -> None:
+        """Wait until Flower has had events from *workers*: its event receiver is subscribed
+        (an event published before that is never Flower's)."""
+        def seen() -> bool:
+            data = json.loads(self.get("/workers?json=1")[1])["data"]
+            return {w["hostname"].split("@")[0] for w in data} >= {w.name for w in workers}
+        wait_for(seen, 30, "Flower to receive the workers' events")
+
     def state_of(self, task_id: str, state: str) -> dict[str, Any]:
         """Flower's info on *task_id* once it shows *state*."""
         return dict(wait_for(lambda: (info := self.task(task_id)).get("state") == state
@@ -97,6 +105,7 @@ def test_flower_shows_each_step_state_as_workerpool_does(client, start_worker, f
     client.pools.add("Flower Pool")
     worker = start_worker("Flower Pool", concurrency=4)
     ui = flower()
+    ui.sees(worker)
     ok = client.run(ScriptStep(script="echo fine", pool="Flower Pool", name="fine",
                                sensitive_variables={"Password": SECRET}))
     failed = client.run(ScriptStep(script="exit 3", pool="Flower Pool", name="three"))
@@ -125,6 +134,30 @@ def test_flower_shows_each_step_state_as_workerpool_does(client, start_worker, f
     assert SECRET not in json.dumps([ui.task(h.id) for h in (ok, failed, timed_out, cancelled)])
 
 
+def test_flower_shows_steps_the_reaper_ends_as_failures(client, start_worker, flower, tmp_path):
+    client.pools.add("Flower Pool")
+    client.pools.add("Nobody Pool")
+    worker = start_worker("Flower Pool")
+    ui = flower()
+    ui.sees(worker)
+    unleased = client.run(ScriptStep(script="true", pool="Nobody Pool", name="unleased",
+                                     lease_timeout=1))
+    lost = client.run(ScriptStep(script=marker_script(tmp_path, "lost"), pool="Flower Pool",
+                                 name="lost"))
+    wait_for((tmp_path / "lost.pgid").exists, 30, "the step's script")
+    worker.proc.kill()  # no warm stop: only the reaper can end its step
+    assert unleased.wait(30).state == "LeaseTimeout"  # waiting, the client reaps
+    assert lost.wait(60).state == "WorkerLost"
+
+    info = ui.state_of(unleased.id, "FAILURE")
+    assert info["exception"].startswith("LeaseTimeout: exit code none")
+    assert info["name"] == "workerpool.run_step" and "step='unleased'" in info["args"]
+    assert info["routing_key"] == keys.queue_of("nobody-pool")
+    info = ui.state_of(lost.id, "FAILURE")
+    assert info["exception"].startswith(f"WorkerLost: exit code none, worker {worker.name}")
+    assert info["worker"].startswith(worker.name + "@")  # the worker Flower saw run it
+
+
 def marker_script(folder: Path, name: str, seconds: int = 60) -> str:
     """A script that writes its process group id to *folder*/<name>, then sleeps."""
     return f"echo $(ps -o pgid= $$) > {folder}/{name}.pgid; sleep {seconds}"
@@ -141,8 +174,9 @@ def group_alive(pgid: int) -> bool:
 def test_revoke_and_terminate_from_flower_cancel_the_step(client, start_worker, flower,
                                                           tmp_path):
     client.pools.add("Flower Pool")
-    start_worker("Flower Pool", concurrency=1)
+    worker = start_worker("Flower Pool", concurrency=1)
     ui = flower()
+    ui.sees(worker)
     running = client.run(ScriptStep(script=marker_script(tmp_path, "running"),
                                     pool="Flower Pool"))
     queued = client.run(ScriptStep(script=f"touch {tmp_path}/queued-ran", pool="Flower Pool"))

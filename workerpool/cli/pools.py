@@ -88,14 +88,14 @@ def pool_list(as_json: bool) -> None:
     pools = ordered(snap.pools.values())
     if as_json:
         emit_json([{**p.to_json(), "workers": len(snap.workers_in(p.slug)),
-                    "queued": snap.queue_depths.get(p.slug, 0)} for p in pools])
+                    "queued": snap.counts(p.slug).records} for p in pools])
         return
     rows = []
     for p in pools:
         members = snap.workers_in(p.slug)
         healthy = sum(w.online_healthy for w in members)
         rows.append([p.name, p.slug, "yes" if p.is_default else "", f"{healthy}/{len(members)}",
-                     snap.queue_depths.get(p.slug, 0), p.description])
+                     snap.counts(p.slug).records, p.description])
     table(["NAME", "SLUG", "DEFAULT", "HEALTHY", "QUEUED", "DESCRIPTION"], rows)
 
 
@@ -169,7 +169,7 @@ def builtin_status(as_json: bool) -> None:
     """Whether the built-in worker is enabled and which built-in workers are online."""
     snap = client().snapshot(detail=True)
     members = snap.workers_in("builtin")
-    data = {"enabled": snap.builtin_enabled, "queued": snap.queue_depths.get("builtin", 0),
+    data = {"enabled": snap.builtin_enabled, "queued": snap.counts("builtin").records,
             "workers": [w.to_json() for w in members]}
     if as_json:
         emit_json(data)

@@ -12,7 +12,7 @@ from workerpool.cli import cli
 from workerpool.cli.output import ago, client, echo, emit_json, table
 from workerpool.core.pools import ordered
 from workerpool.core.settings import Settings
-from workerpool.core.snapshot import Snapshot, status_view
+from workerpool.core.snapshot import QueueCounts, Snapshot, status_view
 from workerpool.core.targets import TargetRegistry
 from workerpool.core.workers import WorkerInfo
 
@@ -56,6 +56,12 @@ def _shown(w: WorkerInfo) -> str:
     return f"{w.name} {w.state}" + (f" ({reason})" if reason else "")
 
 
+def queued_cell(counts: QueueCounts) -> str:
+    """The QUEUED column: Queued steps, and how many of them have no message to run them."""
+    missing = counts.without_message
+    return f"{counts.records} ({missing} without a message)" if missing else str(counts.records)
+
+
 def leases_of(snap: Snapshot, pool: str) -> int:
     return sum(lease.pool == pool for lease in snap.leases)
 
@@ -80,8 +86,9 @@ def worker_list(pool: str | None, as_json: bool) -> None:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
 def status(as_json: bool) -> None:
-    """Pools with their workers, queue depth, running leases, the built-in worker, and
-    deployment targets (shown apart: targets are scarce, pool workers are shared)."""
+    """Pools with their workers, Queued steps (and those without a message, purged or lost,
+    which the reaper pushes again), running leases, the built-in worker, and deployment targets
+    (shown apart: targets are scarce, pool workers are shared)."""
     c = client()
     snap = c.snapshot(detail=True)
     targets = TargetRegistry(c.redis).list()
@@ -100,11 +107,11 @@ def status(as_json: bool) -> None:
         members = snap.workers_in(p.slug)
         rows.append([p.name + (" (default)" if p.is_default else ""),
                      ", ".join(_shown(w) for w in members) or "-",
-                     snap.queue_depths.get(p.slug, 0), leases_by_pool.get(p.slug, 0)])
+                     queued_cell(snap.counts(p.slug)), leases_by_pool.get(p.slug, 0)])
     builtin = snap.workers_in("builtin")
     rows.append(["built-in worker: " + ("enabled" if snap.builtin_enabled else "disabled"),
                  ", ".join(f"{w.name} {w.state}" for w in builtin) or "-",
-                 snap.queue_depths.get("builtin", 0), leases_by_pool.get("builtin", 0)])
+                 queued_cell(snap.counts("builtin")), leases_by_pool.get("builtin", 0)])
     table(["POOL", "WORKERS", "QUEUED", "RUNNING"], rows)
     if target_rows:
         echo("")

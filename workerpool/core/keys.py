@@ -41,6 +41,7 @@ A pool's own (``S`` is ``workerpool:pool:{POOL}:``)::
     S workers                 hash   worker name -> worker JSON {name, pool, instance, ...}
     S hb:<instance>           string heartbeat JSON {time, state, running, reason}, expiring
     S step:<id>               hash   step record: spec, state, pool, queue, worker, times
+                                     (``missing_since``: a reaper found its message gone)
     S step:<id>:log           stream log entries {t, s, x} (time, stream, text) and one final {end}
     S step:<id>:artifacts     hash   artifact name -> JSON {name, path, size, sha256}
     S step:<id>:artifact:<n>  string the artifact's bytes

@@ -7,17 +7,18 @@ once, whatever Redis redelivers. Any process may run the reaper; its transitions
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
 
-from workerpool.core import keys, messages, scripts
+from workerpool.core import events, keys, messages, scripts
 from workerpool.core.settings import Settings
-from workerpool.core.snapshot import pairs
+from workerpool.core.snapshot import QueueCounts, pairs
 from workerpool.core.steps import (
     CANCELLED,
     LEASE_TIMEOUT,
@@ -33,16 +34,123 @@ log = logging.getLogger(__name__)
 # step enqueued just before a restart still be checked for a lost message.
 RESTART_CLOCK_SKEW = 10.0
 BATCH = 1000  # step records read, or queue entries listed, per round trip when re-queuing
-
-
-
-
+# A Queued step's record field set while its message is missing: "<attempt> <Redis time>" of
+# the first reap that found the message neither in the queue nor held by a worker.
+MISSING_SINCE = "missing_since"
+NOTE_LIFETIME = 10  # graces after which a note of a missing message no longer counts
+# What a Queued step's record tells of the message it waits for.
+WAITING_FIELDS = ("state", "attempt", "queue", "name", "pool_name", "target", "queued_at",
+                  MISSING_SINCE)
 
 
 @dataclass(frozen=True)
 class Claim:
     outcome: str  # ok | stale | gone | wrong-pool
     record: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A Queued step and the message it waits for."""
+
+    step_id: str
+    attempt: int
+    queue: str
+    message: str  # as enqueued (``messages.for_record``)
+    queued_at: float
+    missing_since: str = ""  # the record's MISSING_SINCE, if set
+
+    @classmethod
+    def from_record(cls, step_id: str, record: dict[str, str]) -> Waiting:
+        """The step as its record (WAITING_FIELDS) tells it."""
+        attempt = int(record.get("attempt") or 0)
+        return cls(step_id=step_id, attempt=attempt, queue=record.get("queue", ""),
+                   message=messages.for_record(step_id, attempt, record),
+                   queued_at=float(record.get("queued_at") or 0),
+                   missing_since=record.get(MISSING_SINCE, ""))
+
+    @property
+    def task_id(self) -> str:
+        return messages.task_id(self.step_id, self.attempt)
+
+    def missing_for(self, now: float) -> float | None:
+        """Seconds since a reap first found this attempt's message missing, None if none did."""
+        attempt, _, since = self.missing_since.partition(" ")
+        try:
+            return now - float(since) if attempt == str(self.attempt) else None
+        except ValueError:
+            return None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a reap does with the Queued steps it looked at: push their message again, note
+    their message as missing since now, or drop that note."""
+
+    push: list[Waiting]
+    note: list[Waiting]
+    unnote: list[Waiting]
+
+
+@dataclass(frozen=True)
+class Survey:
+    """What a reap learns of a pool in its one pipelined read."""
+
+    counts: QueueCounts
+    overdue: list[str]  # Queued steps past their lease deadline
+    restart_check: bool  # this reap checks the pool for messages lost in a Redis restart
+
+
+def task_id_of(entry: str) -> str | None:
+    """The Celery task id of a queue entry, None for one that is no task message."""
+    return _task_of(_json(entry))
+
+
+def held_task_id(value: str) -> str | None:
+    """The Celery task id of a value of kombu's unacked hash: ``[message, exchange, routing
+    key]`` as JSON (kombu's Redis ``QoS.append``), None for anything else."""
+    held = _json(value)
+    return _task_of(held[0]) if isinstance(held, list) and held else None
+
+
+def _json(text: str) -> object:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _task_of(message: object) -> str | None:
+    headers = message.get("headers") if isinstance(message, dict) else None
+    task = headers.get("id") if isinstance(headers, dict) else None
+    return task if isinstance(task, str) else None
+
+
+def without_messages(waiting: Iterable[Waiting], present: set[str]) -> list[Waiting]:
+    """The steps of *waiting* whose message is not among the task ids *present* (in the queue,
+    or held by a worker)."""
+    return [w for w in waiting if w.task_id not in present]
+
+
+def judge(waiting: Iterable[Waiting], present: set[str], now: float, grace: float) -> Verdict:
+    """Push again the message of a step found missing by an earlier reap at least *grace*
+    seconds ago (and at most NOTE_LIFETIME graces) and missing still; note one found missing
+    for the first time, or after a note that went stale. A message popped by a worker is in
+    neither place for a moment, so one look is never enough; a stale note (a look that found a
+    message in flight, and no reap since) must not make it so."""
+    push: list[Waiting] = []
+    note: list[Waiting] = []
+    unnote: list[Waiting] = []
+    for step in waiting:
+        age = step.missing_for(now)
+        if step.task_id in present:
+            if step.missing_since:
+                unnote.append(step)
+        elif age is None or not 0 <= age < NOTE_LIFETIME * grace:
+            note.append(step)
+        elif age >= grace:
+            push.append(step)
+    return Verdict(push=push, note=note, unnote=unnote + push)
 
 
 class Leases:
@@ -89,12 +197,19 @@ class Leases:
 
     def reap_on_schedule(self, settings: Settings, pools: Iterable[str]) -> int:
         """``reap`` as every component runs it: at most once per quarter heartbeat interval
-        across the cluster, judging no worker lost for two heartbeat TTLs after Redis starts."""
-        return self.reap(pools, settings.heartbeat_interval / 4, 2 * settings.heartbeat_ttl)
+        across the cluster, judging no worker lost for two heartbeat TTLs after Redis starts,
+        and pushing again a message missing for a heartbeat interval (a worker records a
+        message it popped as held within milliseconds). The pool is reaped at least once per
+        interval while a worker of it, ``server`` or ``up`` runs, so a purged or lost message
+        is pushed again within three intervals: found missing, confirmed, pushed."""
+        return self.reap(pools, settings.heartbeat_interval / 4, 2 * settings.heartbeat_ttl,
+                         message_grace=settings.heartbeat_interval)
 
-    def reap(self, pools: Iterable[str], every: float = 0.0, restart_grace: float = 0.0) -> int:
+    def reap(self, pools: Iterable[str], every: float = 0.0, restart_grace: float = 0.0,
+             message_grace: float | None = None) -> int:
         """End the steps of *pools* whose worker stopped heartbeating and those past their
-        lease deadline.
+        lease deadline; with *message_grace*, push again the message of a Queued step that has
+        been without one (purged, or lost) for that many seconds.
 
         With *every* > 0, at most one process in the cluster reaps a pool per that many
         seconds (a lock with that expiry), so workers and waiting clients do not all scan every
@@ -106,16 +221,105 @@ class Leases:
             return 0  # the usual answer, in one round trip: others reaped them just now
         server: dict[str, Any] = self.redis.info("server") if restart_grace > 0 else {}
         ended = 0
-        for pool in locked:
+        for pool, survey in zip(locked, self._survey(locked, str(server.get("run_id", ""))),
+                                strict=True):
             if not server or float(server["uptime_in_seconds"]) >= restart_grace:
                 ended += self._reap_lost(pool)
-            if server and self.redis.set(keys.requeue_check(pool, str(server["run_id"])), "1",
-                                         nx=True, ex=86400):
+            if survey.restart_check:
                 seconds, micros = self.redis.time()
                 started = seconds + micros / 1e6 - float(server["uptime_in_seconds"])
                 self._requeue_missing(pool, started)  # once per Redis run and pool
-            ended += self._reap_overdue(pool)
+            ended += self._reap_overdue(pool, survey.overdue)
+            if (message_grace is not None and not survey.restart_check
+                    and survey.counts.without_message):
+                self._push_missing(pool, message_grace)
         return ended
+
+    def _survey(self, pools: list[str], run_id: str) -> list[Survey]:
+        """For each of *pools*, in one round trip for all: its restart check (taken once per
+        Redis run, when *run_id* is given), the counts that tell a Queued step without a
+        message, and the steps past their lease deadline."""
+        now = time.time()
+        pipe = self.redis.pipeline(transaction=False)
+        for pool in pools:
+            if run_id:
+                pipe.set(keys.requeue_check(pool, run_id), "1", nx=True, ex=86400)
+            self._count(pipe, pool)
+            pipe.zrangebyscore(keys.pending(pool), "-inf", now)
+        replies = iter(pipe.execute())
+        return [Survey(restart_check=bool(next(replies)) if run_id else False,
+                       counts=self._counted(replies), overdue=next(replies)) for _ in pools]
+
+    @staticmethod
+    def _count(pipe: Any, pool: str) -> None:
+        """Ask *pipe* for *pool*'s Queued records, queue length and held messages."""
+        pipe.zcard(keys.pending(pool))
+        pipe.llen(keys.queue_of(pool))
+        pipe.hlen(keys.kombu_keys(pool)["unacked_key"])
+
+    @staticmethod
+    def _counted(replies: Iterator[Any]) -> QueueCounts:
+        return QueueCounts(records=int(next(replies)), messages=int(next(replies)),
+                           held=int(next(replies)))
+
+    def _push_missing(self, pool: str, grace: float) -> int:
+        """Push again the message of each Queued step of *pool* that has been neither in its
+        queue nor held by a worker (purged with ``celery purge``, or lost) for *grace* seconds.
+        Called when the counts say one is missing; they are taken once more first, as a
+        message just popped by a worker is in neither place for a moment."""
+        pipe = self.redis.pipeline(transaction=False)
+        self._count(pipe, pool)
+        if not self._counted(iter(pipe.execute())).without_message:
+            return 0  # it was on its way to a worker
+        return self.push_lost(pool, grace)
+
+    def push_lost(self, pool: str, grace: float) -> int:
+        """Look at every Queued step of *pool* (``judge``): note the messages missing, push
+        again those a reap found missing *grace* seconds ago or more; how many it pushed. The
+        queue and the held messages are read before the records, so a step claimed (its
+        message acked) meanwhile is no longer Queued, instead of looking unsent."""
+        queue = keys.queue_of(pool)
+        present = {t for t in map(task_id_of, self._queue_contents(queue)) if t}
+        held = cast(list[str], self.redis.hvals(keys.kombu_keys(pool)["unacked_key"]))
+        present.update(t for t in map(held_task_id, held) if t)
+        waiting = [w for w in self._waiting(pool) if w.queue == queue]
+        seconds, micros = self.redis.time()  # one clock for every reaper's notes
+        now = seconds + micros / 1e6
+        verdict = judge(waiting, present, now, grace)
+        pipe = self.redis.pipeline(transaction=False)
+        for step in verdict.note:
+            pipe.hset(keys.step(step.step_id), MISSING_SINCE, f"{step.attempt} {now}")
+        for step in verdict.unnote:
+            pipe.hdel(keys.step(step.step_id), MISSING_SINCE)
+        for start in range(0, len(verdict.push), BATCH):  # the consuming end: taken next
+            pipe.rpush(queue, *(w.message for w in verdict.push[start:start + BATCH]))
+        pipe.execute()
+        if verdict.push:
+            log.warning("pushed again the message of %d Queued step(s) of pool %s: it was "
+                        "neither in queue %s nor held by a worker for %gs (purged or lost)",
+                        len(verdict.push), pool, queue, grace)
+        return len(verdict.push)
+
+    def _waiting(self, pool: str) -> list[Waiting]:
+        """Every Queued step of *pool* with its message, records read in batches (one round
+        trip each); an id left in ``pending`` without a record is dropped from it."""
+        ids = cast(list[str], self.redis.zrange(keys.pending(pool), 0, -1))
+        waiting: list[Waiting] = []
+        gone: list[str] = []
+        for start in range(0, len(ids), BATCH):
+            pipe = self.redis.pipeline(transaction=False)
+            for step_id in ids[start:start + BATCH]:
+                pipe.hmget(keys.step(step_id), WAITING_FIELDS)
+            for step_id, values in zip(ids[start:start + BATCH], pipe.execute(), strict=True):
+                record = {k: v for k, v in zip(WAITING_FIELDS, values, strict=True)
+                          if v is not None}
+                if not record:
+                    gone.append(step_id)
+                elif record.get("state") == QUEUED:
+                    waiting.append(Waiting.from_record(step_id, record))
+        if gone:
+            self.redis.zrem(keys.pending(pool), *gone)
+        return waiting
 
     def _locked(self, pools: list[str], every: float) -> list[str]:
         """Those of *pools* whose reaper lock this call took (all of them when *every* is 0),
@@ -135,40 +339,31 @@ class Leases:
         cannot have lost its message to the restart, and its message may be on its way to a
         worker right now (popped, not yet claimed): pushing it again would run its task twice
         (the claim would discard the copy, but Flower would show it). A duplicate is otherwise
-        harmless: only one claim can succeed."""
-        fields = ("state", "attempt", "queue", "name", "pool_name", "target", "queued_at")
-        before = restarted_at + RESTART_CLOCK_SKEW
-        expected: dict[str, list[str]] = {}  # queue -> the messages its Queued steps need
-        ids = cast(list[str], self.redis.zrange(keys.pending(pool), 0, -1))
-        for start in range(0, len(ids), BATCH):  # pipelined: one round trip per batch
-            pipe = self.redis.pipeline(transaction=False)
-            for step_id in ids[start:start + BATCH]:
-                pipe.hmget(keys.step(step_id), fields)
-            for step_id, values in zip(ids[start:start + BATCH], pipe.execute(), strict=True):
-                record = {k: v for k, v in zip(fields, values, strict=True) if v is not None}
-                if (record.get("state") == QUEUED
-                        and float(record.get("queued_at") or 0) <= before):
-                    message = messages.for_record(step_id, int(record.get("attempt", 0)), record)
-                    expected.setdefault(record.get("queue", ""), []).append(message)
+        harmless: only one claim can succeed. Messages held by workers are not looked at:
+        their holder may have gone with the restart."""
+        expected: dict[str, list[Waiting]] = {}  # queue -> its Queued steps
+        for waiting in self._waiting(pool):
+            expected.setdefault(waiting.queue, []).append(waiting)
         pushed = 0
         for queue, wanted in expected.items():
-            present = self._queue_contents(queue)
-            missing = [m for m in wanted if m not in present]
-            for start in range(0, len(missing), BATCH):
-                self.redis.rpush(queue, *missing[start:start + BATCH])  # the consuming end
+            present = {t for t in map(task_id_of, self._queue_contents(queue)) if t}
+            missing = [w for w in without_messages(wanted, present)
+                       if w.queued_at <= restarted_at + RESTART_CLOCK_SKEW]
+            for start in range(0, len(missing), BATCH):  # the consuming end
+                self.redis.rpush(queue, *(w.message for w in missing[start:start + BATCH]))
             pushed += len(missing)
         if pushed:
             log.warning("re-queued %d step(s) whose message was lost with a Redis restart",
                         pushed)
         return pushed
 
-    def _queue_contents(self, queue: str) -> set[str]:
-        """Every message in *queue*, read in slices (one pass, never a reply of the whole list)."""
-        present: set[str] = set()
+    def _queue_contents(self, queue: str) -> list[str]:
+        """Every entry of *queue*, read in slices (one pass, never a reply of the whole list)."""
+        present: list[str] = []
         start = 0
         while True:
             chunk = cast(list[str], self.redis.lrange(queue, start, start + BATCH - 1))
-            present.update(chunk)
+            present.extend(chunk)
             if len(chunk) < BATCH:
                 return present
             start += BATCH
@@ -183,12 +378,38 @@ class Leases:
                       "pool_name": pool_name, "lease_timeout": lease, "target": target}
             if self.retry(step_id, instance, worker, record):
                 ended += 1
+                self._tell_flower(step_id, record, WORKER_LOST, worker, f"worker {worker} "
+                                  "stopped heartbeating while running the step; it was queued "
+                                  "once more", pool)
                 continue
-            ended += self.store.finish(
-                step_id, WORKER_LOST, expected=(RUNNING,), instance=instance,
-                message=f"worker {worker} stopped heartbeating while running the step; "
-                        "the step was not run again (opt in with retry on worker loss)")
+            message = (f"worker {worker} stopped heartbeating while running the step; the step "
+                       "was not run again (opt in with retry on worker loss)")
+            if self.store.finish(step_id, WORKER_LOST, expected=(RUNNING,), instance=instance,
+                                 message=message):
+                ended += 1
+                self._tell_flower(step_id, record, WORKER_LOST, worker, message, pool)
         return ended
+
+    def _tell_flower(self, step_id: str, record: dict[str, str], state: str, worker: str,
+                     message: str, pool: str) -> None:
+        """Publish the ``task-failed`` event of a step the reaper ended (``events.py``): no
+        worker is left to, and Flower would show it STARTED (or not at all) for ever. As the
+        lost worker's Celery name, if it had one; a lost event is only a stale Flower."""
+        hostname = events.reaper_hostname()
+        try:
+            if worker:
+                raw = self.redis.hget(keys.workers(pool), worker)
+                host = json.loads(raw).get("host", "") if raw else ""
+                hostname = f"{worker}@{host}" if host else hostname
+            routing_key, event = events.task_failed(
+                messages.task_id(step_id, int(record.get("attempt") or 0)),
+                f"{state}: exit code none, worker {worker or 'none'}; {message}", hostname,
+                name=messages.TASK_NAME, routing_key=record.get("queue", ""),
+                args=messages.label(record.get("name", ""), record.get("pool_name", ""),
+                                    step_id, target=record.get("target", "")))
+            events.publish(self.redis, routing_key, event)
+        except (redis.RedisError, ValueError, AttributeError) as exc:
+            log.info("could not tell Flower that step %s ended %s: %s", step_id, state, exc)
 
     def retry(self, step_id: str, instance: str, worker: str, record: dict[str, str]) -> bool:
         """Queue a step whose worker was lost once more, if it opted in and has not yet."""
@@ -205,24 +426,22 @@ class Leases:
             args=[instance, now, deadline, messages.for_record(step_id, 1, record), note,
                   step_id]))
 
-    def _reap_overdue(self, pool: str) -> int:
+    def _reap_overdue(self, pool: str, overdue: list[str]) -> int:
         ended = 0
-        overdue = cast(list[str], self.redis.zrangebyscore(keys.pending(pool), "-inf",
-                                                            time.time()))
         for step_id in overdue:
             record = self.store.record(step_id)
             if not record:
                 self.redis.zrem(keys.pending(pool), step_id)
                 continue
-            pool = record.get("pool_name", "")
+            name = record.get("pool_name", "")
             waited = float(record.get("lease_timeout", 0))
-            if self.store.finish(
-                    step_id, LEASE_TIMEOUT, expected=(QUEUED,),
-                    message=f"no worker of pool {pool!r} leased the step within {waited:g}s; "
-                            f"check its workers with `workerpool worker list --pool "
-                            f"{record.get('pool', '')!r}`"):
+            message = (f"no worker of pool {name!r} leased the step within {waited:g}s; "
+                       f"check its workers with `workerpool worker list --pool "
+                       f"{record.get('pool', '')!r}`")
+            if self.store.finish(step_id, LEASE_TIMEOUT, expected=(QUEUED,), message=message):
                 ended += 1
                 self._drop_message(step_id, record)
+                self._tell_flower(step_id, record, LEASE_TIMEOUT, "", message, pool)
         return ended
 
     def _drop_message(self, step_id: str, record: dict[str, str]) -> None:

@@ -13,6 +13,9 @@ from workerpool.core import keys, scripts
 from workerpool.core.pools import DEFAULT_POOL_NAME, Pool, ordered, pools_from_hash, slugify
 from workerpool.core.workers import WorkerInfo
 
+# kombu's hash of a pool's unacknowledged messages, as a key's end in the pool's space
+_UNACKED_SUFFIX = keys.kombu_keys("")["unacked_key"].removeprefix(keys.space(""))
+
 
 @dataclass(frozen=True)
 class Lease:
@@ -27,16 +30,42 @@ class Lease:
                 "started_at": self.started_at, "step_name": self.step_name}
 
 
+def without_message(records: int, messages: int, held: int) -> int:
+    """How many of a pool's *records* Queued steps have no message: neither among the
+    *messages* in its queue nor among those its workers *held* (kombu's unacked hash). A lower
+    bound, from counts alone: a held message of a step already claimed hides a missing one."""
+    return max(0, records - messages - held)
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    """A pool's waiting work: its Queued step records, the messages in its Celery queue, and
+    the messages its workers hold, not yet acknowledged."""
+
+    records: int
+    messages: int
+    held: int
+
+    @property
+    def without_message(self) -> int:
+        return without_message(self.records, self.messages, self.held)
+
+
 @dataclass(frozen=True)
 class Snapshot:
     pools: dict[str, Pool]
     builtin_enabled: bool
     workers: tuple[WorkerInfo, ...]
-    queue_depths: dict[str, int]
+    queue_depths: dict[str, int]  # pool -> messages in its Celery queue; with detail only
     leases: tuple[Lease, ...]
     public_keys: dict[str, str] = field(default_factory=dict)  # pool -> its keys' JSON
     # pool -> (malformed messages its workers dropped, its dead letters); with detail only
     faults: dict[str, tuple[int, int]] = field(default_factory=dict)
+    queued: dict[str, QueueCounts] = field(default_factory=dict)  # with detail only
+
+    def counts(self, pool_slug: str) -> QueueCounts:
+        """What waits in *pool_slug* (``builtin`` for the built-in worker)."""
+        return self.queued.get(pool_slug, QueueCounts(0, 0, 0))
 
     def workers_in(self, pool_slug: str) -> list[WorkerInfo]:
         return list(self._by_pool.get(pool_slug, ()))
@@ -67,21 +96,24 @@ def read_snapshot(client: redis.Redis, detail: bool = False) -> Snapshot:
         args=[default_slug, json.dumps({"name": DEFAULT_POOL_NAME, "description": ""}),
               "1" if detail else "0", keys.POOL_QUEUE_PREFIX, keys.SPACE_PREFIX,
               keys.TARGET_POOL_PREFIX, keys.POOLS, keys.DEFAULT_POOL, keys.BUILTIN_DISABLED,
-              keys.TARGETS, keys.BUILTIN_QUEUE, keys.POOL_KEYS, keys.dead("")])
+              keys.TARGETS, keys.BUILTIN_QUEUE, keys.POOL_KEYS, keys.dead(""),
+              _UNACKED_SUFFIX])
     raw_pools, default, disabled, records, beats, depths, raw_leases, public, faults = reply
     pools = pools_from_hash(pairs(raw_pools), default)
     workers = tuple(sorted((WorkerInfo.from_record(rec, beat or None)
                             for rec, beat in zip(records, beats, strict=True)),
                            key=lambda w: (w.pool, w.name)))
-    depth_map: dict[str, int] = {}
+    queued: dict[str, QueueCounts] = {}
     if detail:
         slugs = [raw_pools[i] for i in range(0, len(raw_pools), 2)] + [keys.BUILTIN_POOL]
-        depth_map = dict(zip(slugs, (int(d) for d in depths), strict=True))
+        queued = {slug: QueueCounts(records=int(c[1]), messages=int(c[0]), held=int(c[2]))
+                  for slug, c in zip(slugs, depths, strict=True)}
     leases = tuple(Lease(step_id=str(r[0]), worker=str(r[1]), pool=str(r[2]),
                          started_at=float(r[3] or 0), step_name=str(r[4])) for r in raw_leases)
     return Snapshot(pools=pools, builtin_enabled=not disabled, workers=workers,
-                    queue_depths=depth_map, leases=leases, public_keys=pairs(public),
-                    faults={str(f[0]): (int(f[1]), int(f[2])) for f in faults})
+                    queue_depths={slug: c.messages for slug, c in queued.items()},
+                    leases=leases, public_keys=pairs(public),
+                    faults={str(f[0]): (int(f[1]), int(f[2])) for f in faults}, queued=queued)
 
 
 def _worker_json(worker: WorkerInfo, leases: list[Lease]) -> dict[str, object]:
@@ -89,15 +121,17 @@ def _worker_json(worker: WorkerInfo, leases: list[Lease]) -> dict[str, object]:
 
 
 def status_view(snap: Snapshot) -> dict[str, object]:
-    """Pools (default first, then by name) with queue depth, running leases and workers, the
-    built-in worker, and all leases: ``status --json`` and the pools page's ``/api/pools``."""
+    """Pools (default first, then by name) with their Queued steps (and how many of them have
+    no message), running leases and workers, the built-in worker, and all leases: ``status
+    --json`` and the pools page's ``/api/pools``."""
     pools = ordered(snap.pools.values())
 
     def section(slug: str) -> dict[str, object]:
         leases = [le for le in snap.leases if le.pool == slug]
         dropped, dead = snap.faults.get(slug, (0, 0))
-        return {"queued": snap.queue_depths.get(slug, 0), "running": len(leases),
-                "dropped_messages": dropped, "dead_letters": dead,
+        counts = snap.counts(slug)
+        return {"queued": counts.records, "without_message": counts.without_message,
+                "running": len(leases), "dropped_messages": dropped, "dead_letters": dead,
                 "workers": [_worker_json(w, leases) for w in snap.workers_in(slug)],
                 "leases": [le.to_json() for le in leases]}
 

@@ -1,10 +1,11 @@
 """The pools page: a small read-only web view of the worker pools screen.
 
-Each pool with its description, default flag, workers and their health, queue depth and running
-leases, plus the built-in worker's state; as HTML at ``/`` (refreshing itself) and as JSON at
-``/api/pools``. It shows queue depth for pools that have no online worker, which Flower cannot
-(Flower only knows the queues that online workers report). Served from a thread by
-``workerpool server --http-port`` and next to Flower by ``workerpool flower``.
+Each pool with its description, default flag, workers and their health, Queued steps (and how
+many of them have no message: purged or lost) and running leases, plus the built-in worker's
+state; as HTML at ``/`` (refreshing itself) and as JSON at ``/api/pools``. It shows what waits
+in pools that have no online worker, which Flower cannot (Flower only knows the queues that
+online workers report). Served from a thread by ``workerpool server --http-port`` and next to
+Flower by ``workerpool flower``.
 """
 
 from __future__ import annotations
@@ -70,10 +71,13 @@ def _leases_html(leases: list[Lease], now: float) -> str:
 
 
 def _counts_html(snap: Snapshot, slug: str, leases: list[Lease]) -> str:
-    depth = snap.queue_depths.get(slug, 0)
-    return (f'<div class="counts"><span class="count" data-queued="{depth}">Queued: '
-            f'<b>{depth}</b></span><span class="count" data-running="{len(leases)}">Running: '
-            f"<b>{len(leases)}</b></span></div>")
+    counts = snap.counts(slug)
+    missing = counts.without_message
+    shown = f"{counts.records} queued" + (f", {missing} without a message" if missing else "")
+    kind = "count missing" if missing else "count"
+    return (f'<div class="counts"><span class="{kind}" data-queued="{counts.records}" '
+            f'data-without-message="{missing}">{shown}</span><span class="count" '
+            f'data-running="{len(leases)}">{len(leases)} running</span></div>')
 
 
 def _pool_html(snap: Snapshot, pool: Pool, now: float) -> str:
@@ -116,6 +120,7 @@ grid-template-columns:repeat(auto-fill,minmax(560px,1fr))}
 padding:1px 8px;font-size:12px;vertical-align:middle}
 .counts{display:flex;gap:16px;margin:6px 0}
 .count{background:#eef2f7;border-radius:4px;padding:2px 8px}
+.count.missing{background:#fde2e1;color:#a61b1b}
 table{border-collapse:collapse;width:100%;font-size:13px}th{text-align:left;color:#52606d}
 td,th{padding:4px 8px;border-bottom:1px solid #e4e7eb}
 .state{border-radius:4px;padding:1px 6px;font-size:12px;font-weight:600}
@@ -147,7 +152,10 @@ def render_html(snap: Snapshot, now: float | None = None, flower_url: str | None
 # The Prometheus series of ``/metrics``: name, type, help, and the value of a pool's section of
 # ``status_view``.
 METRICS = (
-    ("workerpool_queued_steps", "gauge", "Steps waiting in the pool's queue.", "queued"),
+    ("workerpool_queued_steps", "gauge", "Steps of the pool in state Queued.", "queued"),
+    ("workerpool_queued_steps_without_message", "gauge",
+     "Queued steps whose message is neither in the pool's queue nor held by a worker (purged "
+     "or lost; the reaper pushes it again).", "without_message"),
     ("workerpool_running_steps", "gauge", "Steps running on the pool's workers.", "running"),
     ("workerpool_dropped_messages_total", "counter",
      "Malformed messages the pool's workers dropped from its queue.", "dropped_messages"),

@@ -8,6 +8,7 @@ if st[1] ~= 'Queued' or st[2] ~= ARGV[1] then return {'stale', st[1]} end
 if st[3] ~= ARGV[5] then return {'wrong-pool', st[3]} end
 redis.call('HSET', KEYS[1], 'state', 'Running', 'worker', ARGV[2], 'instance', ARGV[3],
            'started_at', ARGV[4], 'claim', ARGV[7])
+redis.call('HDEL', KEYS[1], 'missing_since')  -- a reaper's note that its message was missing
 redis.call('ZREM', KEYS[3], ARGV[6])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[6])
 return {'ok', redis.call('HGETALL', KEYS[1])}

@@ -1,7 +1,8 @@
--- KEYS: none. ARGV: default slug, default pool JSON, detail ('1': queue depths + leases), pool
+-- KEYS: none. ARGV: default slug, default pool JSON, detail ('1': queue counts + leases), pool
 -- queue prefix, pool space prefix ("workerpool:pool:{"), target pool prefix ("target:"), then
 -- the keys: pools, default-pool, builtin-disabled, targets, built-in queue, pools' public keys
--- (returned too: a client seals to one), then the dead letters' prefix ("workerpool:dead:"). They are arguments,
+-- (returned too: a client seals to one), then the dead letters' prefix ("workerpool:dead:"),
+-- then the suffix of kombu's unacked hash in a space ("kombu:unacked"). They are arguments,
 -- not KEYS: Redis checks a script's KEYS for writing, and a runner's login may only read the
 -- pools (each call below is checked for what it does).
 local POOLS, DEFAULT, DISABLED, TARGETS, BUILTIN_QUEUE, POOL_KEYS = ARGV[7], ARGV[8], ARGV[9],
@@ -38,11 +39,18 @@ for _, pool in ipairs(spaces) do
     end
   end
 end
+-- Per pool and the built-in worker: the messages in its queue, its Queued step records, and
+-- the messages its workers hold (kombu's unacked hash): records beyond both lost their message.
+local function counts(queue, pool)
+  local space = ARGV[5] .. pool .. '}:'
+  return {redis.call('LLEN', queue), redis.call('ZCARD', space .. 'pending'),
+          redis.call('HLEN', space .. ARGV[14])}
+end
 if ARGV[3] == '1' then
   for i = 1, #pools, 2 do
-    depths[#depths + 1] = redis.call('LLEN', ARGV[4] .. pools[i])
+    depths[#depths + 1] = counts(ARGV[4] .. pools[i], pools[i])
   end
-  depths[#depths + 1] = redis.call('LLEN', BUILTIN_QUEUE)
+  depths[#depths + 1] = counts(BUILTIN_QUEUE, 'builtin')
 end
 return {pools, redis.call('GET', DEFAULT), redis.call('EXISTS', DISABLED), workers, beats,
         depths, leases, redis.call('HGETALL', POOL_KEYS), faults}
