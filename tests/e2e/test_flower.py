@@ -21,7 +21,7 @@ from conftest import wait_for
 from httpd import fetch, free_port
 
 from workerpool import ScriptStep
-from workerpool.core import keys
+from workerpool.core import credentials, keys
 
 AUTH = "admin:s3cret"
 SECRET = "hunter2-not-for-flower"
@@ -306,3 +306,27 @@ def test_flower_metrics_need_its_login_unless_made_public(flower):
     status, text = public.get("/metrics", auth=None)
     assert status == 200 and "flower_events_total" in text
     assert public.get("/api/tasks", auth=None)[0] == 401
+
+
+def test_a_login_issued_before_remote_control_still_runs_steps(client, start_worker, raw,
+                                                               env):
+    client.pools.add("Flower Pool")
+    # The rules pool logins had before workers listened for control commands.
+    rules = [r for r in credentials.worker_rules("flower-pool") if not r.startswith("(")
+             and "pidbox" not in r]
+    raw.execute_command("ACL", "SETUSER", "legacy-flower-pool", "reset", "on", ">legacy-pw",
+                        *rules)
+    url = credentials.url_for(env["WORKERPOOL_REDIS_URL"], "legacy-flower-pool", "legacy-pw")
+    try:
+        worker = start_worker("Flower Pool", extra_env={"WORKERPOOL_REDIS_URL": url})
+        step = client.run(ScriptStep(script="echo still", pool="Flower Pool"))
+        assert step.wait(30).state == "Success"
+        assert state_of(client, worker) == ("Healthy", "")
+        worker.proc.terminate()
+        assert worker.proc.wait(30) == 0
+        log = (Path(env["WORKERPOOL_HOME"]).parent / "worker-0.log").read_text()
+        assert "may not listen for Celery control commands" in log
+        assert "`workerpool pool credentials 'Flower Pool'` issues one that may" in log
+        assert "NOPERM" not in log and "Traceback" not in log
+    finally:
+        raw.execute_command("ACL", "DELUSER", "legacy-flower-pool")

@@ -25,6 +25,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import redis
 from celery import Celery
 from celery.utils.functional import maybe_list
 from celery.worker import state as worker_state
@@ -40,6 +41,24 @@ Command = Callable[..., Any]
 # The runtime of each worker app in this process: Celery hands a command only its app.
 _runtimes: weakref.WeakKeyDictionary[Celery, Runtime] = weakref.WeakKeyDictionary()
 _STOCK: dict[str, Command] = {}
+
+
+def listens(client: redis.Redis) -> bool:
+    """Whether *client*'s login may listen for control commands: a pool login issued before
+    workers took remote control may not, and its worker would fail at every start of Celery's
+    mailbox."""
+    db = client.connection_pool.connection_kwargs.get("db", 0)
+    pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+    try:
+        pubsub.psubscribe(f"/{db}.celery.pidbox")
+        pubsub.get_message(timeout=5.0)  # the answer: subscribed, or refused
+        return True
+    except redis.ResponseError as exc:
+        if "NOPERM" in str(exc) or "permission" in str(exc):
+            return False
+        raise
+    finally:
+        pubsub.close()
 
 
 def install(app: Celery, runtime: Runtime) -> None:

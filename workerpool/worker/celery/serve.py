@@ -19,7 +19,7 @@ from workerpool.core.settings import Settings
 from workerpool.core.syntaxes import PYTHON, available_syntaxes
 from workerpool.core.targets import TargetRegistry
 from workerpool.core.workers import validate_worker_name
-from workerpool.worker.celery import internals
+from workerpool.worker.celery import control, internals
 from workerpool.worker.celery.app import bind, worker_app
 from workerpool.worker.celery.consumer import batch_events, queue_gate
 from workerpool.worker.identity import register
@@ -64,6 +64,14 @@ def serve(settings: Settings, pool: str | None, name: str | None, concurrency: i
                        url)
     runtime = Runtime(settings, url, identity, users)
     app = worker_app(url, settings.visibility_timeout, identity.pool, identity.name)
+    if not guarded(lambda: control.listens(client), url):
+        app.conf.worker_enable_remote_control = False
+        reissue = (f"workerpool target credentials {target!r}" if target is not None else
+                   "workerpool builtin-worker credentials" if pool is None else
+                   f"workerpool pool credentials {pool_name!r}")
+        print(f"this worker's Redis login may not listen for Celery control commands (issued "
+              f"by an earlier version): Flower's revoke and `celery control` do not reach it; "
+              f"`{reissue}` issues one that may", flush=True)
     batch_events(app)
     bind(app, runtime)
     app.steps["consumer"].add(queue_gate(runtime))
