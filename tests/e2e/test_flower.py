@@ -156,6 +156,9 @@ def test_flower_shows_steps_the_reaper_ends_as_failures(client, start_worker, fl
     info = ui.state_of(lost.id, "FAILURE")
     assert info["exception"].startswith(f"WorkerLost: exit code none, worker {worker.name}")
     assert info["worker"].startswith(worker.name + "@")  # the worker Flower saw run it
+    listed = ui.json("/api/tasks")
+    assert {tid: t["state"] for tid, t in listed.items()} == {unleased.id: "FAILURE",
+                                                               lost.id: "FAILURE"}
 
 
 def marker_script(folder: Path, name: str, seconds: int = 60) -> str:
