@@ -263,7 +263,8 @@ def test_cli_show_json_by_name_or_slug(cli: Cli, ident: str) -> None:
     assert shown == {"name": "Database Worker Pool", "slug": "database-worker-pool",
                      "description": "db tools", "is_default": False,
                      "queue": "workerpool.pool.database-worker-pool", "workers": [],
-                     "requires": [], "health_check": ""}
+                     "requires": [], "health_check": "", "paused": False,
+                     "paused_reason": "", "paused_since": None}
 
 
 def test_cli_show_table(cli: Cli) -> None:
@@ -288,7 +289,8 @@ def test_cli_list_json(cli: Cli, client: Client) -> None:
                                            "Kubernetes Worker Pool"]
     for entry in listed:
         assert set(entry) == {"name", "slug", "description", "is_default", "queue", "workers",
-                              "queued", "requires", "health_check"}
+                              "queued", "requires", "health_check", "paused",
+                              "paused_reason", "paused_since"}
         assert entry["queue"] == f"workerpool.pool.{entry['slug']}"
         assert entry["workers"] == 0
     kubernetes = listed[2]
@@ -310,7 +312,8 @@ def test_cli_add_json(cli: Cli) -> None:
     created = json.loads(ok(cli("pool", "add", "Azure Pool", "--default", "--json")))
     assert created == {"name": "Azure Pool", "slug": "azure-pool", "description": "",
                        "is_default": True, "queue": "workerpool.pool.azure-pool",
-                       "requires": [], "health_check": ""}
+                       "requires": [], "health_check": "", "paused": False,
+                       "paused_reason": "", "paused_since": None}
 
 
 # --- the built-in worker switch ------------------------------------------------------------------

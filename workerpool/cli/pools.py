@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -26,6 +27,8 @@ def pool() -> None:
 def _show(p: Pool) -> None:
     table(["NAME", "SLUG", "DEFAULT", "QUEUE", "DESCRIPTION"],
           [[p.name, p.slug, "yes" if p.is_default else "", p.queue, p.description]])
+    if p.paused:
+        echo(f"paused{paused_note(p)}")
     if p.requires:
         echo(f"requires: {', '.join(p.requires)}")
     if p.health_check:
@@ -134,6 +137,33 @@ def pool_edit(name: str, new_name: str | None, description: str | None, make_def
                                  None if requires is None else [requires],
                                  _health_check(health_check, health_check_file))
     emit_json(edited.to_json()) if as_json else _show(edited)
+
+
+def paused_note(p: Pool) -> str:
+    """`` since <time>: <reason>`` of a paused pool."""
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(p.paused_since))
+    return f" since {since}" + (f": {p.paused_reason}" if p.paused_reason else "")
+
+
+@pool.command("pause")
+@click.argument("name")
+@click.option("--reason", default="", help="Why, shown with the pool (one line).")
+@click.option("--json", "as_json", is_flag=True)
+def pool_pause(name: str, reason: str, as_json: bool) -> None:
+    """Pause a pool: steps are still accepted and stay Queued, no worker of it starts one,
+    running steps go on, and waiting steps do not run out their lease timeout."""
+    paused = client().pools.pause(name, reason)
+    emit_json(paused.to_json()) if as_json else echo(f"paused pool {paused.name!r}"
+                                                     f"{paused_note(paused)}")
+
+
+@pool.command("resume")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+def pool_resume(name: str, as_json: bool) -> None:
+    """Resume a paused pool: its workers take its waiting steps again, oldest first."""
+    resumed = client().pools.resume(name)
+    emit_json(resumed.to_json()) if as_json else echo(f"resumed pool {resumed.name!r}")
 
 
 @pool.command("remove")

@@ -34,15 +34,36 @@ def worker() -> None:
               help="Who scripts run as: a user name, or 'same' for this worker's own user "
                    "(default: users of their own per slot when the worker runs as root; "
                    "WORKERPOOL_SCRIPT_USER).")
+@click.option("--max-steps", default=None, type=click.IntRange(0), metavar="N",
+              help="Drain and exit 0 after taking N steps (an ephemeral worker); 0: never "
+                   "(WORKERPOOL_MAX_STEPS).")
 def worker_start(pool: str | None, builtin: bool, name: str | None, concurrency: int,
-                 loglevel: str, script_user: str | None) -> None:
+                 loglevel: str, script_user: str | None, max_steps: int | None) -> None:
     """Run a worker that consumes exactly one pool's queue."""
     if builtin == (pool is not None):
         raise click.UsageError("give exactly one of --pool NAME or --builtin")
     from workerpool.worker.celery.serve import serve  # worker-side code loads only here
 
-    sys.exit(serve(with_script_user(Settings.from_env(), script_user),
-                   None if builtin else pool, name, concurrency, loglevel.upper()))
+    settings = with_script_user(Settings.from_env(), script_user)
+    if max_steps is not None:
+        settings = dataclasses.replace(settings, max_steps=max_steps)
+    sys.exit(serve(settings, None if builtin else pool, name, concurrency, loglevel.upper()))
+
+
+@worker.command("drain")
+@click.argument("name")
+@click.option("--timeout", default=None, type=click.FloatRange(0, min_open=True), metavar="S",
+              help="Wait at most S seconds for the worker to finish (exit 1 if it has not); "
+                   "default: until it has.")
+def worker_drain(name: str, timeout: float | None) -> None:
+    """Drain a worker: it takes no new step, finishes what it runs, deregisters and exits 0.
+    Waits until it has."""
+    c = client()
+    found = c.guard(lambda: c.workers.drain(name))
+    click.echo(f"{found.name} is draining: {found.heartbeat.running if found.heartbeat else 0} "
+               "running step(s) finish first", err=True)
+    c.guard(lambda: c.workers.wait_gone(found, timeout))
+    click.echo(f"{found.name} drained and stopped", err=True)
 
 
 def with_script_user(settings: Settings, script_user: str | None) -> Settings:
@@ -105,7 +126,8 @@ def status(as_json: bool) -> None:
     rows = []
     for p in pools:
         members = snap.workers_in(p.slug)
-        rows.append([p.name + (" (default)" if p.is_default else ""),
+        rows.append([p.name + (" (default)" if p.is_default else "")
+                     + (" (paused)" if p.paused else ""),
                      ", ".join(_shown(w) for w in members) or "-",
                      queued_cell(snap.counts(p.slug)), leases_by_pool.get(p.slug, 0)])
     builtin = snap.workers_in("builtin")

@@ -21,13 +21,14 @@ from workerpool.core.settings import Settings
 from workerpool.core.snapshot import Snapshot, all_pools, read_snapshot
 from workerpool.core.steps import TERMINAL, LogEntry, ScriptStep, StepResult, check_step
 from workerpool.core.store import StepStore
-from workerpool.core.workers import WorkerInfo
+from workerpool.core.workers import DRAIN, OFFLINE, WorkerInfo
 
 if TYPE_CHECKING:
     from workerpool.client.deployments import Deployments
     from workerpool.spec.deployment import DeploymentResult
     from workerpool.spec.processes import Process
 
+DRAIN_POLL = 0.2  # seconds between looks while waiting for a draining worker to stop
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -203,6 +204,35 @@ class WorkerDirectory:
             return list(snap.workers)
         slug = keys.BUILTIN_POOL if pool == keys.BUILTIN_POOL else find(snap.pools, pool).slug
         return snap.workers_in(slug)
+
+    def drain(self, name: str) -> WorkerInfo:
+        """Tell worker *name* to drain: it takes no new step, finishes what it runs,
+        deregisters and exits 0 (``wait_gone`` waits for that). BadInput (exit 2) for a name
+        no worker has, or an Offline worker."""
+        found = [w for w in self.list() if w.name == name]
+        if not found:
+            raise BadInput(f"no worker named {name!r}; `workerpool worker list` shows them")
+        worker = found[0]
+        if worker.state == OFFLINE:
+            raise BadInput(f"worker {name!r} is Offline: there is nothing to drain (it will "
+                           "not take steps unless it starts again)")
+        self.client.redis.publish(keys.control(worker.pool, worker.instance), DRAIN)
+        return worker
+
+    def wait_gone(self, worker: WorkerInfo, timeout: float | None = None) -> None:
+        """Wait until *worker* has deregistered (or stopped heartbeating); StepWaitTimeout
+        (exit 1) if it still runs after *timeout* seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            now = [w for w in self.list() if w.instance == worker.instance]
+            if not now or now[0].state == OFFLINE:
+                return
+            if deadline is not None and time.monotonic() > deadline:
+                running = now[0].heartbeat.running if now[0].heartbeat else 0
+                raise StepWaitTimeout(f"worker {worker.name} is still draining after "
+                                      f"{timeout:g}s ({running} step(s) running); it stops "
+                                      "once they end")
+            time.sleep(DRAIN_POLL)
 
 
 class BuiltinWorker:

@@ -50,6 +50,7 @@ A pool's own (``S`` is ``workerpool:pool:{POOL}:``)::
     S reaper                  string held by the process reaping the pool now (one per period)
     S requeue-check:<run id>  string the check for messages lost in a restart ran in this Redis run
     S control:<instance>      pubsub cancel requests for the steps a worker instance runs
+    S control:pool            pubsub "pause", "resume": workers read their pool's record again
     S done:<deployment id>    list   ids of the deployment's runs in this pool as they finish
     S package-sha:<feed>/<id>/<version>
                               string sha256 recorded at the package's first download in the pool
@@ -173,6 +174,11 @@ def requeue_check(pool: str, run_id: str) -> str:
 
 def control(pool: str, instance: str) -> str:
     return f"{space(pool)}control:{instance}"
+
+
+def pool_control(pool: str) -> str:
+    """The channel on which every worker of *pool* hears it paused and resumed."""
+    return f"{space(pool)}control:pool"
 
 
 def done(pool: str, deployment_id: str) -> str:

@@ -45,7 +45,7 @@ WAITING_FIELDS = ("state", "attempt", "queue", "name", "pool_name", "target", "q
 
 @dataclass(frozen=True)
 class Claim:
-    outcome: str  # ok | stale | gone | wrong-pool
+    outcome: str  # ok | stale | gone | wrong-pool | paused
     record: dict[str, str]
 
 
@@ -99,6 +99,13 @@ class Survey:
     counts: QueueCounts
     overdue: list[str]  # Queued steps past their lease deadline
     restart_check: bool  # this reap checks the pool for messages lost in a Redis restart
+    paused: bool = False  # the pool is paused: its steps do not run out their lease timeout
+
+
+def _paused(record: str | None) -> bool:
+    """Whether a pool's stored record (``core.pools``) says it is paused."""
+    data = _json(record) if record else None
+    return isinstance(data, dict) and bool(data.get("paused"))
 
 
 def task_id_of(entry: str) -> str | None:
@@ -170,7 +177,8 @@ class Leases:
         """Take a Queued step for this worker. Calling again with the same *token* (after a
         connection error left the outcome unknown) returns "ok" if the first call took it."""
         reply = self._claim(keys=[keys.step(step_id), keys.running(pool), keys.pending(pool)],
-                            args=[attempt, worker, instance, time.time(), pool, step_id, token])
+                            args=[attempt, worker, instance, time.time(), pool, step_id, token,
+                                  keys.POOLS])
         outcome, payload = reply[0], reply[1]
         if outcome != "ok":
             return Claim(outcome, {"state": str(payload)})
@@ -229,7 +237,8 @@ class Leases:
                 seconds, micros = self.redis.time()
                 started = seconds + micros / 1e6 - float(server["uptime_in_seconds"])
                 self._requeue_missing(pool, started)  # once per Redis run and pool
-            ended += self._reap_overdue(pool, survey.overdue)
+            if not survey.paused:
+                ended += self._reap_overdue(pool, survey.overdue)
             if (message_grace is not None and not survey.restart_check
                     and survey.counts.without_message):
                 self._push_missing(pool, message_grace)
@@ -246,9 +255,11 @@ class Leases:
                 pipe.set(keys.requeue_check(pool, run_id), "1", nx=True, ex=86400)
             self._count(pipe, pool)
             pipe.zrangebyscore(keys.pending(pool), "-inf", now)
+            pipe.hget(keys.POOLS, pool)
         replies = iter(pipe.execute())
         return [Survey(restart_check=bool(next(replies)) if run_id else False,
-                       counts=self._counted(replies), overdue=next(replies)) for _ in pools]
+                       counts=self._counted(replies), overdue=next(replies),
+                       paused=_paused(next(replies))) for _ in pools]
 
     @staticmethod
     def _count(pipe: Any, pool: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import redis
 
@@ -15,6 +15,7 @@ from workerpool.core.errors import BadInput, PoolConflict, UnknownPool
 DEFAULT_POOL_NAME = "Default Worker Pool"
 MAX_NAME_LENGTH = 100
 MAX_HEALTH_CHECK_BYTES = 64 * 1024
+MAX_REASON_CHARS = 200
 _SLUG_RUN = re.compile(r"[^a-z0-9]+")
 # A tool is looked up by name on the worker's PATH, so a path or anything a shell would split on
 # cannot be one.
@@ -29,6 +30,9 @@ class Pool:
     is_default: bool = False
     requires: tuple[str, ...] = ()  # tools each worker must find on its PATH
     health_check: str = ""  # a bash script each worker runs; exit 0 means healthy
+    paused: bool = False  # no worker of the pool starts a step (``pause``)
+    paused_reason: str = ""
+    paused_since: float = 0.0  # Unix time, 0 if not paused
 
     @property
     def queue(self) -> str:
@@ -37,7 +41,9 @@ class Pool:
     def to_json(self) -> dict[str, object]:
         return {"name": self.name, "slug": self.slug, "description": self.description,
                 "is_default": self.is_default, "queue": self.queue,
-                "requires": list(self.requires), "health_check": self.health_check}
+                "requires": list(self.requires), "health_check": self.health_check,
+                "paused": self.paused, "paused_reason": self.paused_reason,
+                "paused_since": self.paused_since or None}
 
 
 def slugify(name: str) -> str:
@@ -103,7 +109,9 @@ def _decode(slug: str, raw: str, default_slug: str | None) -> Pool:
     data = json.loads(raw)
     return Pool(name=data["name"], slug=slug, description=data.get("description", ""),
                 is_default=slug == default_slug, requires=tuple(data.get("requires", ())),
-                health_check=data.get("health_check", ""))
+                health_check=data.get("health_check", ""), paused=bool(data.get("paused")),
+                paused_reason=str(data.get("paused_reason", "")),
+                paused_since=float(data.get("paused_since") or 0))
 
 
 def pools_from_hash(raw: dict[str, str], default_slug: str | None) -> dict[str, Pool]:
@@ -132,9 +140,23 @@ def find(pools: dict[str, Pool], ident: str) -> Pool:
 
 
 def _record(name: str, description: str, requires: tuple[str, ...] = (),
-            health_check: str = "") -> str:
-    return json.dumps({"name": name, "description": description, "requires": list(requires),
-                       "health_check": health_check})
+            health_check: str = "", paused: Pool | None = None) -> str:
+    """A pool's stored JSON; *paused* is the pool whose pause it keeps, if it is paused."""
+    data: dict[str, object] = {"name": name, "description": description,
+                               "requires": list(requires), "health_check": health_check}
+    if paused is not None and paused.paused:
+        data.update(paused=True, paused_reason=paused.paused_reason,
+                    paused_since=paused.paused_since)
+    return json.dumps(data)
+
+
+def validate_reason(reason: str) -> str:
+    """A pause reason: one line of at most MAX_REASON_CHARS, without control characters."""
+    reason = reason.strip()
+    if len(reason) > MAX_REASON_CHARS or any(ord(c) < 32 or ord(c) == 127 for c in reason):
+        raise BadInput(f"a pause reason is one line of at most {MAX_REASON_CHARS} characters, "
+                       "without control characters")
+    return reason
 
 
 class PoolRegistry:
@@ -204,12 +226,50 @@ class PoolRegistry:
         record = _record(
             new_name, pool.description if description is None else description,
             pool.requires if requires is None else validate_requires(requires),
-            pool.health_check if health_check is None else validate_health_check(health_check))
+            pool.health_check if health_check is None else validate_health_check(health_check),
+            paused=pool)
         outcome = self._edit(
             keys=[keys.POOLS, keys.DEFAULT_POOL, keys.workers(pool.slug), pool.queue],
             args=[pool.slug, new_slug, record, "1" if make_default else "0"])
         self._raise_for(outcome, pool, action="rename")
         return self.get(new_slug)
+
+    def pause(self, ident: str, reason: str = "") -> Pool:
+        """Pause the pool: its steps are still accepted and stay Queued, no worker of it starts
+        one, running steps go on, and waiting steps do not run out their lease timeout. Pausing
+        a paused pool keeps its first time and takes the new reason. Stored in the pool's
+        record, so it survives worker and Redis restarts; workers are told at once."""
+        pool = self.get(ident)
+        reason = validate_reason(reason)
+        since = pool.paused_since if pool.paused else float(self._now())
+        changed = replace(pool, paused=True, paused_reason=reason, paused_since=since)
+        self._store(pool, changed)
+        self.redis.publish(keys.pool_control(pool.slug), "pause")
+        return self.get(pool.slug)
+
+    def resume(self, ident: str) -> Pool:
+        """Resume a paused pool (a pool that is not paused is left as it is). Its waiting
+        steps' lease deadlines move on by the time it was paused."""
+        pool = self.get(ident)
+        if pool.paused:
+            self._store(pool, replace(pool, paused=False, paused_reason="", paused_since=0.0))
+            scripts.load(self.redis, "shift_pending")(
+                keys=[keys.pending(pool.slug)],
+                args=[max(0.0, float(self._now()) - pool.paused_since)])
+        self.redis.publish(keys.pool_control(pool.slug), "resume")
+        return self.get(pool.slug)
+
+    def _now(self) -> float:
+        seconds, micros = self.redis.time()  # one clock for every machine
+        return seconds + micros / 1e6
+
+    def _store(self, before: Pool, after: Pool) -> None:
+        record = _record(after.name, after.description, after.requires, after.health_check,
+                         paused=after)
+        outcome = self._edit(
+            keys=[keys.POOLS, keys.DEFAULT_POOL, keys.workers(before.slug), before.queue],
+            args=[before.slug, before.slug, record, "0"])
+        self._raise_for(outcome, before, action="pause")
 
     def remove(self, ident: str) -> Pool:
         pool = self.get(ident)

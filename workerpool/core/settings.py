@@ -71,6 +71,7 @@ class Settings:
     result_ttl: int = 7 * 24 * 3600
     kill_grace: float = 3.0
     shutdown_grace: float = 10.0
+    max_steps: int = 0  # a worker drains and exits 0 after this many steps; 0: never
     keep_workdirs: bool = False
     package_cache_bytes: int = 10 * 1024**3
     package_spares: int = 1  # staged copies per recently used package version; 0: none
@@ -117,6 +118,7 @@ class Settings:
             result_ttl=_int(env, "RESULT_TTL", cls.result_ttl),
             kill_grace=_float(env, "KILL_GRACE", cls.kill_grace),
             shutdown_grace=_float(env, "SHUTDOWN_GRACE", cls.shutdown_grace),
+            max_steps=_int(env, "MAX_STEPS", cls.max_steps, minimum=0),
             visibility_timeout=_float(env, "VISIBILITY_TIMEOUT", cls.visibility_timeout),
             package_cache_bytes=_int(env, "PACKAGE_CACHE_BYTES", cls.package_cache_bytes),
             package_spares=_int(env, "PACKAGE_SPARES", cls.package_spares, minimum=0),

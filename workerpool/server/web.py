@@ -85,6 +85,9 @@ def _pool_html(snap: Snapshot, pool: Pool, now: float) -> str:
     workers = snap.workers_in(pool.slug)
     healthy = sum(w.online_healthy for w in workers)
     badge = ' <span class="badge">Default</span>' if pool.is_default else ""
+    if pool.paused:
+        why = f": {escape(pool.paused_reason)}" if pool.paused_reason else ""
+        badge += f' <span class="badge paused" data-paused="1">Paused{why}</span>'
     description = escape(pool.description) or '<span class="none">No description.</span>'
     return (f'<section class="pool" id="pool-{escape(pool.slug)}"><h2>{escape(pool.name)}{badge}'
             f'</h2><p class="meta">queue <code>{escape(pool.queue)}</code> &middot; {healthy} of '
@@ -116,7 +119,7 @@ grid-template-columns:repeat(auto-fill,minmax(560px,1fr))}
 .pool{background:#fff;border-radius:6px;padding:12px 16px;box-shadow:0 1px 3px rgba(0,0,0,.12)}
 .pool h2{font-size:17px;margin:0 0 4px}.pool h3{font-size:14px;margin:12px 0 4px}
 .meta{color:#52606d;font-size:13px;margin:0}.description{margin:6px 0}
-.none{color:#7b8794;font-style:italic}.badge{background:#0d3b66;color:#fff;border-radius:10px;
+.none{color:#7b8794;font-style:italic}.badge.paused{background:#9b2c2c}.badge{background:#0d3b66;color:#fff;border-radius:10px;
 padding:1px 8px;font-size:12px;vertical-align:middle}
 .counts{display:flex;gap:16px;margin:6px 0}
 .count{background:#eef2f7;border-radius:4px;padding:2px 8px}

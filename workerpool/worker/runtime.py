@@ -36,6 +36,8 @@ from workerpool.core.store import StepStore
 from workerpool.core.syntaxes import install_helpers
 from workerpool.core.variables import Masker, script_environment
 from workerpool.core.workers import (
+    DRAIN,
+    DRAINING,
     HEALTHY,
     STARTING,
     UNHEALTHY,
@@ -88,6 +90,7 @@ class Runtime:
         self.store = StepStore(self.redis, settings.result_ttl, Keyring.for_worker(settings))
         self.leases = Leases(self.redis, self.store)
         self.running: dict[str, ScriptRun] = {}
+        self._starting = 0  # messages being executed (claimed or not yet), under self.lock
         self.lock = threading.Lock()
         self.ready = False
         self.stopping = threading.Event()
@@ -100,6 +103,14 @@ class Runtime:
         # worker to stop consuming; ``add_consumer`` clears it. The queue gate obeys both this
         # and the health check.
         self.held = False
+        # Whether the worker's pool is paused (``PoolRegistry.pause``): read from the pool's
+        # record at start, on each word on the pool's control channel, and on a claim refused.
+        self.paused = False
+        # Whether the worker is draining (``workerpool worker drain``, --max-steps, a warm
+        # stop): it takes no new step and, once its steps are done, stops (``request_stop``).
+        self.draining = False
+        self.steps_taken = 0
+        self.request_stop: Callable[[], None] = _nothing  # set by the Celery side
         self.pools = PoolRegistry(self.redis)
         self._health_lock = threading.Lock()
         self._beat_lock = threading.Lock()
@@ -136,7 +147,10 @@ class Runtime:
         # state never overwrites a newer one.
         with self._beat_lock:
             status = self.health
-            state = STARTING if not self.ready else HEALTHY if self.consuming else UNHEALTHY
+            state = (STARTING if not self.ready else DRAINING if self.draining
+                     else HEALTHY if self.consuming or (self.paused and status.healthy
+                                                        and not self.held)
+                     else UNHEALTHY)
             reason = "" if state != UNHEALTHY else status.reason if not status.healthy \
                 else HELD_REASON.format(queue=self.identity.queue) if self.held else ""
             hb = Heartbeat(time=time.time(), state=state, running=running, reason=reason)
@@ -210,17 +224,69 @@ class Runtime:
             elif cancel:
                 self._stop_local(step_id, STOP_CANCEL)
 
+    @property
+    def accepting(self) -> bool:
+        """Whether the worker takes a new step: healthy, its pool not paused, not draining,
+        not held by remote control. The queue gate consumes the queue only while it does."""
+        return self.health.healthy and not (self.paused or self.draining or self.held)
+
+    def _why_not(self) -> str:
+        """Why the worker takes no new step (``accepting`` is false)."""
+        return ("draining" if self.draining else "its pool is paused" if self.paused
+                else "its consumer is cancelled by control command" if self.held
+                else f"unhealthy ({self.health.reason})")
+
     def _control_loop(self) -> None:
         channel = keys.control(self.identity.pool, self.identity.instance)
+        pool_channel = keys.pool_control(self.identity.pool)
         while not self.stopping.is_set():
             try:
                 pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-                pubsub.subscribe(channel)
+                pubsub.subscribe(channel, pool_channel)
+                self.read_paused()  # a word sent while no one listened is not lost
                 for message in pubsub.listen():
-                    self._stop_local(str(message["data"]), STOP_CANCEL)
+                    if message["channel"] == pool_channel:
+                        self.read_paused()  # the record decides, not the word
+                    elif message["data"] == DRAIN:
+                        self.drain("drain requested")
+                    else:
+                        self._stop_local(str(message["data"]), STOP_CANCEL)
             except redis.RedisError as exc:
                 log.warning("cancel listener lost Redis (will resubscribe): %s", exc)
                 self.stopping.wait(1.0)
+
+    def read_paused(self) -> None:
+        """Read whether the worker's pool is paused; say so when it changes."""
+        pool = self.pools.by_slug(self.identity.pool)
+        paused = pool is not None and pool.paused
+        if paused != self.paused:
+            self.paused = paused
+            if paused:
+                log.warning("pool paused%s: taking no new step; running steps go on",
+                            f" ({pool.paused_reason})" if pool and pool.paused_reason else "")
+            else:
+                log.warning("pool resumed: consuming %s", self.identity.queue)
+            self.beat()
+
+    def drain(self, why: str) -> None:
+        """Take no new step, let the running ones end, then stop (exit 0)."""
+        if self.draining:
+            return
+        self.draining = True
+        log.warning("draining (%s): taking no new step; %d running step(s) finish first",
+                    why, len(self.running))
+        self.beat()
+        threading.Thread(target=self._stop_when_drained, name="drain", daemon=True).start()
+
+    def _stop_when_drained(self) -> None:
+        # Once the queue gate has stopped fetching (a message already on its way is handed
+        # back unclaimed), and every step it ran has ended.
+        while not self.stopping.wait(0.05):
+            with self.lock:
+                busy = bool(self.running) or self._starting > 0
+            if not self.consuming and not busy:
+                self.request_stop()
+                return
 
     def _stop_local(self, step_id: str, reason: str) -> None:
         with self.lock:
@@ -258,7 +324,13 @@ class Runtime:
             script.stop(STOP_ABORT)
 
     def begin_shutdown(self) -> None:
-        """A warm stop began: running steps get the shutdown grace, then are stopped."""
+        """A warm stop began (SIGTERM, a drain done): it is Draining; running steps get the
+        shutdown grace, then are stopped."""
+        self.draining = True
+        try:
+            self.beat()
+        except redis.RedisError as exc:
+            log.warning("could not publish Draining: %s", exc)
         if self.running:
             log.warning("stopping: %d running step(s) get %gs to finish", len(self.running),
                         self.settings.shutdown_grace)
@@ -300,16 +372,32 @@ class Runtime:
         """
         if not self._ours(step_id):
             return None
-        if not self.health.healthy:
+        with self.lock:
+            self._starting += 1
+        try:
+            return self._execute(step_id, attempt, ack)
+        finally:
+            with self.lock:
+                self._starting -= 1
+
+    def _execute(self, step_id: str, attempt: int, ack: Callable[[], None]) -> Ending | None:
+        if not self.accepting:
             self._hand_back(step_id, attempt)
             return None
         claim = self._claim(step_id, attempt)
         if claim is None:
             return None
+        if claim.outcome == "paused":
+            self.paused = True  # the queue gate stops fetching; a resume is heard on the channel
+            self._hand_back(step_id, attempt)
+            return None
         if claim.outcome != "ok":
             log.warning("discarded message for step %s: %s (state %s)", step_id, claim.outcome,
                         claim.record.get("state"))
             return None
+        self.steps_taken += 1
+        if self.settings.max_steps and self.steps_taken >= self.settings.max_steps:
+            self.drain(f"{self.steps_taken} step(s) taken, --max-steps")
         try:
             return self._run_claimed(step_id, claim.record, ack)
         except Exception as exc:
@@ -382,8 +470,8 @@ class Runtime:
                       "deadline): %s", step_id, exc)
             return
         if returned:
-            log.warning("unhealthy (%s): handed step %s back to %s unclaimed",
-                        self.health.reason, step_id, queue)
+            log.warning("%s: handed step %s back to %s unclaimed", self._why_not(), step_id,
+                        queue)
         else:
             log.warning("discarded message for step %s: stale (state %s)", step_id,
                         record.get("state"))

@@ -115,7 +115,8 @@ def test_pool_queue_and_json() -> None:
     assert pool.to_json() == {"name": "Database Worker Pool", "slug": "database-worker-pool",
                               "description": "migrations", "is_default": False,
                               "queue": "workerpool.pool.database-worker-pool",
-                              "requires": [], "health_check": ""}
+                              "requires": [], "health_check": "", "paused": False,
+                              "paused_reason": "", "paused_since": None}
 
 
 # --- masking and the script environment ----------------------------------------------------------

@@ -88,8 +88,9 @@ def fetching(consumer: Any) -> bool:
 
 
 def queue_gate(runtime: Runtime) -> type[bootsteps.StartStopStep]:
-    """A consumer bootstep that consumes the worker's queue only while its runtime is healthy
-    and not held by remote control (``control.py``: ``celery control cancel_consumer``).
+    """A consumer bootstep that consumes the worker's queue only while its runtime accepts
+    steps: healthy, its pool not paused, not draining, and not held by remote control
+    (``control.py``: ``celery control cancel_consumer``).
 
     It runs in the consumer's own thread (Celery's event loop), where ``cancel_task_queue`` and
     ``add_task_queue`` are safe to call; the health thread and the control commands only set
@@ -103,7 +104,7 @@ def queue_gate(runtime: Runtime) -> type[bootsteps.StartStopStep]:
         # Whether the queue is listed, not whether a fetch is active: at the first look the
         # event loop has not started consuming yet, and would start with every listed queue.
         listed = any(q.name == queue for q in consumer.task_consumer.queues)
-        wanted = runtime.health.healthy and not runtime.held
+        wanted = runtime.accepting
         if listed and not wanted:
             consumer.cancel_task_queue(queue)
             listed = False

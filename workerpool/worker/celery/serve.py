@@ -9,7 +9,9 @@ import warnings
 from typing import Any
 
 from celery.exceptions import SecurityWarning
+from celery.platforms import EX_OK
 from celery.signals import worker_ready, worker_shutting_down
+from celery.worker import state as worker_state
 
 from workerpool.core import keys
 from workerpool.core.connection import connect, guarded, resolve_url
@@ -30,6 +32,12 @@ from workerpool.worker.runtime import Runtime
 log = logging.getLogger("workerpool.worker")
 
 RESTART_DELAY = 1.0  # seconds before a worker whose Celery side failed consumes again
+
+
+def _warm_stop() -> None:
+    """Ask Celery for the warm stop its SIGTERM handler asks for (exit 0): its event loop
+    raises WorkerShutdown at its next turn."""
+    worker_state.should_stop = EX_OK  # type: ignore[assignment]  # None in its stubs
 
 
 def serve(settings: Settings, pool: str | None, name: str | None, concurrency: int,
@@ -63,6 +71,8 @@ def serve(settings: Settings, pool: str | None, name: str | None, concurrency: i
     identity = guarded(lambda: register(client, settings, slug, name, concurrency, syntaxes),
                        url)
     runtime = Runtime(settings, url, identity, users)
+    runtime.request_stop = _warm_stop
+    guarded(runtime.read_paused, url)  # a paused pool's worker starts by taking nothing
     app = worker_app(url, settings.visibility_timeout, identity.pool, identity.name)
     if not guarded(lambda: control.listens(client), url):
         app.conf.worker_enable_remote_control = False

@@ -1,0 +1,132 @@
+"""Operating pools: pause and resume a pool, drain a worker, one-step workers (``--max-steps``),
+end to end against real workers and Redis."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import HEARTBEAT, one_line_error, wait_for
+from httpd import fetch
+
+from workerpool import ScriptStep
+from workerpool.core import keys
+from workerpool.server import web
+
+
+def beats_after(raw, worker, moment: float, count: int = 2) -> None:
+    """Wait until *worker* has heartbeat *count* intervals after *moment*: its reaper and its
+    queue gate have had that long to act (a condition, not a sleep)."""
+    slug = worker.pool_slug
+
+    def beaten() -> bool:
+        found = [json.loads(v) for v in raw.hvals(keys.workers(slug))]
+        instance = next(w["instance"] for w in found if w["name"] == worker.name)
+        beat = raw.get(keys.heartbeat(slug, instance))
+        return bool(beat) and json.loads(beat)["time"] > moment + count * HEARTBEAT
+    wait_for(beaten, 30, f"{worker.name} to heartbeat {count} intervals on")
+
+
+def state(client, worker) -> str:
+    found = [w for w in client.workers.list() if w.name == worker.name]
+    return found[0].state if found else "gone"
+
+
+def test_a_paused_pool_takes_steps_runs_none_and_resumes_them(client, start_worker, raw, cli,
+                                                              redis_url, tmp_path):
+    client.pools.add("Ops Pool")
+    workers = [start_worker("Ops Pool", concurrency=2) for _ in range(2)]
+    gate = tmp_path / "go"
+    running = client.run(ScriptStep(script=f"while [ ! -e {gate} ]; do sleep 0.05; done",
+                                    pool="Ops Pool", name="already running"))
+    wait_for(lambda: running.result().state == "Running", 30, "the first step to run")
+
+    paused = cli("pool", "pause", "Ops Pool", "--reason", "database maintenance", "--json")
+    assert paused.returncode == 0, paused.stderr
+    assert json.loads(paused.stdout)["paused"] is True
+    moment = time.time()
+    waiting = [client.run(ScriptStep(script=f"echo {i} >> {tmp_path}/ran", pool="Ops Pool",
+                                     lease_timeout=3)) for i in range(3)]
+    for worker in workers:
+        beats_after(raw, worker, moment, count=int(4 / HEARTBEAT))  # past the lease timeout
+    assert [w.result().state for w in waiting] == ["Queued"] * 3
+    assert not (tmp_path / "ran").exists()
+    assert {state(client, w) for w in workers} == {"Healthy"}
+
+    listed = {p["name"]: p for p in json.loads(cli("pool", "list", "--json").stdout)}
+    ops = listed["Ops Pool"]
+    assert (ops["paused"], ops["paused_reason"], ops["queued"]) == \
+        (True, "database maintenance", 3)
+    assert abs(ops["paused_since"] - moment) < 30
+    status = json.loads(cli("status", "--json").stdout)
+    assert next(p for p in status["pools"] if p["name"] == "Ops Pool")["paused"] is True
+    assert "Ops Pool (paused)" in cli("status").stdout
+    server = web.start(redis_url, 0)
+    try:
+        page = fetch(f"http://127.0.0.1:{server.port}/")[1]
+        assert 'data-paused="1">Paused: database maintenance' in page
+    finally:
+        web.stop(server)
+
+    restarted = start_worker("Ops Pool")  # a worker that starts while the pool is paused
+    beats_after(raw, restarted, time.time())
+    assert [w.result().state for w in waiting] == ["Queued"] * 3
+
+    gate.touch()
+    assert running.wait(30).state == "Success"  # running steps go on
+    resumed = cli("pool", "resume", "Ops Pool")
+    assert resumed.returncode == 0, resumed.stderr
+    assert [w.wait(30).state for w in waiting] == ["Success"] * 3
+    assert sorted((tmp_path / "ran").read_text().split()) == ["0", "1", "2"]
+    assert json.loads(cli("pool", "show", "Ops Pool", "--json").stdout)["paused"] is False
+
+    unknown = cli("pool", "pause", "No Such Pool")
+    assert "no pool named 'No Such Pool'" in one_line_error(unknown)
+    long_reason = cli("pool", "pause", "Ops Pool", "--reason", "x" * 201)
+    assert "at most 200 characters" in one_line_error(long_reason)
+
+
+def test_draining_a_worker_finishes_its_step_and_stops_it(client, start_worker, cli, env,
+                                                          tmp_path):
+    client.pools.add("Ops Pool")
+    worker = start_worker("Ops Pool", concurrency=2)
+    gate = tmp_path / "go"
+    step = client.run(ScriptStep(script=f"while [ ! -e {gate} ]; do sleep 0.05; done; "
+                                        "echo finished", pool="Ops Pool"))
+    wait_for(lambda: step.result().state == "Running", 30, "the step to run")
+    drain = subprocess.Popen([sys.executable, "-m", "workerpool", "worker", "drain",
+                              worker.name], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: state(client, worker) == "Draining", 30, "the worker to drain")
+    listed = cli("worker", "list")
+    assert f"{worker.name}" in listed.stdout and "Draining" in listed.stdout
+    later = client.run(ScriptStep(script="echo later", pool="Ops Pool"))
+    timed_out = cli("worker", "drain", worker.name, "--timeout", "0.5")
+    assert timed_out.returncode == 1 and "still draining after 0.5s" in timed_out.stderr
+    assert worker.proc.poll() is None and later.result().state == "Queued"
+
+    gate.touch()
+    result = step.wait(30)
+    assert result.state == "Success" and "finished" in [e.text for e in step.logs()]
+    _, err = drain.communicate(timeout=30)
+    assert drain.returncode == 0, err
+    assert f"{worker.name} drained and stopped" in err
+    assert worker.proc.wait(30) == 0
+    assert state(client, worker) == "gone"  # deregistered
+    assert later.result().state == "Queued"  # a drained worker took nothing new
+    offline = cli("worker", "drain", worker.name)
+    assert "no worker named" in one_line_error(offline)
+
+
+def test_a_worker_with_max_steps_exits_after_that_many(client, start_worker, tmp_path):
+    client.pools.add("Ops Pool")
+    worker = start_worker("Ops Pool", extra_env={"WORKERPOOL_MAX_STEPS": "2"})
+    steps = [client.run(ScriptStep(script=f"echo {i} >> {Path(tmp_path) / 'ran'}",
+                                   pool="Ops Pool")) for i in range(3)]
+    assert worker.proc.wait(60) == 0
+    states = sorted(s.result().state for s in steps)
+    assert states == ["Queued", "Success", "Success"]
+    assert len((tmp_path / "ran").read_text().split()) == 2
