@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from conftest import HEARTBEAT, one_line_error, wait_for
 from httpd import fetch
@@ -48,12 +47,13 @@ def test_a_paused_pool_takes_steps_runs_none_and_resumes_them(client, start_work
     assert paused.returncode == 0, paused.stderr
     assert json.loads(paused.stdout)["paused"] is True
     moment = time.time()
-    waiting = [client.run(ScriptStep(script=f"echo {i} >> {tmp_path}/ran", pool="Ops Pool",
+    # One file per step: scripts run as users of their own, which cannot write each other's.
+    waiting = [client.run(ScriptStep(script=f"echo {i} > {tmp_path}/ran-{i}", pool="Ops Pool",
                                      lease_timeout=3)) for i in range(3)]
     for worker in workers:
         beats_after(raw, worker, moment, count=int(4 / HEARTBEAT))  # past the lease timeout
     assert [w.result().state for w in waiting] == ["Queued"] * 3
-    assert not (tmp_path / "ran").exists()
+    assert not list(tmp_path.glob("ran-*"))
     assert {state(client, w) for w in workers} == {"Healthy"}
 
     listed = {p["name"]: p for p in json.loads(cli("pool", "list", "--json").stdout)}
@@ -80,7 +80,7 @@ def test_a_paused_pool_takes_steps_runs_none_and_resumes_them(client, start_work
     resumed = cli("pool", "resume", "Ops Pool")
     assert resumed.returncode == 0, resumed.stderr
     assert [w.wait(30).state for w in waiting] == ["Success"] * 3
-    assert sorted((tmp_path / "ran").read_text().split()) == ["0", "1", "2"]
+    assert sorted(f.read_text().strip() for f in tmp_path.glob("ran-*")) == ["0", "1", "2"]
     assert json.loads(cli("pool", "show", "Ops Pool", "--json").stdout)["paused"] is False
 
     unknown = cli("pool", "pause", "No Such Pool")
@@ -124,9 +124,38 @@ def test_draining_a_worker_finishes_its_step_and_stops_it(client, start_worker, 
 def test_a_worker_with_max_steps_exits_after_that_many(client, start_worker, tmp_path):
     client.pools.add("Ops Pool")
     worker = start_worker("Ops Pool", extra_env={"WORKERPOOL_MAX_STEPS": "2"})
-    steps = [client.run(ScriptStep(script=f"echo {i} >> {Path(tmp_path) / 'ran'}",
+    steps = [client.run(ScriptStep(script=f"echo {i} > {tmp_path}/ran-{i}",
                                    pool="Ops Pool")) for i in range(3)]
     assert worker.proc.wait(60) == 0
     states = sorted(s.result().state for s in steps)
     assert states == ["Queued", "Success", "Success"]
-    assert len((tmp_path / "ran").read_text().split()) == 2
+    assert len(list(tmp_path.glob("ran-*"))) == 2
+
+
+def test_a_pool_cap_holds_across_workers_under_a_race(client, start_worker, cli, tmp_path):
+    client.pools.add("Ops Pool")
+    capped = cli("pool", "edit", "Ops Pool", "--max-running", "3", "--json")
+    assert json.loads(capped.stdout)["max_running"] == 3, capped.stderr
+    for _ in range(2):  # 20 free slots for a cap of 3
+        start_worker("Ops Pool", concurrency=10)
+    # Each script notes when it starts and ends, by the machine's clock, in a file of its own
+    # (scripts run as users of their own, which cannot append to each other's files).
+    script = (f'echo "start $(date +%s.%N)" >> {tmp_path}/times-$WORKERPOOL_STEP_ID; '
+              f'sleep 0.3; echo "end $(date +%s.%N)" >> {tmp_path}/times-$WORKERPOOL_STEP_ID')
+    steps = [client.run(ScriptStep(script=script, pool="Ops Pool")) for _ in range(12)]
+    results = [s.wait(60) for s in steps]
+    assert [r.state for r in results] == ["Success"] * 12, [r.message for r in results]
+    events = sorted((float(t), +1 if kind == "start" else -1)
+                    for f in tmp_path.glob("times-*")
+                    for kind, t in (line.split() for line in f.read_text().splitlines()))
+    assert len(events) == 24
+    running = peak = 0
+    for _, change in sorted(events, key=lambda e: (e[0], e[1])):  # an end before a start
+        running += change
+        peak = max(peak, running)
+    assert peak == 3, events
+
+    negative = cli("pool", "edit", "Ops Pool", "--max-running", "-1")
+    assert "--max-running" in one_line_error(negative)
+    cli("pool", "edit", "Ops Pool", "--max-running", "0")
+    assert client.pools.get("Ops Pool").max_running == 0

@@ -29,6 +29,8 @@ def _show(p: Pool) -> None:
           [[p.name, p.slug, "yes" if p.is_default else "", p.queue, p.description]])
     if p.paused:
         echo(f"paused{paused_note(p)}")
+    if p.max_running:
+        echo(f"max running: {p.max_running} at once across its workers")
     if p.requires:
         echo(f"requires: {', '.join(p.requires)}")
     if p.health_check:
@@ -126,16 +128,20 @@ def pool_show(name: str, as_json: bool) -> None:
 @click.option("--description", default=None)
 @click.option("--default", "make_default", is_flag=True, help="Make it the default pool.")
 @_health_options
+@click.option("--max-running", default=None, type=click.IntRange(0), metavar="N",
+              help="Steps running at once across all the pool's workers, whatever their "
+                   "concurrency; 0: no cap.")
 @click.option("--json", "as_json", is_flag=True)
 def pool_edit(name: str, new_name: str | None, description: str | None, make_default: bool,
               requires: str | None, health_check: str | None, health_check_file: Path | None,
-              as_json: bool) -> None:
+              max_running: int | None, as_json: bool) -> None:
     """Change a pool's name, description, health requirements, or make it the default.
 
     Running workers apply new requirements at their next health check."""
     edited = client().pools.edit(name, new_name, description, make_default,
                                  None if requires is None else [requires],
-                                 _health_check(health_check, health_check_file))
+                                 _health_check(health_check, health_check_file),
+                                 max_running)
     emit_json(edited.to_json()) if as_json else _show(edited)
 
 

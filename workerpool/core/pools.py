@@ -33,6 +33,7 @@ class Pool:
     paused: bool = False  # no worker of the pool starts a step (``pause``)
     paused_reason: str = ""
     paused_since: float = 0.0  # Unix time, 0 if not paused
+    max_running: int = 0  # steps running at once across all its workers; 0: no cap
 
     @property
     def queue(self) -> str:
@@ -43,7 +44,7 @@ class Pool:
                 "is_default": self.is_default, "queue": self.queue,
                 "requires": list(self.requires), "health_check": self.health_check,
                 "paused": self.paused, "paused_reason": self.paused_reason,
-                "paused_since": self.paused_since or None}
+                "paused_since": self.paused_since or None, "max_running": self.max_running}
 
 
 def slugify(name: str) -> str:
@@ -111,7 +112,8 @@ def _decode(slug: str, raw: str, default_slug: str | None) -> Pool:
                 is_default=slug == default_slug, requires=tuple(data.get("requires", ())),
                 health_check=data.get("health_check", ""), paused=bool(data.get("paused")),
                 paused_reason=str(data.get("paused_reason", "")),
-                paused_since=float(data.get("paused_since") or 0))
+                paused_since=float(data.get("paused_since") or 0),
+                max_running=int(data.get("max_running") or 0))
 
 
 def pools_from_hash(raw: dict[str, str], default_slug: str | None) -> dict[str, Pool]:
@@ -140,14 +142,22 @@ def find(pools: dict[str, Pool], ident: str) -> Pool:
 
 
 def _record(name: str, description: str, requires: tuple[str, ...] = (),
-            health_check: str = "", paused: Pool | None = None) -> str:
+            health_check: str = "", paused: Pool | None = None, max_running: int = 0) -> str:
     """A pool's stored JSON; *paused* is the pool whose pause it keeps, if it is paused."""
     data: dict[str, object] = {"name": name, "description": description,
-                               "requires": list(requires), "health_check": health_check}
+                               "requires": list(requires), "health_check": health_check,
+                               "max_running": max_running}
     if paused is not None and paused.paused:
         data.update(paused=True, paused_reason=paused.paused_reason,
                     paused_since=paused.paused_since)
     return json.dumps(data)
+
+
+def validate_max_running(value: object) -> int:
+    """A concurrency cap: a whole number >= 0 (0: no cap)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadInput(f"max running must be a whole number >= 0 (0: no cap), not {value!r}")
+    return value
 
 
 def validate_reason(reason: str) -> str:
@@ -217,7 +227,7 @@ class PoolRegistry:
 
     def edit(self, ident: str, name: str | None = None, description: str | None = None,
              make_default: bool = False, requires: Iterable[str] | None = None,
-             health_check: str | None = None) -> Pool:
+             health_check: str | None = None, max_running: int | None = None) -> Pool:
         """Change what is given (None keeps it; an empty *requires* or *health_check* clears
         it). Workers pick up new requirements at their next health check, without a restart."""
         pool = self.get(ident)
@@ -227,7 +237,8 @@ class PoolRegistry:
             new_name, pool.description if description is None else description,
             pool.requires if requires is None else validate_requires(requires),
             pool.health_check if health_check is None else validate_health_check(health_check),
-            paused=pool)
+            paused=pool, max_running=pool.max_running if max_running is None
+            else validate_max_running(max_running))
         outcome = self._edit(
             keys=[keys.POOLS, keys.DEFAULT_POOL, keys.workers(pool.slug), pool.queue],
             args=[pool.slug, new_slug, record, "1" if make_default else "0"])
@@ -265,7 +276,7 @@ class PoolRegistry:
 
     def _store(self, before: Pool, after: Pool) -> None:
         record = _record(after.name, after.description, after.requires, after.health_check,
-                         paused=after)
+                         paused=after, max_running=after.max_running)
         outcome = self._edit(
             keys=[keys.POOLS, keys.DEFAULT_POOL, keys.workers(before.slug), before.queue],
             args=[before.slug, before.slug, record, "0"])

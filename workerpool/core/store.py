@@ -108,7 +108,7 @@ class StepStore:
             args=[instance, "," + ",".join(expected) + ",", state,
                   "" if exit_code is None else exit_code,
                   "" if outputs is None else json.dumps(outputs), time.time(), message,
-                  self.result_ttl, step_id,
+                  self.result_ttl, step_id, keys.POOLS, pool, keys.pool_control(pool),
                   *(value for line in lines for value in (line["t"], line["s"], line["x"]))])
         return bool(done)
 

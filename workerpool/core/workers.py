@@ -21,6 +21,7 @@ HEALTHY = "Healthy"
 UNHEALTHY = "Unhealthy"
 DRAINING = "Draining"  # takes no new step; stops once its steps end
 DRAIN = "drain"  # the word on a worker instance's control channel that drains it
+FREED = "freed"  # the word on a capped pool's channel: one of its steps ended
 OFFLINE = "Offline"
 # A worker's name is part of its Celery hostname (name@host) and of its directory of working
 # directories, so it is kept to characters that mean nothing to either.

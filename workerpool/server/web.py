@@ -85,6 +85,9 @@ def _pool_html(snap: Snapshot, pool: Pool, now: float) -> str:
     workers = snap.workers_in(pool.slug)
     healthy = sum(w.online_healthy for w in workers)
     badge = ' <span class="badge">Default</span>' if pool.is_default else ""
+    if pool.max_running:
+        badge += (f' <span class="badge" data-max-running="{pool.max_running}">'
+                  f"max {pool.max_running} running</span>")
     if pool.paused:
         why = f": {escape(pool.paused_reason)}" if pool.paused_reason else ""
         badge += f' <span class="badge paused" data-paused="1">Paused{why}</span>'

@@ -38,6 +38,7 @@ from workerpool.core.variables import Masker, script_environment
 from workerpool.core.workers import (
     DRAIN,
     DRAINING,
+    FREED,
     HEALTHY,
     STARTING,
     UNHEALTHY,
@@ -106,6 +107,9 @@ class Runtime:
         # Whether the worker's pool is paused (``PoolRegistry.pause``): read from the pool's
         # record at start, on each word on the pool's control channel, and on a claim refused.
         self.paused = False
+        # Whether a claim found the pool at its max_running: consumption stops until a step of
+        # the pool ends ("freed" on the pool's channel) or, at the latest, the next heartbeat.
+        self.capped = False
         # Whether the worker is draining (``workerpool worker drain``, --max-steps, a warm
         # stop): it takes no new step and, once its steps are done, stops (``request_stop``).
         self.draining = False
@@ -148,8 +152,8 @@ class Runtime:
         with self._beat_lock:
             status = self.health
             state = (STARTING if not self.ready else DRAINING if self.draining
-                     else HEALTHY if self.consuming or (self.paused and status.healthy
-                                                        and not self.held)
+                     else HEALTHY if self.consuming or ((self.paused or self.capped)
+                                                        and status.healthy and not self.held)
                      else UNHEALTHY)
             reason = "" if state != UNHEALTHY else status.reason if not status.healthy \
                 else HELD_REASON.format(queue=self.identity.queue) if self.held else ""
@@ -197,6 +201,7 @@ class Runtime:
         pause = self.settings.heartbeat_interval
         while not self.stopping.wait(pause):
             pause = self.settings.heartbeat_interval
+            self.capped = False  # a "freed" missed while a claim was on its way
             try:
                 self.beat()
                 self.leases.reap_on_schedule(self.settings, [self.identity.pool])
@@ -228,11 +233,13 @@ class Runtime:
     def accepting(self) -> bool:
         """Whether the worker takes a new step: healthy, its pool not paused, not draining,
         not held by remote control. The queue gate consumes the queue only while it does."""
-        return self.health.healthy and not (self.paused or self.draining or self.held)
+        return self.health.healthy and not (self.paused or self.capped or self.draining
+                                            or self.held)
 
     def _why_not(self) -> str:
         """Why the worker takes no new step (``accepting`` is false)."""
         return ("draining" if self.draining else "its pool is paused" if self.paused
+                else "its pool runs its max_running steps" if self.capped
                 else "its consumer is cancelled by control command" if self.held
                 else f"unhealthy ({self.health.reason})")
 
@@ -245,7 +252,9 @@ class Runtime:
                 pubsub.subscribe(channel, pool_channel)
                 self.read_paused()  # a word sent while no one listened is not lost
                 for message in pubsub.listen():
-                    if message["channel"] == pool_channel:
+                    if message["channel"] == pool_channel and message["data"] == FREED:
+                        self.capped = False  # the next claim checks the cap again
+                    elif message["channel"] == pool_channel:
                         self.read_paused()  # the record decides, not the word
                     elif message["data"] == DRAIN:
                         self.drain("drain requested")
@@ -382,14 +391,18 @@ class Runtime:
 
     def _execute(self, step_id: str, attempt: int, ack: Callable[[], None]) -> Ending | None:
         if not self.accepting:
-            self._hand_back(step_id, attempt)
+            self._hand_back(step_id, attempt, self._why_not())
             return None
         claim = self._claim(step_id, attempt)
         if claim is None:
             return None
         if claim.outcome == "paused":
             self.paused = True  # the queue gate stops fetching; a resume is heard on the channel
-            self._hand_back(step_id, attempt)
+            self._hand_back(step_id, attempt, "its pool is paused")
+            return None
+        if claim.outcome == "capped":
+            self.capped = True  # until a step of the pool ends
+            self._hand_back(step_id, attempt, "its pool runs its max_running steps")
             return None
         if claim.outcome != "ok":
             log.warning("discarded message for step %s: %s (state %s)", step_id, claim.outcome,
@@ -451,7 +464,7 @@ class Runtime:
                           else "an argument Redis cannot take", exc)
                 return None
 
-    def _hand_back(self, step_id: str, attempt: int) -> None:
+    def _hand_back(self, step_id: str, attempt: int, why: str) -> None:
         """Give back, unclaimed, a step that reached this worker while it is unhealthy.
 
         The queue gate stops consumption within a fraction of a second of the worker turning
@@ -470,8 +483,7 @@ class Runtime:
                       "deadline): %s", step_id, exc)
             return
         if returned:
-            log.warning("%s: handed step %s back to %s unclaimed", self._why_not(), step_id,
-                        queue)
+            log.warning("%s: handed step %s back to %s unclaimed", why, step_id, queue)
         else:
             log.warning("discarded message for step %s: stale (state %s)", step_id,
                         record.get("state"))

@@ -1,12 +1,13 @@
 -- KEYS: step, log, running, pending. ARGV: instance ('' = any holder), expected states (",A,B,"),
--- new state, exit code or '', outputs JSON or '', now, message, ttl seconds, step id, then the
--- script's last log lines as (time, stream, text) triples.
+-- new state, exit code or '', outputs JSON or '', now, message, ttl seconds, step id, the pools
+-- hash, the pool's slug and control channel, then the script's last log lines as (time, stream,
+-- text) triples.
 -- The one way a step reaches a terminal state: stored, logged, lease released, end marked. The
 -- last lines are stored whatever the state (as a separate flush would), so they are never lost.
 local st = redis.call('HMGET', KEYS[1], 'state', 'instance', 'notify')
 if not st[1] then return 0 end
 if st[1] == ARGV[3] and ARGV[1] ~= '' and st[2] == ARGV[1] then return 1 end  -- a retry of ours
-for i = 10, #ARGV, 3 do
+for i = 13, #ARGV, 3 do
   redis.call('XADD', KEYS[2], '*', 't', ARGV[i], 's', ARGV[i + 1], 'x', ARGV[i + 2])
 end
 if not string.find(ARGV[2], ',' .. st[1] .. ',', 1, true) then return 0 end
@@ -24,8 +25,14 @@ if notify then
   redis.call('LPUSH', notify, ARGV[9])
   redis.call('EXPIRE', notify, ARGV[8])
 end
-redis.call('ZREM', KEYS[3], ARGV[9])
+local was_running = redis.call('ZREM', KEYS[3], ARGV[9])
 redis.call('ZREM', KEYS[4], ARGV[9])
+if was_running == 1 then  -- a capped pool's workers hear that a slot under its cap is free
+  local pool = redis.call('HGET', ARGV[10], ARGV[11])
+  if pool and (tonumber(cjson.decode(pool)['max_running']) or 0) > 0 then
+    redis.call('PUBLISH', ARGV[12], 'freed')
+  end
+end
 redis.call('EXPIRE', KEYS[1], ARGV[8])
 redis.call('EXPIRE', KEYS[2], ARGV[8])
 return 1
