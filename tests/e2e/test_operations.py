@@ -159,3 +159,13 @@ def test_a_pool_cap_holds_across_workers_under_a_race(client, start_worker, cli,
     assert "--max-running" in one_line_error(negative)
     cli("pool", "edit", "Ops Pool", "--max-running", "0")
     assert client.pools.get("Ops Pool").max_running == 0
+
+
+def test_draining_an_offline_worker_is_refused(client, start_worker, cli):
+    client.pools.add("Ops Pool")
+    worker = start_worker("Ops Pool")
+    worker.proc.kill()  # no deregistration: it stays listed, Offline once its heartbeat lapses
+    worker.proc.wait()
+    wait_for(lambda: state(client, worker) == "Offline", 30, "the worker to be Offline")
+    refused = cli("worker", "drain", worker.name)
+    assert f"worker {worker.name!r} is Offline" in one_line_error(refused)
