@@ -182,5 +182,14 @@ def zeros_zip(size: int, name: str = "zeros.bin") -> bytes:
 
 def disk_bytes(root: Path) -> int:
     """Bytes the files under *root* take on disk (their allocated blocks; folders not counted)."""
-    infos = [p.lstat() for p in root.rglob("*")]
-    return sum(info.st_blocks * 512 for info in infos if stat.S_ISREG(info.st_mode))
+    total = 0
+    # The worker may be removing the tree meanwhile: what it removed takes no space any more.
+    for folder, _, files in os.walk(root):
+        for name in files:
+            try:
+                info = os.lstat(os.path.join(folder, name))
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(info.st_mode):
+                total += info.st_blocks * 512
+    return total

@@ -264,7 +264,8 @@ def test_cli_show_json_by_name_or_slug(cli: Cli, ident: str) -> None:
                      "description": "db tools", "is_default": False,
                      "queue": "workerpool.pool.database-worker-pool", "workers": [],
                      "requires": [], "health_check": "", "paused": False,
-                     "paused_reason": "", "paused_since": None}
+                     "paused_reason": "", "paused_since": None,
+                     "max_running": 0}
 
 
 def test_cli_show_table(cli: Cli) -> None:
@@ -290,7 +291,7 @@ def test_cli_list_json(cli: Cli, client: Client) -> None:
     for entry in listed:
         assert set(entry) == {"name", "slug", "description", "is_default", "queue", "workers",
                               "queued", "requires", "health_check", "paused",
-                              "paused_reason", "paused_since"}
+                              "paused_reason", "paused_since", "max_running"}
         assert entry["queue"] == f"workerpool.pool.{entry['slug']}"
         assert entry["workers"] == 0
     kubernetes = listed[2]
@@ -313,7 +314,8 @@ def test_cli_add_json(cli: Cli) -> None:
     assert created == {"name": "Azure Pool", "slug": "azure-pool", "description": "",
                        "is_default": True, "queue": "workerpool.pool.azure-pool",
                        "requires": [], "health_check": "", "paused": False,
-                       "paused_reason": "", "paused_since": None}
+                       "paused_reason": "", "paused_since": None,
+                       "max_running": 0}
 
 
 # --- the built-in worker switch ------------------------------------------------------------------

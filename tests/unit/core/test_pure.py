@@ -116,7 +116,8 @@ def test_pool_queue_and_json() -> None:
                               "description": "migrations", "is_default": False,
                               "queue": "workerpool.pool.database-worker-pool",
                               "requires": [], "health_check": "", "paused": False,
-                              "paused_reason": "", "paused_since": None}
+                              "paused_reason": "", "paused_since": None,
+                              "max_running": 0}
 
 
 # --- masking and the script environment ----------------------------------------------------------
