@@ -68,9 +68,9 @@ class Recorder(BaseHTTPRequestHandler):
         pass
 
 
-def fetch(url: str, auth: str | None = None) -> tuple[int, str]:
-    """(status, body) of a GET; HTTP errors are answers too."""
-    request = urllib.request.Request(url)
+def fetch(url: str, auth: str | None = None, method: str = "GET") -> tuple[int, str]:
+    """(status, body) of a GET (or an empty-bodied *method*); HTTP errors are answers too."""
+    request = urllib.request.Request(url, data=b"" if method != "GET" else None, method=method)
     if auth is not None:
         request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
     try:

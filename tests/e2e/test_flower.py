@@ -4,13 +4,11 @@ Flower and the ``celery`` CLI cancelling the step, the Broker page and queue len
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,14 +38,7 @@ class Flower:
         return json.loads(body)
 
     def post(self, path: str) -> tuple[int, str]:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=b"",
-                                         method="POST")
-        request.add_header("Authorization", "Basic " + base64.b64encode(AUTH.encode()).decode())
-        try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
+        return fetch(f"http://127.0.0.1:{self.port}{path}", AUTH, method="POST")
 
     def task(self, task_id: str) -> dict[str, Any]:
         status, body = self.get(f"/api/task/info/{task_id}")

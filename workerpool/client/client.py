@@ -223,12 +223,16 @@ class WorkerDirectory:
         """Wait until *worker* has deregistered (or stopped heartbeating); StepWaitTimeout
         (exit 1) if it still runs after *timeout* seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            now = [w for w in self.list() if w.instance == worker.instance]
-            if not now or now[0].state == OFFLINE:
+        while True:  # its record and heartbeat, not the whole cluster's snapshot
+            pipe = self.client.redis.pipeline(transaction=False)
+            pipe.hget(keys.workers(worker.pool), worker.name)
+            pipe.get(keys.heartbeat(worker.pool, worker.instance))
+            raw, beat = self.client.guard(pipe.execute)
+            now = WorkerInfo.from_record(raw, beat) if raw else None
+            if now is None or now.instance != worker.instance or now.state == OFFLINE:
                 return
             if deadline is not None and time.monotonic() > deadline:
-                running = now[0].heartbeat.running if now[0].heartbeat else 0
+                running = now.heartbeat.running if now.heartbeat else 0
                 raise StepWaitTimeout(f"worker {worker.name} is still draining after "
                                       f"{timeout:g}s ({running} step(s) running); it stops "
                                       "once they end")

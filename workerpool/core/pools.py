@@ -178,6 +178,7 @@ class PoolRegistry:
         self._add = scripts.load(client, "pool_add")
         self._edit = scripts.load(client, "pool_edit")
         self._remove = scripts.load(client, "pool_remove")
+        self._shift_pending = scripts.load(client, "shift_pending")
 
     def ensure_default(self) -> None:
         self._ensure(keys=[keys.POOLS, keys.DEFAULT_POOL],
@@ -252,23 +253,24 @@ class PoolRegistry:
         record, so it survives worker and Redis restarts; workers are told at once."""
         pool = self.get(ident)
         reason = validate_reason(reason)
-        since = pool.paused_since if pool.paused else float(self._now())
+        since = pool.paused_since if pool.paused else self._now()
         changed = replace(pool, paused=True, paused_reason=reason, paused_since=since)
         self._store(pool, changed)
         self.redis.publish(keys.pool_control(pool.slug), "pause")
-        return self.get(pool.slug)
+        return changed
 
     def resume(self, ident: str) -> Pool:
         """Resume a paused pool (a pool that is not paused is left as it is). Its waiting
         steps' lease deadlines move on by the time it was paused."""
         pool = self.get(ident)
-        if pool.paused:
-            self._store(pool, replace(pool, paused=False, paused_reason="", paused_since=0.0))
-            scripts.load(self.redis, "shift_pending")(
-                keys=[keys.pending(pool.slug)],
-                args=[max(0.0, float(self._now()) - pool.paused_since)])
+        if not pool.paused:
+            return pool
+        resumed = replace(pool, paused=False, paused_reason="", paused_since=0.0)
+        self._store(pool, resumed)
+        self._shift_pending(keys=[keys.pending(pool.slug)],
+                            args=[max(0.0, self._now() - pool.paused_since)])
         self.redis.publish(keys.pool_control(pool.slug), "resume")
-        return self.get(pool.slug)
+        return resumed
 
     def _now(self) -> float:
         seconds, micros = self.redis.time()  # one clock for every machine

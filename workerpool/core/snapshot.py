@@ -56,7 +56,6 @@ class Snapshot:
     pools: dict[str, Pool]
     builtin_enabled: bool
     workers: tuple[WorkerInfo, ...]
-    queue_depths: dict[str, int]  # pool -> messages in its Celery queue; with detail only
     leases: tuple[Lease, ...]
     public_keys: dict[str, str] = field(default_factory=dict)  # pool -> its keys' JSON
     # pool -> (malformed messages its workers dropped, its dead letters); with detail only
@@ -111,7 +110,6 @@ def read_snapshot(client: redis.Redis, detail: bool = False) -> Snapshot:
     leases = tuple(Lease(step_id=str(r[0]), worker=str(r[1]), pool=str(r[2]),
                          started_at=float(r[3] or 0), step_name=str(r[4])) for r in raw_leases)
     return Snapshot(pools=pools, builtin_enabled=not disabled, workers=workers,
-                    queue_depths={slug: c.messages for slug, c in queued.items()},
                     leases=leases, public_keys=pairs(public),
                     faults={str(f[0]): (int(f[1]), int(f[2])) for f in faults}, queued=queued)
 

@@ -122,7 +122,8 @@ grid-template-columns:repeat(auto-fill,minmax(560px,1fr))}
 .pool{background:#fff;border-radius:6px;padding:12px 16px;box-shadow:0 1px 3px rgba(0,0,0,.12)}
 .pool h2{font-size:17px;margin:0 0 4px}.pool h3{font-size:14px;margin:12px 0 4px}
 .meta{color:#52606d;font-size:13px;margin:0}.description{margin:6px 0}
-.none{color:#7b8794;font-style:italic}.badge.paused{background:#9b2c2c}.badge{background:#0d3b66;color:#fff;border-radius:10px;
+.badge.paused{background:#9b2c2c}
+.none{color:#7b8794;font-style:italic}.badge{background:#0d3b66;color:#fff;border-radius:10px;
 padding:1px 8px;font-size:12px;vertical-align:middle}
 .counts{display:flex;gap:16px;margin:6px 0}
 .count{background:#eef2f7;border-radius:4px;padding:2px 8px}

@@ -150,16 +150,27 @@ class Runtime:
         # Reading the state and writing it are one step, so a beat carrying an older health
         # state never overwrites a newer one.
         with self._beat_lock:
-            status = self.health
-            state = (STARTING if not self.ready else DRAINING if self.draining
-                     else HEALTHY if self.consuming or ((self.paused or self.capped)
-                                                        and status.healthy and not self.held)
-                     else UNHEALTHY)
-            reason = "" if state != UNHEALTHY else status.reason if not status.healthy \
-                else HELD_REASON.format(queue=self.identity.queue) if self.held else ""
+            state, reason = self._state()
             hb = Heartbeat(time=time.time(), state=state, running=running, reason=reason)
             self.redis.set(keys.heartbeat(self.identity.pool, self.identity.instance), hb.to_json(),
                            px=int(self.settings.heartbeat_ttl * 1000))
+
+    def _state(self) -> tuple[str, str]:
+        """The state others see, and why it is Unhealthy. It follows ``consuming``, which only
+        the queue gate changes, so Unhealthy means the worker takes nothing; a worker that takes
+        nothing only because its pool is paused or at its cap is Healthy all the same."""
+        status = self.health
+        if not self.ready:
+            return STARTING, ""
+        if self.draining:
+            return DRAINING, ""
+        if not status.healthy:
+            return (HEALTHY, "") if self.consuming else (UNHEALTHY, status.reason)
+        if self.held and not self.consuming:
+            return UNHEALTHY, HELD_REASON.format(queue=self.identity.queue)
+        if self.consuming or self.paused or self.capped:
+            return HEALTHY, ""
+        return UNHEALTHY, ""  # the gate has not resumed fetching yet
 
     # -- health ---------------------------------------------------------------------------
 
@@ -231,17 +242,16 @@ class Runtime:
 
     @property
     def accepting(self) -> bool:
-        """Whether the worker takes a new step: healthy, its pool not paused, not draining,
-        not held by remote control. The queue gate consumes the queue only while it does."""
-        return self.health.healthy and not (self.paused or self.capped or self.draining
-                                            or self.held)
+        """Whether the worker takes a new step: healthy, its pool not paused nor at its cap,
+        not draining, not held by remote control. The queue gate consumes only while it does."""
+        return not self._why_not()
 
     def _why_not(self) -> str:
-        """Why the worker takes no new step (``accepting`` is false)."""
+        """Why the worker takes no new step; "" if it takes one."""
         return ("draining" if self.draining else "its pool is paused" if self.paused
                 else "its pool runs its max_running steps" if self.capped
                 else "its consumer is cancelled by control command" if self.held
-                else f"unhealthy ({self.health.reason})")
+                else "" if self.health.healthy else f"unhealthy ({self.health.reason})")
 
     def _control_loop(self) -> None:
         channel = keys.control(self.identity.pool, self.identity.instance)
@@ -314,11 +324,12 @@ class Runtime:
             try:
                 if keys.pool_of(step_id) != self.identity.pool:
                     continue  # a broadcast reaches every pool's workers
-                record = self.store.record(step_id)
-                if record and self.leases.cancel(step_id) == QUEUED:
-                    were_queued.append((task_id, messages.label(
-                        record.get("name", ""), record.get("pool_name", ""), step_id,
-                        target=record.get("target", ""))))
+                if self.leases.cancel(step_id) != QUEUED:
+                    continue  # Running: its worker stops it; or ended, or no such step
+                record = self.store.record(step_id)  # Cancelled now, its fields kept
+                were_queued.append((task_id, messages.label(
+                    record.get("name", ""), record.get("pool_name", ""), step_id,
+                    target=record.get("target", ""))))
             except ValueError:
                 continue  # not a step id
             except redis.RedisError as exc:
@@ -397,7 +408,11 @@ class Runtime:
         if claim is None:
             return None
         if claim.outcome == "paused":
-            self.paused = True  # the queue gate stops fetching; a resume is heard on the channel
+            # From the record, not the refusal: a resume may already have been heard.
+            try:
+                self.read_paused()
+            except redis.RedisError:
+                self.paused = True  # the claim said so; the control loop reads it again
             self._hand_back(step_id, attempt, "its pool is paused")
             return None
         if claim.outcome == "capped":

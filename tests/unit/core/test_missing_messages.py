@@ -106,7 +106,7 @@ def test_a_note_that_proves_nothing_is_noted_again_not_pushed(note: str) -> None
 def snapshot_with(counts: QueueCounts) -> Snapshot:
     pool = Pool(name="Parked", slug="parked", description="", is_default=True)
     return Snapshot(pools={"parked": pool}, builtin_enabled=True, workers=(),
-                    queue_depths={"parked": counts.messages, "builtin": 0}, leases=(),
+                    leases=(),
                     queued={"parked": counts, "builtin": QueueCounts(0, 0, 0)})
 
 

@@ -34,7 +34,7 @@ def snapshot(*workers: WorkerInfo, builtin_enabled: bool = True,
              pools: tuple[Pool, ...] = (DEFAULT, DATABASE, KUBERNETES)) -> Snapshot:
     assert sum(p.is_default for p in pools) == 1, "a snapshot has exactly one default pool"
     return Snapshot(pools={p.slug: p for p in pools}, builtin_enabled=builtin_enabled,
-                    workers=workers, queue_depths={}, leases=())
+                    workers=workers, leases=())
 
 
 BUILTIN = worker("builtin")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from workerpool.core import messages
 from workerpool.core.pools import Pool
-from workerpool.core.snapshot import Lease, Snapshot
+from workerpool.core.snapshot import Lease, QueueCounts, Snapshot
 from workerpool.core.workers import Heartbeat, WorkerInfo
 from workerpool.server import web
 
@@ -18,7 +18,7 @@ def test_pools_page_escapes_every_value():
         builtin_enabled=False,
         workers=(WorkerInfo(name=hostile, pool=hostile, instance="i", host=hostile,
                             heartbeat=heartbeat),),
-        queue_depths={hostile: 3, "builtin": 0},
+        queued={hostile: QueueCounts(records=3, messages=3, held=0)},
         leases=(Lease(step_id=hostile, worker=hostile, pool=hostile, started_at=90.0,
                       step_name=hostile),))
     html = web.render_html(snap, now=100.0, flower_url='http://x/"><script>')
