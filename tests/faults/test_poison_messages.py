@@ -11,6 +11,7 @@ import time
 import pytest
 from conftest import wait_for
 from httpd import fetch
+from promtext import types, value
 
 from workerpool import ScriptStep
 from workerpool.core import keys, messages
@@ -164,11 +165,10 @@ def test_metrics_count_dropped_messages_and_dead_letters(client, start_worker, r
     finally:
         web.stop(server)
     assert status == 200
-    lines = body.splitlines()
-    assert 'workerpool_dropped_messages_total{pool="pool"} 1' in lines
-    assert 'workerpool_dead_letters{pool="pool"} 1' in lines
-    assert 'workerpool_queued_steps{pool="pool"} 0' in lines
-    assert "# TYPE workerpool_dropped_messages_total counter" in lines
+    assert value(body, "workerpool_dropped_messages_total", pool="pool") == 1
+    assert value(body, "workerpool_dead_letters", pool="pool") == 1
+    assert value(body, "workerpool_queued_steps", pool="pool") == 0
+    assert types(body)["workerpool_dropped_messages"] == "counter"
     assert cli("dead", "drop", "--all").stdout.strip() == "dropped 1 dead letter(s)"
     assert raw.llen(keys.dead("pool")) == 0
     both = cli("dead", "drop", "t", "--all")

@@ -26,7 +26,7 @@ COMMAND_MODULES = {
     "package": "packages",
     "target": "deployments", "agent": "deployments", "deploy": "deployments",
     "deployments": "deployments", "template": "templates", "examples": "templates",
-    "flower": "flower", "bench": "bench", "dead": "dead",
+    "flower": "flower", "bench": "bench", "dead": "dead", "metrics": "metrics",
 }
 
 

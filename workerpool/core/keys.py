@@ -55,6 +55,11 @@ A pool's own (``S`` is ``workerpool:pool:{POOL}:``)::
     S package-sha:<feed>/<id>/<version>
                               string sha256 recorded at the package's first download in the pool
     S dropped                 string how many malformed messages the pool's workers dropped
+    S ended                   hash   terminal state -> steps of the pool that ended in it, ever
+                                     (``finish.lua``; ``core/tallies.py``; never expiring)
+    S durations               hash   the running time of the pool's ended steps: "le:<bound>"
+                                     -> steps whose time fell in that bucket (not cumulative;
+                                     ``tallies.DURATION_BUCKETS``), "sum" (seconds), "count"
     S crashes                 hash   delivery tag -> times the message crashed Celery's
                                      consumer (the second crash dead-letters it), expiring
     S kombu:unacked, S kombu:unacked_index, S kombu:unacked_mutex
@@ -192,6 +197,16 @@ def dropped(pool: str) -> str:
 
 def crashes(pool: str) -> str:
     return space(pool) + "crashes"
+
+
+def ended(pool: str) -> str:
+    """Steps of *pool* ended, by terminal state: a Prometheus counter kept by Redis."""
+    return space(pool) + "ended"
+
+
+def durations(pool: str) -> str:
+    """The histogram of *pool*'s ended steps' running times."""
+    return space(pool) + "durations"
 
 
 def dead(pool: str) -> str:

@@ -9,7 +9,7 @@ from typing import Any, cast
 
 import redis
 
-from workerpool.core import keys, messages, scripts
+from workerpool.core import keys, messages, scripts, tallies
 from workerpool.core.routing import Route
 from workerpool.core.sealing import Keyring, PublicKey
 from workerpool.core.steps import QUEUED, LogEntry, ScriptStep, StepResult
@@ -104,11 +104,12 @@ class StepStore:
         pool = keys.pool_of(step_id)
         done = self._finish(
             keys=[keys.step(step_id), keys.step_log(step_id), keys.running(pool),
-                  keys.pending(pool)],
+                  keys.pending(pool), keys.ended(pool), keys.durations(pool)],
             args=[instance, "," + ",".join(expected) + ",", state,
                   "" if exit_code is None else exit_code,
                   "" if outputs is None else json.dumps(outputs), time.time(), message,
                   self.result_ttl, step_id, keys.POOLS, pool, keys.pool_control(pool),
+                  tallies.BUCKET_BOUNDS,
                   *(value for line in lines for value in (line["t"], line["s"], line["x"]))])
         return bool(done)
 

@@ -2,16 +2,18 @@
 
 Each pool with its description, default flag, workers and their health, Queued steps (and how
 many of them have no message: purged or lost) and running leases, plus the built-in worker's
-state; as HTML at ``/`` (refreshing itself) and as JSON at ``/api/pools``. It shows what waits
-in pools that have no online worker, which Flower cannot (Flower only knows the queues that
-online workers report). Served from a thread by ``workerpool server --http-port`` and next to
-Flower by ``workerpool flower``.
+state; as HTML at ``/`` (refreshing itself) and as JSON at ``/api/pools``, and the pools'
+Prometheus series at ``/metrics`` (``server/metrics.py``). It shows what waits in pools that
+have no online worker, which Flower cannot (Flower only knows the queues that online workers
+report). Served from a thread by ``workerpool server --http-port``, next to Flower by
+``workerpool flower``, and ``/metrics`` alone by ``workerpool metrics``.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hmac
 import json
 import threading
@@ -24,6 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import redis
+from prometheus_client.registry import CollectorRegistry
 
 from workerpool.core import keys
 from workerpool.core.connection import connect, guarded
@@ -31,6 +34,7 @@ from workerpool.core.errors import BadInput, Infrastructure
 from workerpool.core.pools import Pool, ordered
 from workerpool.core.snapshot import Lease, Snapshot, read_snapshot, status_view
 from workerpool.core.workers import WorkerInfo
+from workerpool.server import metrics
 
 REFRESH_SECONDS = 5
 
@@ -156,40 +160,16 @@ def render_html(snap: Snapshot, now: float | None = None, flower_url: str | None
     return _page(f"<main>{body}</main>", updated, flower_url)
 
 
-# The Prometheus series of ``/metrics``: name, type, help, and the value of a pool's section of
-# ``status_view``.
-METRICS = (
-    ("workerpool_queued_steps", "gauge", "Steps of the pool in state Queued.", "queued"),
-    ("workerpool_queued_steps_without_message", "gauge",
-     "Queued steps whose message is neither in the pool's queue nor held by a worker (purged "
-     "or lost; the reaper pushes it again).", "without_message"),
-    ("workerpool_running_steps", "gauge", "Steps running on the pool's workers.", "running"),
-    ("workerpool_dropped_messages_total", "counter",
-     "Malformed messages the pool's workers dropped from its queue.", "dropped_messages"),
-    ("workerpool_dead_letters", "gauge",
-     "Messages in the pool's dead letters (they crashed a worker's consumer twice).",
-     "dead_letters"),
-)
-
-
-def render_metrics(snap: Snapshot) -> str:
-    """The pools' counts in Prometheus's text format, one series per pool (its slug)."""
-    view = status_view(snap)
-    sections = [(p["slug"], p) for p in view["pools"]]  # type: ignore[attr-defined]
-    sections.append((keys.BUILTIN_POOL, view["builtin_worker"]))
-    lines = []
-    for name, kind, text, field in METRICS:
-        lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
-        lines += [f'{name}{{pool="{slug}"}} {section[field]}' for slug, section in sections]
-    return "\n".join(lines) + "\n"
-
-
 def render_error(message: str, flower_url: str | None = None) -> str:
     updated = datetime.now().strftime("%H:%M:%S")
     return _page(f'<p class="error">{escape(message)}</p>', updated, flower_url)
 
 
 # --- serving ------------------------------------------------------------------------------
+
+
+PAGES = ("/", "/api/pools", "/metrics")
+METRICS_ONLY = ("/metrics",)
 
 
 @dataclass(frozen=True)
@@ -200,6 +180,11 @@ class PageConfig:
     url: str
     basic_auth: str | None = None  # "user:password"
     flower_port: int | None = None
+    paths: tuple[str, ...] = PAGES  # what is served (``workerpool metrics``: /metrics only)
+
+    @functools.cached_property
+    def metrics(self) -> CollectorRegistry:
+        return metrics.registry(lambda: guarded(lambda: metrics.read(self.redis), self.url))
 
 
 class PoolsHandler(BaseHTTPRequestHandler):
@@ -223,10 +208,13 @@ class PoolsHandler(BaseHTTPRequestHandler):
                        include_body, {"WWW-Authenticate": 'Basic realm="workerpool"'})
             return
         path = urlsplit(self.path).path
-        if path not in ("/", "/api/pools", "/metrics"):
+        config = self.server.config
+        if path not in config.paths:
             self._send(404, "text/plain; charset=utf-8", b"not found\n", include_body)
             return
-        config = self.server.config
+        if path == "/metrics":
+            self._send_metrics(include_body)
+            return
         try:
             snap = guarded(lambda: read_snapshot(config.redis, detail=True), config.url)
         except (Infrastructure, redis.RedisError) as exc:
@@ -235,12 +223,17 @@ class PoolsHandler(BaseHTTPRequestHandler):
         if path == "/api/pools":
             self._send(200, "application/json", json.dumps(status_view(snap)).encode(),
                        include_body)
-        elif path == "/metrics":
-            self._send(200, "text/plain; version=0.0.4; charset=utf-8",
-                       render_metrics(snap).encode(), include_body)
         else:
             self._send(200, "text/html; charset=utf-8",
                        render_html(snap, flower_url=self._flower_url()).encode(), include_body)
+
+    def _send_metrics(self, include_body: bool) -> None:
+        try:
+            body = metrics.exposition(self.server.config.metrics)
+        except (Infrastructure, redis.RedisError) as exc:
+            self._send(503, "text/plain; charset=utf-8", f"{exc}\n".encode(), include_body)
+            return
+        self._send(200, metrics.CONTENT_TYPE, body, include_body)
 
     def _send_error(self, path: str, message: str, include_body: bool) -> None:
         if path == "/api/pools":
@@ -294,16 +287,18 @@ class PoolsServer(ThreadingHTTPServer):
 
 
 def start(redis_url: str, port: int, host: str = "127.0.0.1", basic_auth: str | None = None,
-          flower_port: int | None = None) -> PoolsServer:
-    """Serve the page on *host*:*port* (0: any free port) from a daemon thread."""
+          flower_port: int | None = None, paths: tuple[str, ...] = PAGES) -> PoolsServer:
+    """Serve the page (or only *paths*) on *host*:*port* (0: any free port) from a daemon
+    thread."""
     config = PageConfig(redis=connect(redis_url), url=redis_url, basic_auth=basic_auth,
-                        flower_port=flower_port)
+                        flower_port=flower_port, paths=paths)
+    what = "the pools page" if paths == PAGES else "/metrics"
     try:
         server = PoolsServer((host, port), config)
     except OSError as exc:
         config.redis.close()
-        raise BadInput(f"cannot serve the pools page on {host}:{port} ({exc.strerror}); "
-                       "choose another port") from None
+        raise BadInput(f"cannot serve {what} on {host}:{port} ({exc.strerror or exc}); "
+                       "choose another port or host") from None
     threading.Thread(target=server.serve_forever, name="pools-page", daemon=True).start()
     return server
 
@@ -316,13 +311,13 @@ def stop(server: PoolsServer) -> None:
 
 @contextlib.contextmanager
 def serving(redis_url: str, port: int | None, host: str = "127.0.0.1",
-            basic_auth: str | None = None,
-            flower_port: int | None = None) -> Iterator[PoolsServer | None]:
+            basic_auth: str | None = None, flower_port: int | None = None,
+            paths: tuple[str, ...] = PAGES) -> Iterator[PoolsServer | None]:
     """The page for the duration of a ``with`` block; nothing when *port* is ``None``."""
     if port is None:
         yield None
         return
-    server = start(redis_url, port, host, basic_auth, flower_port)
+    server = start(redis_url, port, host, basic_auth, flower_port, paths)
     try:
         yield server
     finally:

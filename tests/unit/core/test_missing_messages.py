@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from promtext import render, value
 
 from workerpool.cli.workers import queued_cell
 from workerpool.core import messages
@@ -116,10 +117,10 @@ def test_status_page_and_metrics_count_queued_records_and_those_without_a_messag
     assert (section["queued"], section["without_message"]) == (3, 3)
     assert queued_cell(purged.counts("parked")) == "3 (3 without a message)"
     assert "3 queued, 3 without a message" in web.render_html(purged, now=100.0)
-    metrics = web.render_metrics(purged)
-    assert 'workerpool_queued_steps{pool="parked"} 3' in metrics
-    assert 'workerpool_queued_steps_without_message{pool="parked"} 3' in metrics
-    assert 'workerpool_queued_steps_without_message{pool="builtin"} 0' in metrics
+    metrics = render(purged)
+    assert value(metrics, "workerpool_queued_steps", pool="parked") == 3
+    assert value(metrics, "workerpool_queued_steps_without_message", pool="parked") == 3
+    assert value(metrics, "workerpool_queued_steps_without_message", pool="builtin") == 0
 
     healthy = snapshot_with(QueueCounts(records=2, messages=1, held=1))
     assert queued_cell(healthy.counts("parked")) == "2"

@@ -40,16 +40,20 @@ from deployfiles import (
     service_argv,
     services,
 )
+from ruamel.yaml import YAML
 
 import workerpool.cli
 from workerpool.core import credentials
+from workerpool.core.pools import slugify
 from workerpool.core.settings import Settings
 from workerpool.server.embedded import free_port, redis_server_binary
+from workerpool.server.metrics import SIGNAL
 
 REDIS_CONF = REPO / "deploy" / "redis.conf"
 UNIT = REPO / "deploy" / "workerpool-worker@.service"
 ENV_EXAMPLE = REPO / "deploy" / "worker.env.example"
 DOCS = REPO / "docs" / "running-workers.md"
+KEDA = REPO / "deploy" / "keda-scaledobject.yaml"
 
 # What .env holds once the top of docker-compose.yml has been followed.
 DOT_ENV = {
@@ -402,6 +406,28 @@ def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
                           text=True, timeout=60)
     complaints = [ln for ln in (done.stdout + done.stderr).splitlines() if instance.name in ln]
     assert done.returncode == 0 and not complaints, done.stdout + done.stderr
+
+
+# --- deploy/keda-scaledobject.yaml ----------------------------------------------------------
+
+def test_the_keda_scaledobject_scales_a_seed_pools_workers_on_the_signal_served() -> None:
+    text = KEDA.read_text()
+    assert text.startswith("# KEDA scales one pool's worker Deployment")
+    scaled = YAML(typ="safe").load(text)
+    assert (scaled["apiVersion"], scaled["kind"]) == ("keda.sh/v1alpha1", "ScaledObject")
+    target = scaled["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", "database-worker")
+    assert target["name"] in WORKERS  # the compose service of the same pool
+    [trigger] = scaled["spec"]["triggers"]
+    assert (trigger["type"], trigger["metricType"]) == ("prometheus", "Value")
+    query = trigger["metadata"]["query"]
+    assert re.fullmatch(rf'max\({SIGNAL}\{{pool="([a-z0-9-]+)"\}}\)', query), query
+    assert f'pool="{slugify(WORKERS[target["name"]])}"' in query
+    assert float(trigger["metadata"]["threshold"]) == 1.0  # the signal is 1 at a fit
+    assert float(trigger["metadata"]["activationThreshold"]) == 0.0
+    assert trigger["metadata"]["serverAddress"].startswith("http")
+    assert scaled["spec"]["minReplicaCount"] == 0
+    assert scaled["spec"]["maxReplicaCount"] >= 1
 
 
 # --- docs -------------------------------------------------------------------------------------

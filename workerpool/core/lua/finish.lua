@@ -1,13 +1,15 @@
--- KEYS: step, log, running, pending. ARGV: instance ('' = any holder), expected states (",A,B,"),
--- new state, exit code or '', outputs JSON or '', now, message, ttl seconds, step id, the pools
--- hash, the pool's slug and control channel, then the script's last log lines as (time, stream,
--- text) triples.
--- The one way a step reaches a terminal state: stored, logged, lease released, end marked. The
--- last lines are stored whatever the state (as a separate flush would), so they are never lost.
-local st = redis.call('HMGET', KEYS[1], 'state', 'instance', 'notify')
+-- KEYS: step, log, running, pending, the pool's ended tally, its durations histogram. ARGV:
+-- instance ('' = any holder), expected states (",A,B,"), new state, exit code or '', outputs
+-- JSON or '', now, message, ttl seconds, step id, the pools hash, the pool's slug and control
+-- channel, the histogram's bucket bounds ("0.1,0.5,..."), then the script's last log lines as
+-- (time, stream, text) triples.
+-- The one way a step reaches a terminal state: stored, logged, lease released, end marked,
+-- counted. The last lines are stored whatever the state (as a separate flush would), so they
+-- are never lost.
+local st = redis.call('HMGET', KEYS[1], 'state', 'instance', 'notify', 'started_at')
 if not st[1] then return 0 end
 if st[1] == ARGV[3] and ARGV[1] ~= '' and st[2] == ARGV[1] then return 1 end  -- a retry of ours
-for i = 13, #ARGV, 3 do
+for i = 14, #ARGV, 3 do
   redis.call('XADD', KEYS[2], '*', 't', ARGV[i], 's', ARGV[i + 1], 'x', ARGV[i + 2])
 end
 if not string.find(ARGV[2], ',' .. st[1] .. ',', 1, true) then return 0 end
@@ -20,6 +22,18 @@ if ARGV[7] ~= '' then
   redis.call('XADD', KEYS[2], '*', 't', ARGV[6], 's', 'system', 'x', ARGV[7])
 end
 redis.call('XADD', KEYS[2], '*', 'end', ARGV[3])
+-- Prometheus's counter and histogram live here, not in a process: any server reads the same.
+redis.call('HINCRBY', KEYS[5], ARGV[3], 1)
+if st[4] then  -- it ran: its running time, in the first bucket that holds it
+  local took = math.max(0, tonumber(ARGV[6]) - (tonumber(st[4]) or tonumber(ARGV[6])))
+  local bucket = '+Inf'
+  for bound in string.gmatch(ARGV[13], '[^,]+') do
+    if took <= tonumber(bound) then bucket = bound; break end
+  end
+  redis.call('HINCRBY', KEYS[6], 'le:' .. bucket, 1)
+  redis.call('HINCRBYFLOAT', KEYS[6], 'sum', took)
+  redis.call('HINCRBY', KEYS[6], 'count', 1)
+end
 local notify = st[3]
 if notify then
   redis.call('LPUSH', notify, ARGV[9])
