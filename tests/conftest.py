@@ -262,8 +262,10 @@ def start_worker(env: dict[str, str], client: Client,
     started: list[Worker] = []
 
     def start(pool: str | None = None, name: str | None = None, concurrency: int = 1,
-              extra_env: dict[str, str] | None = None, expect: str = "Healthy") -> Worker:
+              extra_env: dict[str, str] | None = None, expect: str = "Healthy",
+              flags: tuple[str, ...] = ()) -> Worker:
         args = ["--builtin"] if pool is None else ["--pool", pool]
+        args += flags  # e.g. ("--exclusive",)
         if name:
             args += ["--name", name]
         # The worker logs in as its pool's own Redis user and opens its pool's secrets with

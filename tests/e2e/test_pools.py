@@ -265,7 +265,7 @@ def test_cli_show_json_by_name_or_slug(cli: Cli, ident: str) -> None:
                      "queue": "workerpool.pool.database-worker-pool", "workers": [],
                      "requires": [], "health_check": "", "paused": False,
                      "paused_reason": "", "paused_since": None,
-                     "max_running": 0}
+                     "max_running": 0, "cleanup_script": ""}
 
 
 def test_cli_show_table(cli: Cli) -> None:
@@ -291,7 +291,8 @@ def test_cli_list_json(cli: Cli, client: Client) -> None:
     for entry in listed:
         assert set(entry) == {"name", "slug", "description", "is_default", "queue", "workers",
                               "queued", "requires", "health_check", "paused",
-                              "paused_reason", "paused_since", "max_running"}
+                              "paused_reason", "paused_since", "max_running",
+                              "cleanup_script"}
         assert entry["queue"] == f"workerpool.pool.{entry['slug']}"
         assert entry["workers"] == 0
     kubernetes = listed[2]
@@ -315,7 +316,7 @@ def test_cli_add_json(cli: Cli) -> None:
                        "is_default": True, "queue": "workerpool.pool.azure-pool",
                        "requires": [], "health_check": "", "paused": False,
                        "paused_reason": "", "paused_since": None,
-                       "max_running": 0}
+                       "max_running": 0, "cleanup_script": ""}
 
 
 # --- the built-in worker switch ------------------------------------------------------------------

@@ -37,10 +37,15 @@ def _show(p: Pool) -> None:
         echo("health check:")
         for line in p.health_check.splitlines():
             echo(f"  {line}".rstrip())
+    if p.cleanup_script:
+        echo("cleanup script (exclusive workers, after each step):")
+        for line in p.cleanup_script.splitlines():
+            echo(f"  {line}".rstrip())
 
 
 def _health_options(command: F) -> F:
-    """``--requires``, ``--health-check`` and ``--health-check-file``, shared by add and edit."""
+    """``--requires``, ``--health-check``, ``--health-check-file`` and ``--cleanup-script``,
+    shared by add and edit."""
     options = [
         click.option("--requires", default=None, metavar="TOOLS",
                      help="Tools every worker must find on its PATH, comma-separated "
@@ -52,6 +57,10 @@ def _health_options(command: F) -> F:
         click.option("--health-check-file", default=None,
                      type=click.Path(exists=True, dir_okay=False, path_type=Path),
                      help="Read the health check script from this file."),
+        click.option("--cleanup-script", default=None, metavar="SCRIPT",
+                     help="A bash script each exclusive worker (worker start --exclusive) runs "
+                          "after every step, before it takes the next; a failure makes the "
+                          "worker Unhealthy; '' clears."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -78,10 +87,12 @@ def _health_check(script: str | None, path: Path | None) -> str | None:
 @_health_options
 @click.option("--json", "as_json", is_flag=True)
 def pool_add(name: str, description: str, is_default: bool, requires: str | None,
-             health_check: str | None, health_check_file: Path | None, as_json: bool) -> None:
+             health_check: str | None, health_check_file: Path | None,
+             cleanup_script: str | None, as_json: bool) -> None:
     """Create a pool."""
     created = client().pools.add(name, description, is_default, [requires or ""],
-                                 _health_check(health_check, health_check_file) or "")
+                                 _health_check(health_check, health_check_file) or "",
+                                 cleanup_script or "")
     emit_json(created.to_json()) if as_json else _show(created)
 
 
@@ -134,14 +145,16 @@ def pool_show(name: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def pool_edit(name: str, new_name: str | None, description: str | None, make_default: bool,
               requires: str | None, health_check: str | None, health_check_file: Path | None,
-              max_running: int | None, as_json: bool) -> None:
-    """Change a pool's name, description, health requirements, or make it the default.
+              cleanup_script: str | None, max_running: int | None, as_json: bool) -> None:
+    """Change a pool's name, description, health requirements, cleanup script, or make it the
+    default.
 
-    Running workers apply new requirements at their next health check."""
+    Running workers apply new requirements at their next health check, and a new cleanup
+    script after their next step."""
     edited = client().pools.edit(name, new_name, description, make_default,
                                  None if requires is None else [requires],
                                  _health_check(health_check, health_check_file),
-                                 max_running)
+                                 max_running, cleanup_script)
     emit_json(edited.to_json()) if as_json else _show(edited)
 
 

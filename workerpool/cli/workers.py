@@ -37,8 +37,12 @@ def worker() -> None:
 @click.option("--max-steps", default=None, type=click.IntRange(0), metavar="N",
               help="Drain and exit 0 after taking N steps (an ephemeral worker); 0: never "
                    "(WORKERPOOL_MAX_STEPS).")
+@click.option("--exclusive", is_flag=True,
+              help="Run one step at a time whatever --concurrency says, and the pool's cleanup "
+                   "script after each (WORKERPOOL_EXCLUSIVE=1).")
 def worker_start(pool: str | None, builtin: bool, name: str | None, concurrency: int,
-                 loglevel: str, script_user: str | None, max_steps: int | None) -> None:
+                 loglevel: str, script_user: str | None, max_steps: int | None,
+                 exclusive: bool) -> None:
     """Run a worker that consumes exactly one pool's queue."""
     if builtin == (pool is not None):
         raise click.UsageError("give exactly one of --pool NAME or --builtin")
@@ -47,6 +51,8 @@ def worker_start(pool: str | None, builtin: bool, name: str | None, concurrency:
     settings = with_script_user(Settings.from_env(), script_user)
     if max_steps is not None:
         settings = dataclasses.replace(settings, max_steps=max_steps)
+    if exclusive:
+        settings = dataclasses.replace(settings, exclusive=True)
     sys.exit(serve(settings, None if builtin else pool, name, concurrency, loglevel.upper()))
 
 

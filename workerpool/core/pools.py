@@ -15,6 +15,7 @@ from workerpool.core.errors import BadInput, PoolConflict, UnknownPool
 DEFAULT_POOL_NAME = "Default Worker Pool"
 MAX_NAME_LENGTH = 100
 MAX_HEALTH_CHECK_BYTES = 64 * 1024
+MAX_CLEANUP_SCRIPT_BYTES = 64 * 1024
 MAX_REASON_CHARS = 200
 _SLUG_RUN = re.compile(r"[^a-z0-9]+")
 # A tool is looked up by name on the worker's PATH, so a path or anything a shell would split on
@@ -34,6 +35,7 @@ class Pool:
     paused_reason: str = ""
     paused_since: float = 0.0  # Unix time, 0 if not paused
     max_running: int = 0  # steps running at once across all its workers; 0: no cap
+    cleanup_script: str = ""  # a bash script an exclusive worker runs after each step
 
     @property
     def queue(self) -> str:
@@ -44,7 +46,8 @@ class Pool:
                 "is_default": self.is_default, "queue": self.queue,
                 "requires": list(self.requires), "health_check": self.health_check,
                 "paused": self.paused, "paused_reason": self.paused_reason,
-                "paused_since": self.paused_since or None, "max_running": self.max_running}
+                "paused_since": self.paused_since or None, "max_running": self.max_running,
+                "cleanup_script": self.cleanup_script}
 
 
 def slugify(name: str) -> str:
@@ -89,12 +92,27 @@ def validate_requires(tools: Iterable[str]) -> tuple[str, ...]:
 def validate_health_check(script: str) -> str:
     """The script without surrounding blank lines ("" if blank); BadInput if it holds a NUL byte
     (bash cannot take it) or is over the size limit."""
+    return _validate_script(script, "health check", MAX_HEALTH_CHECK_BYTES)
+
+
+def validate_cleanup_script(script: str) -> str:
+    """A cleanup script, checked as a health check is ("" if blank: no cleanup)."""
+    return _validate_script(script, "cleanup", MAX_CLEANUP_SCRIPT_BYTES)
+
+
+def _validate_script(script: str, what: str, limit: int) -> str:
+    if not isinstance(script, str):
+        raise BadInput(f"the {what} script must be text (str), not {type(script).__name__}")
     if "\x00" in script:
-        raise BadInput("the health check script contains a NUL byte; give a bash script as text")
-    size = len(script.encode())
-    if size > MAX_HEALTH_CHECK_BYTES:
-        raise BadInput(f"the health check script is {size} bytes; the limit is "
-                       f"{MAX_HEALTH_CHECK_BYTES} (run a file the workers have instead)")
+        raise BadInput(f"the {what} script contains a NUL byte; give a bash script as text")
+    try:
+        size = len(script.encode())
+    except UnicodeEncodeError:
+        raise BadInput(f"the {what} script is not UTF-8 text; give a bash script as "
+                       "text") from None
+    if size > limit:
+        raise BadInput(f"the {what} script is {size} bytes; the limit is {limit} "
+                       "(run a file the workers have instead)")
     return script.strip("\r\n") if script.strip() else ""
 
 
@@ -113,7 +131,8 @@ def _decode(slug: str, raw: str, default_slug: str | None) -> Pool:
                 health_check=data.get("health_check", ""), paused=bool(data.get("paused")),
                 paused_reason=str(data.get("paused_reason", "")),
                 paused_since=float(data.get("paused_since") or 0),
-                max_running=int(data.get("max_running") or 0))
+                max_running=int(data.get("max_running") or 0),
+                cleanup_script=str(data.get("cleanup_script", "")))
 
 
 def pools_from_hash(raw: dict[str, str], default_slug: str | None) -> dict[str, Pool]:
@@ -142,11 +161,14 @@ def find(pools: dict[str, Pool], ident: str) -> Pool:
 
 
 def _record(name: str, description: str, requires: tuple[str, ...] = (),
-            health_check: str = "", paused: Pool | None = None, max_running: int = 0) -> str:
+            health_check: str = "", paused: Pool | None = None, max_running: int = 0,
+            cleanup_script: str = "") -> str:
     """A pool's stored JSON; *paused* is the pool whose pause it keeps, if it is paused."""
     data: dict[str, object] = {"name": name, "description": description,
                                "requires": list(requires), "health_check": health_check,
                                "max_running": max_running}
+    if cleanup_script:
+        data["cleanup_script"] = cleanup_script
     if paused is not None and paused.paused:
         data.update(paused=True, paused_reason=paused.paused_reason,
                     paused_since=paused.paused_since)
@@ -212,11 +234,14 @@ class PoolRegistry:
         return None if raw is None else _decode(slug, raw, default_slug)
 
     def add(self, name: str, description: str = "", is_default: bool = False,
-            requires: Iterable[str] = (), health_check: str = "") -> Pool:
+            requires: Iterable[str] = (), health_check: str = "",
+            cleanup_script: str = "") -> Pool:
+        """Create a pool; *cleanup_script* runs after each step on its exclusive workers."""
         name = validate_name(name)
         slug = slugify(name)
         record = _record(name, description, validate_requires(requires),
-                         validate_health_check(health_check))
+                         validate_health_check(health_check),
+                         cleanup_script=validate_cleanup_script(cleanup_script))
         self.ensure_default()
         outcome = self._add(keys=[keys.POOLS, keys.DEFAULT_POOL],
                             args=[slug, record, "1" if is_default else "0"])
@@ -228,9 +253,11 @@ class PoolRegistry:
 
     def edit(self, ident: str, name: str | None = None, description: str | None = None,
              make_default: bool = False, requires: Iterable[str] | None = None,
-             health_check: str | None = None, max_running: int | None = None) -> Pool:
-        """Change what is given (None keeps it; an empty *requires* or *health_check* clears
-        it). Workers pick up new requirements at their next health check, without a restart."""
+             health_check: str | None = None, max_running: int | None = None,
+             cleanup_script: str | None = None) -> Pool:
+        """Change what is given (None keeps it; an empty *requires*, *health_check* or
+        *cleanup_script* clears it). Workers pick up new requirements at their next health
+        check, and a new cleanup script after their next step, without a restart."""
         pool = self.get(ident)
         new_name = validate_name(name) if name is not None else pool.name
         new_slug = slugify(new_name)
@@ -239,7 +266,9 @@ class PoolRegistry:
             pool.requires if requires is None else validate_requires(requires),
             pool.health_check if health_check is None else validate_health_check(health_check),
             paused=pool, max_running=pool.max_running if max_running is None
-            else validate_max_running(max_running))
+            else validate_max_running(max_running),
+            cleanup_script=pool.cleanup_script if cleanup_script is None
+            else validate_cleanup_script(cleanup_script))
         outcome = self._edit(
             keys=[keys.POOLS, keys.DEFAULT_POOL, keys.workers(pool.slug), pool.queue],
             args=[pool.slug, new_slug, record, "1" if make_default else "0"])
@@ -278,7 +307,8 @@ class PoolRegistry:
 
     def _store(self, before: Pool, after: Pool) -> None:
         record = _record(after.name, after.description, after.requires, after.health_check,
-                         paused=after, max_running=after.max_running)
+                         paused=after, max_running=after.max_running,
+                         cleanup_script=after.cleanup_script)
         outcome = self._edit(
             keys=[keys.POOLS, keys.DEFAULT_POOL, keys.workers(before.slug), before.queue],
             args=[before.slug, before.slug, record, "0"])

@@ -40,6 +40,16 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> i
     return value
 
 
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    """``1``/``true``/``yes`` -> True, ``0``/``false``/``no`` or unset -> False."""
+    raw = env.get(ENV_PREFIX + name, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise BadInput(f"{ENV_PREFIX}{name}={raw!r} must be 1 or 0 (true/false, yes/no)")
+
+
 def _uid_range(env: Mapping[str, str], name: str, default: range) -> range:
     """``START-END`` (inclusive) -> range; BadInput saying the form otherwise."""
     raw = env.get(ENV_PREFIX + name)
@@ -72,6 +82,9 @@ class Settings:
     kill_grace: float = 3.0
     shutdown_grace: float = 10.0
     max_steps: int = 0  # a worker drains and exits 0 after this many steps; 0: never
+    # One step at a time whatever the concurrency, and the pool's cleanup script after each.
+    exclusive: bool = False
+    cleanup_timeout: float = 300.0  # seconds an exclusive worker's cleanup script may run
     keep_workdirs: bool = False
     package_cache_bytes: int = 10 * 1024**3
     package_spares: int = 1  # staged copies per recently used package version; 0: none
@@ -119,6 +132,8 @@ class Settings:
             kill_grace=_float(env, "KILL_GRACE", cls.kill_grace),
             shutdown_grace=_float(env, "SHUTDOWN_GRACE", cls.shutdown_grace),
             max_steps=_int(env, "MAX_STEPS", cls.max_steps, minimum=0),
+            exclusive=_flag(env, "EXCLUSIVE"),
+            cleanup_timeout=_float(env, "CLEANUP_TIMEOUT", cls.cleanup_timeout),
             visibility_timeout=_float(env, "VISIBILITY_TIMEOUT", cls.visibility_timeout),
             package_cache_bytes=_int(env, "PACKAGE_CACHE_BYTES", cls.package_cache_bytes),
             package_spares=_int(env, "PACKAGE_SPARES", cls.package_spares, minimum=0),

@@ -79,6 +79,14 @@ def _nothing() -> None:
     """No acknowledgement to make: Celery acks the message when the task returns."""
 
 
+def _owned(workdir: Path, user: ScriptUser | None) -> bool:
+    """Whether *workdir* was handed to *user* (not if the step ended before its script)."""
+    try:
+        return os.stat(workdir).st_uid == (os.geteuid() if user is None else user.uid)
+    except OSError:
+        return False
+
+
 class Runtime:
     """Per-process worker state shared by the Celery task threads and the background threads."""
 
@@ -538,9 +546,55 @@ class Runtime:
                                 outputs=steplog.outputs, message=steplog.mask(ending.message),
                                 lines=steplog.last_lines())
         finally:  # after the end is recorded: the caller need not wait for the removal
+            self.clean_up(step_id, workdir, user, steplog.mask)
             if not self.settings.keep_workdirs:
                 remove_workdir(workdir)
             self.users.give_back(user)  # every process of it was killed as the script ended
+
+    def clean_up(self, step_id: str, workdir: Path, user: ScriptUser | None,
+                 mask: Callable[[str], str]) -> None:
+        """An exclusive worker, after each step and before it takes the next (its one slot is
+        busy until this returns): the pool's cleanup script, as the step's user, in the step's
+        working directory. A failure, or a pool that cannot be read, makes the worker
+        Unhealthy, so it takes no step until its next health check passes."""
+        if not (self.settings.exclusive and self.identity.checks_health):
+            return
+        with self._health_lock:  # a health check begun earlier cannot overwrite the failure
+            status = self._run_cleanup(step_id, workdir, user, mask)
+            if not status.healthy:
+                self.health = status
+        if status.healthy:
+            return
+        log.warning("unhealthy (%s): not consuming %s until its next health check passes",
+                    status.reason, self.identity.queue)
+        try:
+            self.beat()
+        except redis.RedisError as exc:  # the next beat says it
+            log.warning("could not publish Unhealthy: %s", exc)
+
+    def _run_cleanup(self, step_id: str, workdir: Path, user: ScriptUser | None,
+                     mask: Callable[[str], str]) -> health.Health:
+        try:
+            pool = self.pools.by_slug(self.identity.pool)
+        except redis.RedisError as exc:
+            return health.Health(False, f"could not read the pool's cleanup script: {exc}")
+        if pool is None or not pool.cleanup_script:
+            return health.PASSED
+        env = script_environment({}, {"WORKERPOOL_WORKER_NAME": self.identity.name,
+                                      "WORKERPOOL_POOL": self.identity.pool,
+                                      "WORKERPOOL_STEP_ID": step_id}, self.base_env)
+        printed: list[str] = []
+        started = time.monotonic()
+        status = health.clean_up(pool, env, user, workdir if _owned(workdir, user) else None,
+                                 self.settings.cleanup_timeout, printed.append)
+        level = logging.INFO if status.healthy else logging.WARNING
+        for line in "".join(printed).splitlines():
+            log.log(level, "cleanup after step %s: %s", step_id, mask(line))
+        log.log(level, "cleanup after step %s %s in %.1fs", step_id,
+                "passed" if status.healthy else f"failed ({mask(status.reason)})",
+                time.monotonic() - started)
+        return status if status.healthy else health.Health(
+            False, f"cleanup after step {step_id} failed: {mask(status.reason)}")
 
     def _setup_and_run(self, step_id: str, record: dict[str, str], workdir: Path,
                        steplog: StepLog, variables: dict[str, str],

@@ -117,7 +117,7 @@ def test_pool_queue_and_json() -> None:
                               "queue": "workerpool.pool.database-worker-pool",
                               "requires": [], "health_check": "", "paused": False,
                               "paused_reason": "", "paused_since": None,
-                              "max_running": 0}
+                              "max_running": 0, "cleanup_script": ""}
 
 
 # --- masking and the script environment ----------------------------------------------------------

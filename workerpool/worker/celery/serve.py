@@ -40,6 +40,17 @@ def _warm_stop() -> None:
     worker_state.should_stop = EX_OK  # type: ignore[assignment]  # None in its stubs
 
 
+def _slots(settings: Settings, concurrency: int) -> int:
+    """The steps the worker runs at once: 1 for an exclusive worker, whatever was asked (its
+    registration, status and free slots then say 1 too)."""
+    if not settings.exclusive:
+        return concurrency
+    asked = f" (--concurrency {concurrency} asked; it runs 1)" if concurrency > 1 else ""
+    print(f"exclusive: one step at a time, and the pool's cleanup script after each{asked}",
+          flush=True)
+    return 1
+
+
 def serve(settings: Settings, pool: str | None, name: str | None, concurrency: int,
           loglevel: str = "WARNING", target: str | None = None) -> int:
     """Run a worker for *pool* (``None``: the built-in worker), or a target's agent, until it is
@@ -50,6 +61,7 @@ def serve(settings: Settings, pool: str | None, name: str | None, concurrency: i
     require_pids_cgroup(settings.step_max_processes)
     keyring = Keyring.for_worker(settings)
     keyring.check()
+    concurrency = _slots(settings, concurrency)
     users = isolate(settings.script_user, concurrency, settings.script_uids,
                     settings.step_max_processes)
     print(users.describe(), flush=True)
@@ -64,6 +76,9 @@ def serve(settings: Settings, pool: str | None, name: str | None, concurrency: i
     else:
         found = find(guarded(lambda: PoolRegistry(client).read(), url), pool)
         slug, pool_name = found.slug, found.name
+        if found.cleanup_script and not settings.exclusive:
+            print(f"pool {found.name!r} has a cleanup script; this worker runs steps side by "
+                  "side, so it does not run it (worker start --exclusive does)", flush=True)
     for warning in keyring.warnings(slug):
         print(warning, flush=True)
     PYTHON.interpreter = python_for_scripts(users)
