@@ -20,6 +20,7 @@ from kombu import Connection
 
 from workerpool import ScriptStep
 from workerpool.core import keys, messages
+from workerpool.worker.celery import transport
 
 VISIBILITY = 1.0  # seconds; less than the tests' two heartbeat intervals (0.5 s each)
 
@@ -50,8 +51,11 @@ def test_a_step_longer_than_the_visibility_timeout_is_not_redelivered(
     raw.zadd(kombu["unacked_index_key"], {"control": time.time() - 10 * VISIBILITY})
     assert raw.llen(queue) == 0
 
-    with Connection(redis_url, transport_options={"visibility_timeout": VISIBILITY,
-                                                  **kombu}) as conn:
+    # As the pool's workers restore it: their transport, which knows the queue's lists.
+    with Connection(redis_url, transport=transport.NAME,
+                    transport_options={"visibility_timeout": VISIBILITY,
+                                       "priority_steps": list(keys.PRIORITY_STEPS),
+                                       **kombu}) as conn:
         conn.default_channel.qos.restore_visible(num=100, interval=1)
 
     assert raw.zscore(kombu["unacked_index_key"], "control") is None  # redelivered...

@@ -1,6 +1,6 @@
 """What ``workerpool flower`` gives Flower: every pool's queue on its Broker page and in
-``/api/queues/length``, and its ``/metrics`` behind its own login. Imported only when Flower
-runs.
+``/api/queues/length``, counted over the queue's three priority lists, and its ``/metrics``
+behind its own login. Imported only when Flower runs.
 
 Flower's handlers are Flower's own, subclassed: each is put in Flower's route table in place
 of the class it extends, before Flower builds its application.
@@ -15,6 +15,7 @@ import redis
 import tornado.web
 from flower import urls
 from flower.api.tasks import GetQueueLengths
+from flower.utils.broker import RedisBase
 from flower.views.broker import BrokerView
 from flower.views.monitor import Metrics
 
@@ -59,10 +60,22 @@ class AuthenticatedMetrics(Metrics):  # type: ignore[misc]
         return await super().get()
 
 
+_stock_q_for_pri = RedisBase._q_for_pri
+
+
+def _q_for_pri(self: RedisBase, queue: str, pri: int) -> str:
+    """Flower's name of *queue*'s list for kombu's priority *pri*: a step queue's lists are
+    ``keys.priority_lists`` (what workers BRPOP), so Flower counts every waiting message."""
+    if keys.is_step_queue(queue) and pri in keys.PRIORITY_STEPS:
+        return keys.priority_list(queue, keys.priority_of_number(pri))
+    return _stock_q_for_pri(self, queue, pri)  # type: ignore[no-any-return]
+
+
 def install(url: str, public_metrics: bool) -> None:
     """Put workerpool's handlers in Flower's route table. Refuses (exit 2) if a handler they
     extend is no longer routed: Flower has changed shape."""
     PoolQueues.client = connect(url)
+    RedisBase._q_for_pri = _q_for_pri
     replacing: dict[type, type] = {BrokerView: PoolsBrokerView,
                                    GetQueueLengths: PoolsQueueLengths}
     if not public_metrics:

@@ -112,6 +112,9 @@ def summary(result: StepResult) -> str:
               help="Replace #{...} in files matching GLOB (repeatable).")
 @click.option("--structured", multiple=True, metavar="GLOB",
               help="Structured variable replacement in JSON/YAML files matching GLOB.")
+@click.option("--priority", default=keys.NORMAL, metavar="high|normal|low",
+              help="A free worker of the pool takes the oldest step of the highest priority "
+                   "first (default normal).")
 @click.option("--no-wait", is_flag=True, help="Print the step id and return at once.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @RAW
@@ -120,7 +123,7 @@ def run(pool: str | None, server: bool, script: str | None, script_file: str | N
         syntax: str | None, name: str, variables: tuple[str, ...], secrets: tuple[str, ...],
         timeout: float | None, lease_timeout: float | None, retry_on_worker_lost: bool,
         packages: tuple[str, ...], substitute: tuple[str, ...], structured: tuple[str, ...],
-        no_wait: bool, as_json: bool, raw: bool) -> None:
+        priority: str, no_wait: bool, as_json: bool, raw: bool) -> None:
     """Run a script step on a worker pool and wait for it."""
     refs = tuple(PackageRef.parse(text) for text in packages)
     plain, sensitive = dict(map(assignment, variables)), dict(map(assignment, secrets))
@@ -136,7 +139,8 @@ def run(pool: str | None, server: bool, script: str | None, script_file: str | N
         script_path=script_path, substitute=substitute, structured=structured,
         location=LOCATION_SERVER if server else LOCATION_WORKER,
         variables=plain, sensitive_variables=sensitive, timeout=timeout,
-        lease_timeout=lease_timeout, retry_on_worker_lost=retry_on_worker_lost)
+        lease_timeout=lease_timeout, retry_on_worker_lost=retry_on_worker_lost,
+        priority=priority)
     c = client()
     handle = c.run(step)
     if no_wait:

@@ -82,7 +82,8 @@ def worker_rules(pool: str, db: int = 0) -> list[str]:
     """The ACL rules of *pool*'s workers on database *db*: their pool's space and queue, and
     what they read."""
     queue = keys.queue_of(pool)
-    rules = [*COMMANDS, f"~{_escape(keys.space(pool))}*", f"~{queue}",
+    rules = [*COMMANDS, f"~{_escape(keys.space(pool))}*",
+             *(f"~{name}" for name in keys.priority_lists(queue)),
              f"~{_escape(keys.dead(pool))}",
              *(f"~{binding}.{queue}" for binding in KOMBU_BINDINGS),
              *(f"%R~{key}" for key in READ_ONLY),

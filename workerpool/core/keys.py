@@ -31,7 +31,10 @@ Global (``P`` is ``workerpool:``)::
                                      Celery's consumer twice (``core/deadletters.py``); the
                                      one key of a pool outside its space, written by its
                                      workers, read and dropped by admins
-    workerpool.pool.<slug>    list   the pool's Celery queue (kombu's Redis layout)
+    workerpool.pool.<slug>    list   the pool's Celery queue (kombu's Redis layout): its
+                                     normal-priority steps, with <queue>:high and <queue>:low
+                                     beside it (``priority_list``) for the other priorities;
+                                     so for the built-in and target queues below
     workerpool.builtin        list   the built-in worker's Celery queue
     workerpool.target.<slug>  list   a deployment target's own agent queue
     _kombu.binding.<queue>    set    kombu's binding of a queue to its exchange
@@ -105,6 +108,36 @@ def queue_of(pool: str) -> str:
     if pool.startswith(TARGET_POOL_PREFIX):
         return target_queue(pool.removeprefix(TARGET_POOL_PREFIX))
     return pool_queue(pool)
+
+
+# A step's priority, and kombu's number for it: the worker's BRPOP asks its queue's lists in
+# the order of these numbers (kombu's ``priority_steps``), so it takes the oldest step of the
+# highest priority first. ``normal`` keeps the queue's own name.
+PRIORITIES = ("high", "normal", "low")
+NORMAL = "normal"
+PRIORITY_NUMBERS = {"high": 0, "normal": 3, "low": 6}
+PRIORITY_STEPS = tuple(PRIORITY_NUMBERS.values())
+
+
+def priority_list(queue: str, priority: str = NORMAL) -> str:
+    """The list of *queue* that holds its steps of *priority* (unknown: normal)."""
+    return f"{queue}:{priority}" if priority in ("high", "low") else queue
+
+
+def priority_lists(queue: str) -> tuple[str, str, str]:
+    """*queue*'s lists in the order a worker takes from them: high, normal, low."""
+    return priority_list(queue, "high"), queue, priority_list(queue, "low")
+
+
+def priority_of_number(number: int) -> str:
+    """The priority of kombu's *number* (one of ``PRIORITY_STEPS``); normal for any other."""
+    return next((name for name, n in PRIORITY_NUMBERS.items() if n == number), NORMAL)
+
+
+def is_step_queue(queue: str) -> bool:
+    """Whether *queue* is a pool's, the built-in worker's or a target's step queue."""
+    return (queue == BUILTIN_QUEUE or queue.startswith(POOL_QUEUE_PREFIX)
+            or queue.startswith(TARGET_QUEUE_PREFIX))
 
 
 def deployment(deployment_id: str) -> str:

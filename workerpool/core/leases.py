@@ -40,7 +40,7 @@ MISSING_SINCE = "missing_since"
 NOTE_LIFETIME = 10  # graces after which a note of a missing message no longer counts
 # What a Queued step's record tells of the message it waits for.
 WAITING_FIELDS = ("state", "attempt", "queue", "name", "pool_name", "target", "queued_at",
-                  MISSING_SINCE)
+                  "priority", MISSING_SINCE)
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ class Waiting:
     message: str  # as enqueued (``messages.for_record``)
     queued_at: float
     missing_since: str = ""  # the record's MISSING_SINCE, if set
+    priority: str = keys.NORMAL
 
     @classmethod
     def from_record(cls, step_id: str, record: dict[str, str]) -> Waiting:
@@ -67,7 +68,13 @@ class Waiting:
         return cls(step_id=step_id, attempt=attempt, queue=record.get("queue", ""),
                    message=messages.for_record(step_id, attempt, record),
                    queued_at=float(record.get("queued_at") or 0),
-                   missing_since=record.get(MISSING_SINCE, ""))
+                   missing_since=record.get(MISSING_SINCE, ""),
+                   priority=record.get("priority") or keys.NORMAL)
+
+    @property
+    def list(self) -> str:
+        """The list of its queue its message is pushed onto (``keys.priority_list``)."""
+        return keys.priority_list(self.queue, self.priority)
 
     @property
     def task_id(self) -> str:
@@ -100,6 +107,7 @@ class Survey:
     overdue: list[str]  # Queued steps past their lease deadline
     restart_check: bool  # this reap checks the pool for messages lost in a Redis restart
     paused: bool = False  # the pool is paused: its steps do not run out their lease timeout
+    aged: int = 0  # steps this reap moved up to the high-priority list (``age.lua``)
 
 
 def _paused(record: str | None) -> bool:
@@ -171,6 +179,7 @@ class Leases:
         self._requeue = scripts.load(client, "requeue")
         self._cancel = scripts.load(client, "cancel")
         self._hand_back = scripts.load(client, "hand_back")
+        self._age = scripts.load(client, "age")
 
     def claim(self, step_id: str, attempt: int, worker: str, instance: str, pool: str,
               token: str) -> Claim:
@@ -188,7 +197,8 @@ class Leases:
         """Put the message of a step that reached a worker which must not run it back at the
         head of its queue, unclaimed; False if the step no longer waits for that message."""
         return bool(self._hand_back(
-            keys=[keys.step(step_id), record.get("queue", "")],
+            keys=[keys.step(step_id),
+                  keys.priority_list(record.get("queue", ""), record.get("priority", ""))],
             args=[str(attempt), messages.for_record(step_id, attempt, record)]))
 
     def cancel(self, step_id: str) -> str:
@@ -211,13 +221,16 @@ class Leases:
         interval while a worker of it, ``server`` or ``up`` runs, so a purged or lost message
         is pushed again within three intervals: found missing, confirmed, pushed."""
         return self.reap(pools, settings.heartbeat_interval / 4, 2 * settings.heartbeat_ttl,
-                         message_grace=settings.heartbeat_interval)
+                         message_grace=settings.heartbeat_interval,
+                         aging=settings.priority_aging)
 
     def reap(self, pools: Iterable[str], every: float = 0.0, restart_grace: float = 0.0,
-             message_grace: float | None = None) -> int:
+             message_grace: float | None = None, aging: float | None = None) -> int:
         """End the steps of *pools* whose worker stopped heartbeating and those past their
         lease deadline; with *message_grace*, push again the message of a Queued step that has
-        been without one (purged, or lost) for that many seconds.
+        been without one (purged, or lost) for that many seconds; with *aging*, move a step
+        that has waited that many seconds in the normal or low list to the end of the high one
+        (so none waits behind newer steps for ever).
 
         With *every* > 0, at most one process in the cluster reaps a pool per that many
         seconds (a lock with that expiry), so workers and waiting clients do not all scan every
@@ -229,8 +242,11 @@ class Leases:
             return 0  # the usual answer, in one round trip: others reaped them just now
         server: dict[str, Any] = self.redis.info("server") if restart_grace > 0 else {}
         ended = 0
-        for pool, survey in zip(locked, self._survey(locked, str(server.get("run_id", ""))),
-                                strict=True):
+        surveys = self._survey(locked, str(server.get("run_id", "")), aging)
+        for pool, survey in zip(locked, surveys, strict=True):
+            if survey.aged:
+                log.info("%d step(s) of pool %s waited %gs and moved up to high priority",
+                         survey.aged, pool, aging)
             if not server or float(server["uptime_in_seconds"]) >= restart_grace:
                 ended += self._reap_lost(pool)
             if survey.restart_check:
@@ -244,10 +260,11 @@ class Leases:
                 self._push_missing(pool, message_grace)
         return ended
 
-    def _survey(self, pools: list[str], run_id: str) -> list[Survey]:
+    def _survey(self, pools: list[str], run_id: str, aging: float | None = None
+                ) -> list[Survey]:
         """For each of *pools*, in one round trip for all: its restart check (taken once per
         Redis run, when *run_id* is given), the counts that tell a Queued step without a
-        message, and the steps past their lease deadline."""
+        message, the steps past their lease deadline, and with *aging* the steps moved up."""
         now = time.time()
         pipe = self.redis.pipeline(transaction=False)
         for pool in pools:
@@ -256,22 +273,29 @@ class Leases:
             self._count(pipe, pool)
             pipe.zrangebyscore(keys.pending(pool), "-inf", now)
             pipe.hget(keys.POOLS, pool)
+            if aging is not None:
+                self._age(keys=list(keys.priority_lists(keys.queue_of(pool))),
+                          args=[now, aging, keys.space(pool) + "step:"], client=pipe)
         replies = iter(pipe.execute())
         return [Survey(restart_check=bool(next(replies)) if run_id else False,
                        counts=self._counted(replies), overdue=next(replies),
-                       paused=_paused(next(replies))) for _ in pools]
+                       paused=_paused(next(replies)),
+                       aged=int(next(replies)) if aging is not None else 0) for _ in pools]
 
     @staticmethod
     def _count(pipe: Any, pool: str) -> None:
-        """Ask *pipe* for *pool*'s Queued records, queue length and held messages."""
+        """Ask *pipe* for *pool*'s Queued records, queue length (its three lists) and held
+        messages."""
         pipe.zcard(keys.pending(pool))
-        pipe.llen(keys.queue_of(pool))
+        for name in keys.priority_lists(keys.queue_of(pool)):
+            pipe.llen(name)
         pipe.hlen(keys.kombu_keys(pool)["unacked_key"])
 
     @staticmethod
     def _counted(replies: Iterator[Any]) -> QueueCounts:
-        return QueueCounts(records=int(next(replies)), messages=int(next(replies)),
-                           held=int(next(replies)))
+        records = int(next(replies))
+        queued = sum(int(next(replies)) for _ in keys.PRIORITIES)
+        return QueueCounts(records=records, messages=queued, held=int(next(replies)))
 
     def _push_missing(self, pool: str, grace: float) -> int:
         """Push again the message of each Queued step of *pool* that has been neither in its
@@ -302,8 +326,7 @@ class Leases:
             pipe.hset(keys.step(step.step_id), MISSING_SINCE, f"{step.attempt} {now}")
         for step in verdict.unnote:
             pipe.hdel(keys.step(step.step_id), MISSING_SINCE)
-        for start in range(0, len(verdict.push), BATCH):  # the consuming end: taken next
-            pipe.rpush(queue, *(w.message for w in verdict.push[start:start + BATCH]))
+        _push_front(pipe, verdict.push)
         pipe.execute()
         if verdict.push:
             log.warning("pushed again the message of %d Queued step(s) of pool %s: it was "
@@ -360,8 +383,9 @@ class Leases:
             present = {t for t in map(task_id_of, self._queue_contents(queue)) if t}
             missing = [w for w in without_messages(wanted, present)
                        if w.queued_at <= restarted_at + RESTART_CLOCK_SKEW]
-            for start in range(0, len(missing), BATCH):  # the consuming end
-                self.redis.rpush(queue, *(w.message for w in missing[start:start + BATCH]))
+            pipe = self.redis.pipeline(transaction=False)
+            _push_front(pipe, missing)
+            pipe.execute()
             pushed += len(missing)
         if pushed:
             log.warning("re-queued %d step(s) whose message was lost with a Redis restart",
@@ -369,24 +393,29 @@ class Leases:
         return pushed
 
     def _queue_contents(self, queue: str) -> list[str]:
-        """Every entry of *queue*, read in slices (one pass, never a reply of the whole list)."""
+        """Every entry of *queue*'s three lists, read in slices (never a reply of a whole
+        list)."""
         present: list[str] = []
-        start = 0
-        while True:
-            chunk = cast(list[str], self.redis.lrange(queue, start, start + BATCH - 1))
-            present.extend(chunk)
-            if len(chunk) < BATCH:
-                return present
-            start += BATCH
+        for name in keys.priority_lists(queue):
+            start = 0
+            while True:
+                chunk = cast(list[str], self.redis.lrange(name, start, start + BATCH - 1))
+                present.extend(chunk)
+                if len(chunk) < BATCH:
+                    break
+                start += BATCH
+        return present
 
     def _reap_lost(self, pool: str) -> int:
         ended = 0
         rows = self._lost(keys=[keys.running(pool)],
                           args=[keys.heartbeat_prefix(pool), keys.space(pool) + "step:"])
         for row in rows:
-            step_id, instance, worker, retry, attempt, queue, name, pool_name, lease, target = row
+            (step_id, instance, worker, retry, attempt, queue, name, pool_name, lease, target,
+             priority) = row
             record = {"retry": retry, "attempt": attempt, "queue": queue, "name": name,
-                      "pool_name": pool_name, "lease_timeout": lease, "target": target}
+                      "pool_name": pool_name, "lease_timeout": lease, "target": target,
+                      "priority": priority}
             if self.retry(step_id, instance, worker, record):
                 ended += 1
                 self._tell_flower(step_id, record, WORKER_LOST, worker, f"worker {worker} "
@@ -432,8 +461,8 @@ class Leases:
         deadline = now + float(record.get("lease_timeout") or 0)
         pool = keys.pool_of(step_id)
         return bool(self._requeue(
-            keys=[keys.step(step_id), keys.running(pool), keys.pending(pool), queue,
-                  keys.step_log(step_id)],
+            keys=[keys.step(step_id), keys.running(pool), keys.pending(pool),
+                  keys.priority_list(queue, record.get("priority", "")), keys.step_log(step_id)],
             args=[instance, now, deadline, messages.for_record(step_id, 1, record), note,
                   step_id]))
 
@@ -456,7 +485,21 @@ class Leases:
         return ended
 
     def _drop_message(self, step_id: str, record: dict[str, str]) -> None:
-        """Remove a step that will never run from its queue, so queue depth stays honest."""
-        attempt = int(record.get("attempt", 0))
-        self.redis.lrem(record.get("queue", ""), 1,
-                        messages.for_record(step_id, attempt, record))
+        """Remove a step that will never run from its queue, so queue depth stays honest: from
+        any of its lists, as aging may have moved it to the high one."""
+        message = messages.for_record(step_id, int(record.get("attempt", 0)), record)
+        pipe = self.redis.pipeline(transaction=False)
+        for name in keys.priority_lists(record.get("queue", "")):
+            pipe.lrem(name, 1, message)
+        pipe.execute()
+
+
+def _push_front(pipe: Any, steps: list[Waiting]) -> None:
+    """Queue on *pipe* the messages of *steps* at the consuming end of their lists: taken
+    next, before newer steps of their priority."""
+    by_list: dict[str, list[str]] = {}
+    for step in steps:
+        by_list.setdefault(step.list, []).append(step.message)
+    for name, entries in by_list.items():
+        for start in range(0, len(entries), BATCH):
+            pipe.rpush(name, *entries[start:start + BATCH])

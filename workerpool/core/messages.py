@@ -11,6 +11,8 @@ import base64
 import json
 from collections.abc import Mapping
 
+from workerpool.core import keys
+
 TASK_NAME = "workerpool.run_step"
 
 
@@ -24,10 +26,13 @@ def step_of(task_id: str) -> str:
     return step_id if sep and attempt.isdigit() and step_id else task_id
 
 
-def build(step_id: str, attempt: int, queue: str, label: str) -> str:
+def build(step_id: str, attempt: int, queue: str, label: str,
+          priority: str = keys.NORMAL) -> str:
     """The raw list entry a Celery worker consuming *queue* will run as ``run_step(id, attempt)``.
 
     *label* is what monitoring shows as the task's arguments; it never holds variable values.
+    *priority* is kombu's number for it, which a message kombu restores is put back by
+    (``keys.priority_list``).
     """
     tid = task_id(step_id, attempt)
     body = json.dumps([[step_id, attempt], {},
@@ -47,7 +52,8 @@ def build(step_id: str, attempt: int, queue: str, label: str) -> str:
         "headers": headers,
         "properties": {
             "correlation_id": tid, "reply_to": "", "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": queue}, "priority": 0,
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": keys.PRIORITY_NUMBERS.get(priority, keys.PRIORITY_NUMBERS[keys.NORMAL]),
             "body_encoding": "base64", "delivery_tag": tid,
         },
     }
@@ -67,7 +73,8 @@ def for_record(step_id: str, attempt: int, record: Mapping[str, str]) -> str:
     enqueued, so it can be pushed again or removed from its queue."""
     shown = label(record.get("name", ""), record.get("pool_name", ""), step_id,
                   target=record.get("target", ""))
-    return build(step_id, attempt, record.get("queue", ""), shown)
+    return build(step_id, attempt, record.get("queue", ""), shown,
+                 record.get("priority", keys.NORMAL))
 
 
 # What a step message's embed may name: Celery's own keys, all empty (steps have no callbacks,

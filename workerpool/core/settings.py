@@ -85,6 +85,8 @@ class Settings:
     # One step at a time whatever the concurrency, and the pool's cleanup script after each.
     exclusive: bool = False
     cleanup_timeout: float = 300.0  # seconds an exclusive worker's cleanup script may run
+    # Seconds a normal or low step waits before it moves up to the end of the high line
+    priority_aging: float = 300.0
     keep_workdirs: bool = False
     package_cache_bytes: int = 10 * 1024**3
     package_spares: int = 1  # staged copies per recently used package version; 0: none
@@ -134,6 +136,7 @@ class Settings:
             max_steps=_int(env, "MAX_STEPS", cls.max_steps, minimum=0),
             exclusive=_flag(env, "EXCLUSIVE"),
             cleanup_timeout=_float(env, "CLEANUP_TIMEOUT", cls.cleanup_timeout),
+            priority_aging=_float(env, "PRIORITY_AGING", cls.priority_aging),
             visibility_timeout=_float(env, "VISIBILITY_TIMEOUT", cls.visibility_timeout),
             package_cache_bytes=_int(env, "PACKAGE_CACHE_BYTES", cls.package_cache_bytes),
             package_spares=_int(env, "PACKAGE_SPARES", cls.package_spares, minimum=0),

@@ -96,7 +96,7 @@ def read_snapshot(client: redis.Redis, detail: bool = False) -> Snapshot:
               "1" if detail else "0", keys.POOL_QUEUE_PREFIX, keys.SPACE_PREFIX,
               keys.TARGET_POOL_PREFIX, keys.POOLS, keys.DEFAULT_POOL, keys.BUILTIN_DISABLED,
               keys.TARGETS, keys.BUILTIN_QUEUE, keys.POOL_KEYS, keys.dead(""),
-              _UNACKED_SUFFIX])
+              _UNACKED_SUFFIX, keys.priority_list("", "high"), keys.priority_list("", "low")])
     raw_pools, default, disabled, records, beats, depths, raw_leases, public, faults = reply
     pools = pools_from_hash(pairs(raw_pools), default)
     workers = tuple(sorted((WorkerInfo.from_record(rec, beat or None)

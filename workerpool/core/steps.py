@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from workerpool.core import keys
 from workerpool.core.errors import BadInput
 from workerpool.core.packageref import PackageRef
 from workerpool.core.syntaxes import SYNTAXES
@@ -57,6 +58,7 @@ class ScriptStep:
     script_path: str | None = None  # a script file inside an extracted package: "db/deploy.sh"
     substitute: tuple[str, ...] = ()  # globs of files to run #{...} substitution on
     structured: tuple[str, ...] = ()  # globs of JSON/YAML files for structured variables
+    priority: str = keys.NORMAL  # high, normal or low: a free worker takes high steps first
 
     def validate(self) -> ScriptStep:
         """Raise BadInput naming the first thing wrong with this step; return it unchanged."""
@@ -71,6 +73,7 @@ class ScriptStep:
             raise BadInput("the script contains a NUL byte; scripts must be text")
         if self.syntax not in SYNTAXES:
             raise BadInput(f"unknown syntax {self.syntax!r}; use one of {', '.join(SYNTAXES)}")
+        check_priority(self.priority)
         if self.location not in LOCATIONS:
             raise BadInput(f"unknown location {self.location!r}; use one of {', '.join(LOCATIONS)}")
         if self.location == LOCATION_SERVER and self.pool:
@@ -88,7 +91,7 @@ class ScriptStep:
     def _validate_types(self) -> None:
         """What a Python caller passed, checked field by field (the CLI cannot get these
         wrong), so a mistake is one BadInput naming the field, not an AttributeError later."""
-        for label in ("script", "syntax", "location", "name"):
+        for label in ("script", "syntax", "location", "name", "priority"):
             _expect(isinstance(getattr(self, label), str), label, "text (str)", self)
         for label in ("pool", "script_path"):
             value = getattr(self, label)
@@ -131,7 +134,7 @@ class ScriptStep:
         return {"packages": json.dumps([ref.to_json() for ref in self.packages]),
                 "script_path": self.script_path or "",
                 "substitute": json.dumps(list(self.substitute)),
-                "structured": json.dumps(list(self.structured))}
+                "structured": json.dumps(list(self.structured)), "priority": self.priority}
 
 
 def _expect(ok: bool, label: str, what: str, step: ScriptStep) -> None:
@@ -156,6 +159,14 @@ def check_step(step: object) -> ScriptStep:
         raise BadInput(f"run() takes a ScriptStep, not {type(step).__name__}; e.g. "
                        "client.run(ScriptStep(script='echo hi', pool='Database Worker Pool'))")
     return step.validate()
+
+
+def check_priority(priority: str) -> str:
+    """*priority*, or BadInput naming the three there are."""
+    if priority not in keys.PRIORITIES:
+        raise BadInput(f"unknown priority {priority[:40]!r}; use one of "
+                       f"{', '.join(keys.PRIORITIES)}")
+    return priority
 
 
 def check_variables(variables: Mapping[str, str]) -> None:
@@ -228,6 +239,7 @@ class StepResult:
     finished_at: float | None
     name: str = ""
     message: str = ""
+    priority: str = keys.NORMAL
 
     @property
     def done(self) -> bool:
@@ -241,7 +253,8 @@ class StepResult:
         return {"id": self.id, "state": self.state, "pool": self.pool, "worker": self.worker,
                 "exit_code": self.exit_code, "output_variables": self.output_variables,
                 "log": [entry.to_json() for entry in self.log],
-                "started_at": iso(self.started_at), "finished_at": iso(self.finished_at)}
+                "started_at": iso(self.started_at), "finished_at": iso(self.finished_at),
+                "priority": self.priority}
 
     @classmethod
     def from_record(cls, step_id: str, record: dict[str, str],
@@ -256,4 +269,5 @@ class StepResult:
                    exit_code=int(exit_code) if exit_code not in (None, "") else None,
                    output_variables=json.loads(record.get("outputs") or "{}"), log=log,
                    started_at=number("started_at"), finished_at=number("finished_at"),
-                   name=record.get("name", ""), message=record.get("message", ""))
+                   name=record.get("name", ""), message=record.get("message", ""),
+                   priority=record.get("priority") or keys.NORMAL)

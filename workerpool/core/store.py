@@ -59,8 +59,10 @@ class StepStore:
             record["notify"] = notify
         label = messages.label(step.name, route.pool_name, step_id, target=target)
         fields = [item for pair in record.items() for item in pair]
-        self._enqueue(keys=[keys.step(step_id), keys.pending(route.pool), route.queue],
-                      args=[deadline, step_id, messages.build(step_id, 0, route.queue, label),
+        self._enqueue(keys=[keys.step(step_id), keys.pending(route.pool),
+                            keys.priority_list(route.queue, step.priority)],
+                      args=[deadline, step_id,
+                            messages.build(step_id, 0, route.queue, label, step.priority),
                             *fields])
         return step_id
 

@@ -295,7 +295,7 @@ class Orchestrator:
             location=LOCATION_SERVER if step.location == "server" else LOCATION_WORKER,
             variables=plain, sensitive_variables=secret, timeout=step.timeout,
             packages=step.packages, script_path=step.script_file, substitute=step.substitute,
-            structured=step.structured)
+            structured=step.structured, priority=step.priority)
         chosen = self._route(script_step, step, target, snapshot)
         rid = keys.step_id(chosen.pool, run_id(deployment.id, planned.index, target,
                                                planned.attempt))

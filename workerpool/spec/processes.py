@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
+from workerpool.core import keys
 from workerpool.core.errors import BadInput
 from workerpool.core.packageref import PackageRef
 from workerpool.core.pools import validate_name
@@ -37,7 +38,7 @@ TOP_KEYS = ("name", "description", "variables", "variables_file", "steps")
 VARIABLES_FILE_KEYS = ("variables",)
 STEP_KEYS = ("name", "location", "pool", "pool_variable", "roles", "script", "script_file",
              "syntax", "template", "parameters", "packages", "variables", "features", "timeout",
-             "max_parallelism", "condition", "retries")
+             "max_parallelism", "condition", "retries", "priority")
 FEATURE_KEYS = ("substitute", "structured")
 DEFAULT_MAX_PARALLELISM = 10
 MAX_RETRIES = 100
@@ -70,6 +71,7 @@ class ProcessStep:
     max_parallelism: int = DEFAULT_MAX_PARALLELISM
     condition: str = "success"
     retries: int = 0
+    priority: str = keys.NORMAL  # high, normal or low: its runs' place in their pool's queue
 
 
 @dataclass(frozen=True)
@@ -183,7 +185,8 @@ def _step(raw: object, templates: Path, declared: set[str]) -> ProcessStep:
         max_parallelism=parse_field(raw, "max_parallelism", _max_parallelism,
                                     DEFAULT_MAX_PARALLELISM),
         condition=_choice(raw, "condition", CONDITIONS),
-        retries=parse_field(raw, "retries", _retries, 0))
+        retries=parse_field(raw, "retries", _retries, 0),
+        priority=_choice(raw, "priority", keys.PRIORITIES, default=keys.NORMAL))
 
 
 def _step_name(raw: dict[str, Any]) -> str:

@@ -2,7 +2,8 @@
 -- queue prefix, pool space prefix ("workerpool:pool:{"), target pool prefix ("target:"), then
 -- the keys: pools, default-pool, builtin-disabled, targets, built-in queue, pools' public keys
 -- (returned too: a client seals to one), then the dead letters' prefix ("workerpool:dead:"),
--- then the suffix of kombu's unacked hash in a space ("kombu:unacked"). They are arguments,
+-- then the suffix of kombu's unacked hash in a space ("kombu:unacked"), then the suffixes of
+-- a queue's high and low lists (":high", ":low"). They are arguments,
 -- not KEYS: Redis checks a script's KEYS for writing, and a runner's login may only read the
 -- pools (each call below is checked for what it does).
 local POOLS, DEFAULT, DISABLED, TARGETS, BUILTIN_QUEUE, POOL_KEYS = ARGV[7], ARGV[8], ARGV[9],
@@ -43,7 +44,9 @@ end
 -- the messages its workers hold (kombu's unacked hash): records beyond both lost their message.
 local function counts(queue, pool)
   local space = ARGV[5] .. pool .. '}:'
-  return {redis.call('LLEN', queue), redis.call('ZCARD', space .. 'pending'),
+  local messages = redis.call('LLEN', queue) + redis.call('LLEN', queue .. ARGV[15])
+    + redis.call('LLEN', queue .. ARGV[16])
+  return {messages, redis.call('ZCARD', space .. 'pending'),
           redis.call('HLEN', space .. ARGV[14])}
 end
 if ARGV[3] == '1' then

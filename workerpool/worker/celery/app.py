@@ -69,9 +69,10 @@ def make_app(url: str, visibility_timeout: float = Settings.visibility_timeout,
 
 def _pool_options(pool: str) -> dict[str, object]:
     """kombu's keys for a worker of *pool*: its unacknowledged messages in the pool's space,
-    and the queue alone, without kombu's per-priority sub-queues (``<queue>\\x06\\x16<n>``:
-    steps carry no kombu priority), so the worker's credentials name exactly its queue."""
-    return {**keys.kombu_keys(pool), "priority_steps": [0]}
+    and its queue's three lists (``keys.priority_lists``), asked in this order by each BRPOP,
+    so it takes the oldest step of the highest priority first; the worker's credentials name
+    exactly these."""
+    return {**keys.kombu_keys(pool), "priority_steps": list(keys.PRIORITY_STEPS)}
 
 
 def worker_app(url: str, visibility_timeout: float, pool: str, worker: str) -> Celery:

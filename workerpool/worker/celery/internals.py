@@ -10,6 +10,10 @@ start-up check that they are still there.
   and Redis ``Channel._brpop_read`` (pops and decodes an entry): ``transport.Channel`` wraps
   the one and overrides the other so a worker checks its step queue's entries first
   (``poison.py``).
+- kombu's Redis ``Channel._q_for_pri`` (the list of a queue that holds a priority; BRPOP
+  asks a queue's lists in ``priority_steps`` order): ``transport.Channel`` overrides it to
+  name a step queue's ``<queue>:high`` and ``<queue>:low`` lists, which kombu then delivers
+  from as if popped from the queue itself (``deliver_lists_as``).
 - Celery's ``Consumer._flush_events`` (publishes the buffered task events) and
   ``Consumer.on_send_event_buffered`` (called when an event is buffered):
   ``consumer.BatchingConsumer`` overrides the hook to publish once per 50 ms.
@@ -33,6 +37,8 @@ REQUIRED: tuple[tuple[type, str], ...] = (
     (kombu_redis.Channel, "_in_poll"),
     (kombu_redis.Channel, "_create_client"),
     (kombu_redis.Channel, "_brpop_read"),
+    (kombu_redis.Channel, "_q_for_pri"),
+    (kombu_redis.Channel, "priority_steps"),
     (virtual.Transport, "_deliver"),
     (virtual.Transport, "_callbacks"),
     (Consumer, "_flush_events"),
@@ -71,3 +77,12 @@ def wrap_delivery(channel: Any, queue: str, guard: Callable[[Callable[[Any], Any
             guard(deliver, raw)
         guarded.guarded = True  # type: ignore[attr-defined]
         callbacks[queue] = guarded
+
+
+def deliver_lists_as(channel: Any, queue: str, lists: tuple[str, ...]) -> None:
+    """Make an entry BRPOP took from any of *lists* reach *queue*'s consumer: kombu delivers
+    it by the name of the list it came from, less a suffix of its own separator only."""
+    callbacks = channel.connection._callbacks
+    for name in lists:
+        if name != queue:
+            callbacks[name] = callbacks[queue]

@@ -70,7 +70,19 @@ class Channel(kombu_redis.Channel):
         result = super().basic_consume(queue, *args, **kwargs)
         if self.step_pool is not None and queue == keys.queue_of(self.step_pool):
             internals.wrap_delivery(self, queue, self.guard().deliver)
+        if keys.is_step_queue(queue):
+            internals.deliver_lists_as(self, queue, keys.priority_lists(queue))
         return result
+
+    def _q_for_pri(self, queue: str, pri: int) -> str:
+        """A step queue's list for kombu's priority number *pri* (``keys.priority_list``:
+        ``<queue>:high``, the queue itself, ``<queue>:low``). kombu's BRPOP asks them in
+        ``priority_steps`` order, and a message it restores goes back to the list of its
+        priority. Any other queue (a remote-control mailbox, a reply queue) is its one list,
+        as the credentials name it: kombu then asks it once per step, which BRPOP allows."""
+        if keys.is_step_queue(queue):
+            return keys.priority_list(queue, keys.priority_of_number(self.priority(pri)))
+        return queue
 
     def _brpop_read(self, **options: Any) -> Any:
         try:
