@@ -44,7 +44,9 @@ def test_tiny_plan_prints_every_figure_and_writes_the_docs(tmp_path: Path) -> No
                    "`workerpool status` (CLI)", "spawn `bash -c true` p50",
                    "vs --script-user same", "one sealed variable vs none",
                    "open it (worker) p50", "every figure's workers log in as",
-                   "as deployed (scripts as users of their own) vs plain Celery"):
+                   "as deployed (scripts as users of their own) vs plain Celery",
+                   "enqueue -> start p50, with a cap and priorities vs without",
+                   "requests Redis receives per step (MONITOR; a script call is one)"):
         assert metric in done.stdout
     assert "its pool's own Redis user" in done.stdout  # figure 7: Redis 7, real ACL users
     assert "goals met" in done.stdout

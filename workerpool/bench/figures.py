@@ -13,6 +13,7 @@ import gc
 import itertools
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -358,3 +359,34 @@ def deployment_fanout(client: Client, process: Process, count: int,
         overhead=[float(r["finished_at"]) - float(r["started_at"]) - seconds for r in records],
         handoff=handoff,
         reaction=[queued[limit + i] - finished[i] for i in range(len(queued) - limit)])
+
+
+def requests_per_step(raw: redis.Redis, client: Client, step: ScriptStep, count: int) -> float:
+    """Requests Redis received per step (each command a client sent, a script call counted
+    once and the commands it ran not at all) while *count* of *step* run one at a time: what
+    ``MONITOR`` shows from connections, not from Lua. Heartbeats and reaps in the span are
+    counted too, alike for whatever is compared in the same run."""
+    marker = f"workerpool-bench-end-{time.time_ns()}"
+    seen = [0]
+    listening = threading.Event()
+
+    def watch() -> None:
+        with raw.monitor() as monitor:  # type: ignore[no-untyped-call]
+            listening.set()
+            for entry in monitor.listen():
+                if marker in str(entry.get("command", "")):
+                    return
+                if entry.get("client_type") != "lua":
+                    seen[0] += 1
+
+    watcher = threading.Thread(target=watch, name="bench-monitor", daemon=True)
+    watcher.start()
+    if not listening.wait(WAIT):
+        raise BenchFailed("MONITOR did not start")
+    for _ in range(count):
+        result = client.run(step).wait(timeout=WAIT)
+        if not result.succeeded:
+            raise BenchFailed(f"a bench step ended {result.state}: {result.message}")
+    raw.echo(marker)
+    watcher.join(WAIT)
+    return seen[0] / count

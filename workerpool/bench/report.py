@@ -12,7 +12,7 @@ from pathlib import Path
 from workerpool.bench.png import bar_chart
 
 FIGURES = {1: "Idle latency", 2: "Throughput", 3: "Pool isolation", 4: "Fan-out", 5: "Scale",
-           6: "Reference points", 7: "Trust boundaries"}
+           6: "Reference points", 7: "Trust boundaries", 8: "Pool operations"}
 HEADERS = ["FIGURE", "METRIC", "MEASURED", "REFERENCE", "RATIO", "GOAL", "MET"]
 
 

@@ -24,6 +24,7 @@ from workerpool.core.settings import Settings
 
 POOL_A, POOL_B, POOL_PARKED, POOL_FAN = "Bench A", "Bench B", "Bench Parked", "Bench Fan-out"
 POOL_USERS, POOL_SAME = "Bench Script Users", "Bench Same User"
+POOL_OPS = "Bench Operated"
 SEALED_STEP = dataclasses.replace(figures.STAMP_STEP, name="bench sealed",
                                   sensitive_variables={"DbPassword": "s3cret-" + "x" * 17})
 MS = 1000.0
@@ -72,7 +73,8 @@ def run(plan: Plan, settings: Settings, progress: Callable[[str], None]) -> Repo
     with _terminate_as_interrupt(), Harness(settings) as harness:
         report = Report(plan.name, plan.runs, machine(harness.redis_version()))
         report.notes = notes(plan, harness.embedded)
-        phases = (_references, _phase_workers, _phase_fanout, _phase_scale, _phase_trust)
+        phases = (_references, _phase_workers, _phase_fanout, _phase_scale, _phase_trust,
+                  _phase_operations)
         for phase in phases:
             phase(harness, plan, report, progress)
             harness.stop_workers()
@@ -113,7 +115,7 @@ def compared(figure: int, metric: str, unit: str, ours: list[float], theirs: lis
 
 def _references(harness: Harness, plan: Plan, report: Report,
                 progress: Callable[[str], None]) -> None:
-    progress("6/7 reference points: process spawn, Redis round trip, redis-benchmark")
+    progress("6/8 reference points: process spawn, Redis round trip, redis-benchmark")
     spawn = scale.spawn_seconds(plan.samples)
     trips = scale.round_trip_seconds(harness.raw, plan.samples * 5)
     bench = scale.redis_benchmark(harness.url, plan.redis_benchmark_requests)
@@ -155,7 +157,7 @@ def _latency(client: Client, app: Celery, plan: Plan, report: Report,
              progress: Callable[[str], None]) -> None:
     runs: list[tuple[Latency, Latency]] = []
     for n in range(plan.runs):
-        progress(f"1/7 idle latency, run {n + 1}/{plan.runs}: {plan.latency_steps} steps and "
+        progress(f"1/8 idle latency, run {n + 1}/{plan.runs}: {plan.latency_steps} steps and "
                  f"{plan.latency_steps} baseline tasks, one at a time")
         pair: list[Callable[[], Latency]] = [
             lambda: figures.workerpool_latency(client, POOL_A, plan.latency_steps),
@@ -183,7 +185,7 @@ def _throughput(harness: Harness, client: Client, app: Celery,
     tuned: list[tuple[float, ...]] = []
     count = plan.throughput_steps
     for n in range(plan.runs):
-        progress(f"2/7 throughput, run {n + 1}/{plan.runs}: {count} `true` steps on 2 workers "
+        progress(f"2/8 throughput, run {n + 1}/{plan.runs}: {count} `true` steps on 2 workers "
                  f"x {plan.concurrency}, {count} baseline tasks, {count} tuned baseline tasks")
         sides: list[tuple[list[int], Callable[[], float], list[tuple[float, ...]]]] = [
             (pids[0], lambda: figures.workerpool_throughput(client, POOL_A, count), ours),
@@ -220,7 +222,7 @@ def _isolation(harness: Harness, client: Client, app: Celery,
     celery: list[tuple[float, float]] = []
     lowest: list[float] = []
     for n in range(plan.runs):
-        progress(f"3/7 pool isolation, run {n + 1}/{plan.runs}: {POOL_B} alone and with "
+        progress(f"3/8 pool isolation, run {n + 1}/{plan.runs}: {POOL_B} alone and with "
                  f"{plan.backlog} steps queued on {POOL_A} (draining, then on CPUs of its own) "
                  f"or on {POOL_PARKED} (no consumer)")
         shared.append(_with_backlog(harness, client, route_a, plan, lowest))
@@ -312,7 +314,7 @@ def _phase_fanout(harness: Harness, plan: Plan, report: Report,
         lambda: theirs.append(figures.baseline_fanout(app, count, seconds))]
     try:
         for n in range(plan.runs):
-            progress(f"4/7 fan-out, run {n + 1}/{plan.runs}: {count} x {seconds * MS:g} ms on "
+            progress(f"4/8 fan-out, run {n + 1}/{plan.runs}: {count} x {seconds * MS:g} ms on "
                      f"{workers} workers as a deployment over {count} targets (max_parallelism "
                      f"{plan.fanout_parallelism}, then {workers}), as steps, as Celery tasks")
             first = n % len(measures)  # rotate who goes first
@@ -367,7 +369,7 @@ def _fanout_rows(plan: Plan, report: Report, ours: list[figures.DeploymentFanout
 def _phase_scale(harness: Harness, plan: Plan, report: Report,
                  progress: Callable[[str], None]) -> None:
     client = harness.client()
-    progress(f"5/7 scale: {plan.scale_pools} pools, {plan.scale_workers} simulated workers, "
+    progress(f"5/8 scale: {plan.scale_pools} pools, {plan.scale_workers} simulated workers, "
              f"{plan.scale_steps} queued steps")
     pools = scale.add_pools(client, plan.scale_pools)
     target = pools[-1]  # the one pool with no workers: its steps stay queued
@@ -426,7 +428,7 @@ def _phase_trust(harness: Harness, plan: Plan, report: Report,
     runs: list[tuple[Latency, ...]] = []
     try:
         for n in range(plan.runs):
-            progress(f"7/7 trust boundaries, run {n + 1}/{plan.runs}: {plan.latency_steps} "
+            progress(f"7/8 trust boundaries, run {n + 1}/{plan.runs}: {plan.latency_steps} "
                      "steps each with scripts as users of their own, as the worker's user, "
                      "and with one sealed variable, and as many baseline tasks")
             measures: list[Callable[[], Latency]] = [
@@ -557,4 +559,71 @@ def notes(plan: Plan, embedded: bool) -> list[str]:
         "run), and each goes first in turn. The seal and open rows time the same operation in "
         "process. Every figure's workers log in as their pool's own Redis user with their "
         "pool's key, as a deployment's do.",
+        f"Figure 8 prices the pool controls on one pool ({POOL_OPS}, 2 workers x "
+        f"{plan.concurrency}): figure 1's stamping step one at a time, with no cap and normal "
+        "priority, and with a cap of the pool's slots (checked by every claim and end, never "
+        "waited on) and steps alternately high and low, each going first in turn. The "
+        "requests row counts, with Redis's MONITOR, the commands clients sent while "
+        f"{max(3, plan.latency_steps // 5)} `true` steps ran one at a time (a script call "
+        "counted once, the commands it runs not at all; the workers' heartbeats in the span "
+        "counted too): enqueueing, taking, claiming and ending a step cost the same requests "
+        "with the controls as without.",
     ]
+
+
+# -- figure 8: pool operations ----------------------------------------------------------
+
+
+def _phase_operations(harness: Harness, plan: Plan, report: Report,
+                      progress: Callable[[str], None]) -> None:
+    """One pool, the same workers: steps one at a time with no cap and normal priority, and
+    with a cap (of the workers' slots, so it is checked on every claim but never waits) and
+    steps alternately high and low, in turn."""
+    client = harness.client()
+    client.pools.add(POOL_OPS, "bench")
+    workers = 2
+    harness.start_workers(POOL_OPS, workers, plan.concurrency)
+    plain: list[Latency] = []
+    operated: list[Latency] = []
+    high, low = (dataclasses.replace(figures.STAMP_STEP, priority=p) for p in ("high", "low"))
+
+    def without() -> None:
+        client.pools.edit(POOL_OPS, max_running=0)
+        plain.append(figures.workerpool_latency(client, POOL_OPS, plan.latency_steps))
+
+    def with_them() -> None:
+        client.pools.edit(POOL_OPS, max_running=workers * plan.concurrency)
+        half = max(1, plan.latency_steps // 2)
+        both = [figures.workerpool_latency(client, POOL_OPS, half, step=step)
+                for step in (high, low)]
+        operated.append(Latency([t for lat in both for t in lat.to_start],
+                                [t for lat in both for t in lat.to_result]))
+
+    requests: list[tuple[float, float]] = []
+    count = max(3, plan.latency_steps // 5)
+    try:
+        for n in range(plan.runs):
+            progress(f"8/8 pool operations, run {n + 1}/{plan.runs}: {plan.latency_steps} steps "
+                     f"one at a time on {POOL_OPS}, without and with a cap and priorities")
+            sides = [without, with_them] if n % 2 == 0 else [with_them, without]
+            for measure in sides:
+                measure()
+        client.pools.edit(POOL_OPS, max_running=0)
+        bare = figures.requests_per_step(harness.raw, client,
+                                         figures.on_pool(figures.TRUE_STEP, POOL_OPS), count)
+        client.pools.edit(POOL_OPS, max_running=workers * plan.concurrency)
+        ops = figures.requests_per_step(
+            harness.raw, client,
+            dataclasses.replace(figures.TRUE_STEP, pool=POOL_OPS, priority="low"), count)
+        requests.append((ops, bare))
+    finally:
+        client.close()
+    report.add(compared(8, "enqueue -> start p50, with a cap and priorities vs without", "ms",
+                        [median(lat.to_start) * MS for lat in operated],
+                        [median(lat.to_start) * MS for lat in plain], Goal("<=", 1.1)))
+    report.add(compared(8, "enqueue -> result p50, with a cap and priorities vs without", "ms",
+                        [median(lat.to_result) * MS for lat in operated],
+                        [median(lat.to_result) * MS for lat in plain]))
+    report.add(compared(8, "requests Redis receives per step (MONITOR; a script call is one)",
+                        "", [r[0] for r in requests], [r[1] for r in requests],
+                        Goal("<=", 1.0)))

@@ -41,9 +41,12 @@ if notify then
 end
 local was_running = redis.call('ZREM', KEYS[3], ARGV[9])
 redis.call('ZREM', KEYS[4], ARGV[9])
-if was_running == 1 then  -- a capped pool's workers hear that a slot under its cap is free
+if was_running == 1 then
+  -- A capped pool's workers hear that a slot under its cap is free, when this end takes the
+  -- pool from its cap to below it: only then can a worker be waiting for one.
   local pool = redis.call('HGET', ARGV[10], ARGV[11])
-  if pool and (tonumber(cjson.decode(pool)['max_running']) or 0) > 0 then
+  local cap = pool and (tonumber(cjson.decode(pool)['max_running']) or 0) or 0
+  if cap > 0 and redis.call('ZCARD', KEYS[3]) == cap - 1 then
     redis.call('PUBLISH', ARGV[12], 'freed')
   end
 end
