@@ -129,13 +129,22 @@ def families(snap: Snapshot, found: dict[str, Tallies], now: float) -> list[Metr
             _durations(sections)]
 
 
+def _by_state(family: GaugeMetricFamily | CounterMetricFamily, states: tuple[str, ...],
+              sections: list[tuple[Section, Tallies]],
+              count: Callable[[Section, Tallies], dict[str, int]]) -> Metric:
+    """*family* (labels pool and state) with every state of every pool, 0 where none."""
+    for sec, tally in sections:
+        found = count(sec, tally)
+        for state in states:
+            family.add_metric([sec.slug, state], found.get(state, 0))
+    return family
+
+
 def _workers(sections: list[tuple[Section, Tallies]]) -> Metric:
-    workers = GaugeMetricFamily("workerpool_workers", "The pool's registered workers by state "
-                                "(Offline: its heartbeat lapsed).", labels=["pool", "state"])
-    for sec, _ in sections:
-        for state in WORKER_STATES:
-            workers.add_metric([sec.slug, state], sec.workers.get(state, 0))
-    return workers
+    return _by_state(GaugeMetricFamily("workerpool_workers", "The pool's registered workers by "
+                                       "state (Offline: its heartbeat lapsed).",
+                                       labels=["pool", "state"]),
+                     WORKER_STATES, sections, lambda sec, _: sec.workers)
 
 
 def _dropped(sections: list[tuple[Section, Tallies]]) -> Metric:
@@ -147,12 +156,9 @@ def _dropped(sections: list[tuple[Section, Tallies]]) -> Metric:
 
 
 def _ended(sections: list[tuple[Section, Tallies]]) -> Metric:
-    ended = CounterMetricFamily("workerpool_steps_ended", "Steps of the pool that ended, by "
-                                "terminal state.", labels=["pool", "state"])
-    for sec, tally in sections:
-        for state in ENDED_STATES:
-            ended.add_metric([sec.slug, state], tally.ended.get(state, 0))
-    return ended
+    return _by_state(CounterMetricFamily("workerpool_steps_ended", "Steps of the pool that "
+                                         "ended, by terminal state.", labels=["pool", "state"]),
+                     ENDED_STATES, sections, lambda _, tally: tally.ended)
 
 
 def _durations(sections: list[tuple[Section, Tallies]]) -> Metric:
