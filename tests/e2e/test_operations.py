@@ -4,6 +4,7 @@ end to end against real workers and Redis."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -169,3 +170,72 @@ def test_draining_an_offline_worker_is_refused(client, start_worker, cli):
     wait_for(lambda: state(client, worker) == "Offline", 30, "the worker to be Offline")
     refused = cli("worker", "drain", worker.name)
     assert f"worker {worker.name!r} is Offline" in one_line_error(refused)
+
+
+def test_sigterm_is_a_warm_stop(client, start_worker, raw, tmp_path):
+    """SIGTERM, as ``systemctl stop`` and ``docker stop`` send it: the worker shows Draining,
+    its running step ends Success within the shutdown grace, a step enqueued after the signal
+    stays Queued, and the worker deregisters and exits 0."""
+    client.pools.add("Ops Pool")
+    worker = start_worker("Ops Pool", concurrency=2,  # a free slot the later step could take
+                          extra_env={"WORKERPOOL_SHUTDOWN_GRACE": "60"})
+    gate = tmp_path / "go"
+    step = client.run(ScriptStep(script=f"while [ ! -e {gate} ]; do sleep 0.05; done; "
+                                        "echo finished", pool="Ops Pool"))
+    wait_for(lambda: step.result().state == "Running", 30, "the step to run")
+    worker.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: state(client, worker) == "Draining", 30, "the worker to show Draining")
+    later = client.run(ScriptStep(script="echo later", pool="Ops Pool"))
+    beats_after(raw, worker, time.time())
+    assert worker.proc.poll() is None and later.result().state == "Queued"
+
+    gate.touch()
+    result = step.wait(30)
+    assert result.state == "Success" and "finished" in [e.text for e in step.logs()]
+    assert worker.proc.wait(30) == 0
+    assert state(client, worker) == "gone"  # deregistered
+    assert later.result().state == "Queued"  # never taken
+    assert not raw.hget(keys.step(later.id), "worker")
+
+
+def test_pausing_during_a_burst_starts_no_step_after_the_pause(client, start_worker, raw, cli,
+                                                                tmp_path):
+    client.pools.add("Ops Pool")
+    workers = [start_worker("Ops Pool", concurrency=4) for _ in range(2)]
+    # One file per step, appended to by each run of it (scripts run as users of their own).
+    script = f'echo "$(date +%s.%N)" >> {tmp_path}/ran-$WORKERPOOL_STEP_ID; sleep 0.2'
+    steps = [client.run(ScriptStep(script=script, pool="Ops Pool")) for _ in range(40)]
+
+    def started() -> int:
+        pipe = raw.pipeline(transaction=False)
+        for s in steps:
+            pipe.hget(keys.step(s.id), "started_at")
+        return sum(bool(t) for t in pipe.execute())
+
+    wait_for(lambda: started() >= 3, 30, "a few steps of the burst to start")
+    paused = cli("pool", "pause", "Ops Pool")
+    assert paused.returncode == 0, paused.stderr
+    moment = time.time()  # the claim reads the pool's record in its own script: no slack
+    since = client.pools.get("Ops Pool").paused_since
+    wait_for(lambda: all(s.result().state != "Running" for s in steps), 30,
+             "the steps running at the pause to end")
+    for worker in workers:
+        beats_after(raw, worker, time.time())
+
+    results = [s.result() for s in steps]
+    ran = [r for r in results if r.started_at is not None]
+    assert ran and max(r.started_at for r in ran) <= moment, (moment, sorted(
+        r.started_at for r in ran)[-3:])
+    assert [r for r in ran if r.finished_at and r.finished_at > since]  # running at the pause
+    assert {r.state for r in ran} == {"Success"}, [r.message for r in ran]
+    waiting = [r for r in results if r.started_at is None]
+    assert waiting and {r.state for r in waiting} == {"Queued"}
+    assert len(list(tmp_path.glob("ran-*"))) == len(ran)
+
+    resumed = cli("pool", "resume", "Ops Pool")
+    assert resumed.returncode == 0, resumed.stderr
+    results = [s.wait(60) for s in steps]
+    assert [r.state for r in results] == ["Success"] * 40, [r.message for r in results]
+    files = {f.name.removeprefix("ran-"): f for f in tmp_path.glob("ran-*")}
+    assert set(files) == {s.id for s in steps}
+    assert {len(f.read_text().splitlines()) for f in files.values()} == {1}  # exactly once

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -117,3 +118,67 @@ def test_an_ack_lost_with_redis_frees_its_prefetch_slot(own_redis):
             # Free again: the worker's next BRPOP fails, so it reconnects, and fetches once
             # Redis is back.
             assert channel.qos.can_consume()
+
+
+def test_a_paused_pool_stays_paused_across_a_redis_restart(own_redis, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKERPOOL_")}
+    env.update(WORKERPOOL_REDIS_URL=own_redis.url, WORKERPOOL_HOME=str(tmp_path / "home"),
+               WORKERPOOL_HEARTBEAT_INTERVAL=str(HEARTBEAT), WORKERPOOL_KILL_GRACE="1")
+    client = Client(settings=Settings.from_env(env))
+    client.pools.add("Pool A")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "workerpool", *args], env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    def listed() -> dict[str, object]:
+        done = cli("pool", "list", "--json")
+        assert done.returncode == 0, done.stderr
+        return next(p for p in json.loads(done.stdout) if p["name"] == "Pool A")
+
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "wb") as log:
+        worker = subprocess.Popen([sys.executable, "-m", "workerpool", "worker", "start",
+                                   "--pool", "Pool A", "--concurrency", "2", "--loglevel",
+                                   "INFO"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: [w.state for w in client.workers.list()] == ["Healthy"], 60,
+                 "the worker")
+        paused = cli("pool", "pause", "Pool A", "--reason", "maintenance")
+        assert paused.returncode == 0, paused.stderr
+        # One file per step: scripts run as users of their own, one per slot.
+        steps = [client.run(ScriptStep(script=f"echo ran >> {tmp_path}/ran-$WORKERPOOL_STEP_ID",
+                                       pool="Pool A")) for _ in range(4)]
+        own_redis.stop()  # SIGTERM: Redis writes its AOF out
+        wait_for(lambda: "heartbeat failed" in log_path.read_text(errors="replace"), 30,
+                 "the worker to lose Redis")
+        own_redis.start()
+
+        assert client.pools.get("Pool A").paused
+        assert (listed()["paused"], listed()["paused_reason"]) == (True, "maintenance")
+        # Its Celery consumer connected again (the start-up's line, then this one) ...
+        wait_for(lambda: log_path.read_text(errors="replace").count(
+            "celery.worker.consumer.connection: Connected to") >= 2, 30,
+            "the worker's consumer to connect again")
+        back = time.time()
+        # ... and it beat twice more since, Healthy and taking nothing.
+        wait_for(lambda: all(w.state == "Healthy" and w.heartbeat
+                             and w.heartbeat.time > back + 2 * HEARTBEAT
+                             for w in client.workers.list()), 30, "the worker to beat again")
+        assert worker.poll() is None
+        assert [s.result().state for s in steps] == ["Queued"] * 4
+        assert not list(tmp_path.glob("ran-*"))
+
+        resumed = cli("pool", "resume", "Pool A")
+        assert resumed.returncode == 0, resumed.stderr
+        assert [s.wait(30).state for s in steps] == ["Success"] * 4
+        ran = {f.name.removeprefix("ran-"): f.read_text() for f in tmp_path.glob("ran-*")}
+        assert ran == {s.id: "ran\n" for s in steps}
+        assert listed()["paused"] is False
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        client.close()

@@ -32,13 +32,18 @@ def emit_json(data: object) -> None:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    for line in table_lines(headers, rows):
+        click.echo(line)
+
+
+def table_lines(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    """A table's lines: the headers, a rule, and the rows, their cells made printable."""
     cells = [[str(h) for h in headers]] + [["" if c is None else printable(str(c)) for c in r]
                                            for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    for index, row in enumerate(cells):
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-        if index == 0:
-            click.echo("  ".join("-" * w for w in widths))
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in cells]
+    return [lines[0], "  ".join("-" * w for w in widths), *lines[1:]]
 
 
 def clock(timestamp: float | None) -> str:

@@ -9,11 +9,16 @@ import time
 import click
 
 from workerpool.cli import cli
-from workerpool.cli.output import ago, client, echo, emit_json, table
+from workerpool.cli.output import ago, client, clock, emit_json, table, table_lines
+from workerpool.cli.watch import DEFAULT_INTERVAL, Interval
+from workerpool.cli.watch import watch as watch_view
+from workerpool.client import Client
+from workerpool.core.errors import Infrastructure
 from workerpool.core.pools import ordered
+from workerpool.core.printable import printable
 from workerpool.core.settings import Settings
 from workerpool.core.snapshot import QueueCounts, Snapshot, status_view
-from workerpool.core.targets import TargetRegistry
+from workerpool.core.targets import Target, TargetRegistry
 from workerpool.core.workers import WorkerInfo
 
 
@@ -112,25 +117,64 @@ def worker_list(pool: str | None, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
-def status(as_json: bool) -> None:
+@click.option("--watch", is_flag=True,
+              help="Show it again every --interval seconds until Ctrl-C: redrawn in place on a "
+                   "terminal, elsewhere one view after another, a blank line between.")
+@click.option("--interval", default=None, type=Interval(), metavar="S",
+              help=f"Seconds between views with --watch (default {DEFAULT_INTERVAL:g}).")
+def status(as_json: bool, watch: bool, interval: float | None) -> None:
     """Pools with their workers, Queued steps (and those without a message, purged or lost,
     which the reaper pushes again), running leases, the built-in worker, and deployment targets
     (shown apart: targets are scarce, pool workers are shared)."""
+    if watch and as_json:
+        raise click.UsageError("--watch is for people; --json prints one view: run it again "
+                               "to poll")
+    if interval is not None and not watch:
+        raise click.UsageError("--interval goes with --watch")
     c = client()
-    snap = c.snapshot(detail=True)
-    targets = TargetRegistry(c.redis).list()
-    agents = {w.pool: w for w in snap.workers}
-    target_rows = [{**t.to_json(), "agent": agents[t.pool_key].state if t.pool_key in agents
-                    else "none", "running": leases_of(snap, t.pool_key)} for t in targets]
+    if watch:
+        every = interval or DEFAULT_INTERVAL
+        watch_view(lambda: _watched(c, every), every)
+        return
+    snap, targets = _read(c)
+    target_rows = _target_rows(snap, targets)
     if as_json:
         emit_json({**status_view(snap), "targets": target_rows})
         return
-    pools = ordered(snap.pools.values())
+    for line in status_lines(snap, targets, target_rows, time.time()):
+        click.echo(line)
+
+
+def _read(c: Client) -> tuple[Snapshot, list[Target]]:
+    return c.guard(lambda: (c.snapshot(detail=True), TargetRegistry(c.redis).list()))
+
+
+def _target_rows(snap: Snapshot, targets: list[Target]) -> list[dict[str, object]]:
+    agents = {w.pool: w for w in snap.workers}
+    return [{**t.to_json(), "agent": agents[t.pool_key].state if t.pool_key in agents
+             else "none", "running": leases_of(snap, t.pool_key)} for t in targets]
+
+
+def _watched(c: Client, interval: float) -> list[str]:
+    """One view of ``status --watch``; Redis unreachable is one line in it, tried again at the
+    next view."""
+    now = time.time()
+    header = [f"workerpool status, every {interval:g}s: {clock(now)} (Ctrl-C stops)", ""]
+    try:
+        snap, targets = _read(c)
+    except Infrastructure as exc:
+        return [*header, f"workerpool: error: {printable(str(exc))}"]
+    return [*header, *status_lines(snap, targets, _target_rows(snap, targets), now)]
+
+
+def status_lines(snap: Snapshot, targets: list[Target], target_rows: list[dict[str, object]],
+                 now: float) -> list[str]:
+    """What ``status`` prints: the pools' table, then the targets' and the leases' if any."""
     leases_by_pool: dict[str, int] = {}
     for lease in snap.leases:
         leases_by_pool[lease.pool] = leases_by_pool.get(lease.pool, 0) + 1
-    rows = []
-    for p in pools:
+    rows: list[list[object]] = []
+    for p in ordered(snap.pools.values()):
         members = snap.workers_in(p.slug)
         rows.append([p.name + (" (default)" if p.is_default else "")
                      + (" (paused)" if p.paused else ""),
@@ -140,15 +184,15 @@ def status(as_json: bool) -> None:
     rows.append(["built-in worker: " + ("enabled" if snap.builtin_enabled else "disabled"),
                  ", ".join(f"{w.name} {w.state}" for w in builtin) or "-",
                  queued_cell(snap.counts("builtin")), leases_by_pool.get("builtin", 0)])
-    table(["POOL", "WORKERS", "QUEUED", "RUNNING"], rows)
+    lines = table_lines(["POOL", "WORKERS", "QUEUED", "RUNNING"], rows)
     if target_rows:
-        echo("")
-        table(["TARGET", "ENVIRONMENT", "ROLES", "AGENT", "RUNNING"],
-              [[t.name, t.environment, ", ".join(t.roles), row["agent"], row["running"]]
-               for t, row in zip(targets, target_rows, strict=True)])
+        lines += ["", *table_lines(
+            ["TARGET", "ENVIRONMENT", "ROLES", "AGENT", "RUNNING"],
+            [[t.name, t.environment, ", ".join(t.roles), row["agent"], row["running"]]
+             for t, row in zip(targets, target_rows, strict=True)])]
     if snap.leases:
-        echo("")
-        now = time.time()
-        table(["LEASED STEP", "NAME", "WORKER", "POOL", "SINCE"],
-              [[lease.step_id, lease.step_name, lease.worker, lease.pool,
-                ago(lease.started_at, now)] for lease in snap.leases])
+        lines += ["", *table_lines(
+            ["LEASED STEP", "NAME", "WORKER", "POOL", "SINCE"],
+            [[lease.step_id, lease.step_name, lease.worker, lease.pool,
+              ago(lease.started_at, now)] for lease in snap.leases])]
+    return lines
