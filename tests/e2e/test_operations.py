@@ -91,7 +91,7 @@ def test_a_paused_pool_takes_steps_runs_none_and_resumes_them(client, start_work
 
 
 def test_draining_a_worker_finishes_its_step_and_stops_it(client, start_worker, cli, env,
-                                                          tmp_path):
+                                                          redis_url, tmp_path):
     client.pools.add("Ops Pool")
     worker = start_worker("Ops Pool", concurrency=2)
     gate = tmp_path / "go"
@@ -104,6 +104,13 @@ def test_draining_a_worker_finishes_its_step_and_stops_it(client, start_worker, 
     wait_for(lambda: state(client, worker) == "Draining", 30, "the worker to drain")
     listed = cli("worker", "list")
     assert f"{worker.name}" in listed.stdout and "Draining" in listed.stdout
+    assert f"{worker.name} Draining" in cli("status").stdout
+    server = web.start(redis_url, 0)
+    try:
+        page = fetch(f"http://127.0.0.1:{server.port}/")[1]
+        assert '<span class="state draining">Draining</span>' in page
+    finally:
+        web.stop(server)
     later = client.run(ScriptStep(script="echo later", pool="Ops Pool"))
     timed_out = cli("worker", "drain", worker.name, "--timeout", "0.5")
     assert timed_out.returncode == 1 and "still draining after 0.5s" in timed_out.stderr
@@ -137,6 +144,8 @@ def test_a_pool_cap_holds_across_workers_under_a_race(client, start_worker, cli,
     client.pools.add("Ops Pool")
     capped = cli("pool", "edit", "Ops Pool", "--max-running", "3", "--json")
     assert json.loads(capped.stdout)["max_running"] == 3, capped.stderr
+    row = next(ln for ln in cli("status").stdout.splitlines() if ln.startswith("Ops Pool"))
+    assert row.rstrip().endswith("0 (max 3)")  # RUNNING, with its cap
     for _ in range(2):  # 20 free slots for a cap of 3
         start_worker("Ops Pool", concurrency=10)
     # Each script notes when it starts and ends, by the machine's clock, in a file of its own

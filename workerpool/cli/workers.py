@@ -179,7 +179,9 @@ def status_lines(snap: Snapshot, targets: list[Target], target_rows: list[dict[s
         rows.append([p.name + (" (default)" if p.is_default else "")
                      + (" (paused)" if p.paused else ""),
                      ", ".join(_shown(w) for w in members) or "-",
-                     queued_cell(snap.counts(p.slug)), leases_by_pool.get(p.slug, 0)])
+                     queued_cell(snap.counts(p.slug)),
+                     f"{leases_by_pool.get(p.slug, 0)}"
+                     + (f" (max {p.max_running})" if p.max_running else "")])
     builtin = snap.workers_in("builtin")
     rows.append(["built-in worker: " + ("enabled" if snap.builtin_enabled else "disabled"),
                  ", ".join(f"{w.name} {w.state}" for w in builtin) or "-",

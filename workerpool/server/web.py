@@ -138,6 +138,7 @@ td,th{padding:4px 8px;border-bottom:1px solid #e4e7eb}
 .healthy,.enabled{background:#d5f5e3;color:#1e7b46}
 .unhealthy,.disabled{background:#fde2e1;color:#a61b1b}
 .offline{background:#e4e7eb;color:#52606d}.starting{background:#fff3c4;color:#8d6b00}
+.draining{background:#e3e8ff;color:#2f3f9e}
 .reason{color:#a61b1b;font-size:12px}.error{padding:24px;color:#a61b1b}
 """
 
