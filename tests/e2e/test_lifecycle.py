@@ -41,7 +41,8 @@ def test_nonzero_exit_is_failed_with_its_code(cli, pool):
     assert result["state"] == "Failed" and result["exit_code"] == 7
     assert result["worker"] == pool.name and result["pool"] == "work"
     assert set(result) == {"id", "state", "pool", "worker", "exit_code", "output_variables",
-                           "log", "started_at", "finished_at"}
+                           "log", "started_at", "finished_at", "priority"}
+    assert result["priority"] == "normal"
     assert result["log"][0]["stream"] == "stdout" and result["log"][0]["text"] == "about to fail"
     assert result["started_at"] <= result["finished_at"]
 
