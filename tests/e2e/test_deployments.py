@@ -129,7 +129,7 @@ steps:
   - {name: Migrate, location: worker, pool: Database Worker Pool, script: exit 3}
   - {name: Smoke test, location: worker, pool: Database Worker Pool, script: echo never}
   - {name: Roll back, location: worker, pool: Database Worker Pool, condition: failure,
-     script: echo rolling back}
+     priority: high, script: echo rolling back}
   - {name: Notify, location: server, condition: always, script: echo notified}
 """)
     code, result = deploy_json(cli, process)
@@ -141,6 +141,9 @@ steps:
     assert migrate["exit_code"] == 3 and migrate["state"] == "Failed"
     assert result["steps"][1]["runs"] == []
     assert result["steps"][3]["runs"][0]["pool"] == "builtin"
+    run_priority = {s["name"]: client.step(s["runs"][0]["id"]).result().priority
+                    for s in result["steps"] if s["runs"]}
+    assert run_priority == {"Migrate": "normal", "Roll back": "high", "Notify": "normal"}
 
 
 def test_retries_record_every_run(client, start_worker, server, cli, tmp_path):

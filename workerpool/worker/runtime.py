@@ -546,10 +546,12 @@ class Runtime:
                                 outputs=steplog.outputs, message=steplog.mask(ending.message),
                                 lines=steplog.last_lines())
         finally:  # after the end is recorded: the caller need not wait for the removal
-            self.clean_up(step_id, workdir, user, steplog.mask)
-            if not self.settings.keep_workdirs:
-                remove_workdir(workdir)
-            self.users.give_back(user)  # every process of it was killed as the script ended
+            try:
+                self.clean_up(step_id, workdir, user, steplog.mask)
+            finally:  # whatever the cleanup did, the directory and the user are done with
+                if not self.settings.keep_workdirs:
+                    remove_workdir(workdir)
+                self.users.give_back(user)  # every process of it was killed at the end
 
     def clean_up(self, step_id: str, workdir: Path, user: ScriptUser | None,
                  mask: Callable[[str], str]) -> None:
