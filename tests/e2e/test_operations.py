@@ -30,6 +30,15 @@ def beats_after(raw, worker, moment: float, count: int = 2) -> None:
     wait_for(beaten, 30, f"{worker.name} to heartbeat {count} intervals on")
 
 
+def pools_page(redis_url: str) -> str:
+    """The pools page's HTML, from a page server started for it."""
+    server = web.start(redis_url, 0)
+    try:
+        return fetch(f"http://127.0.0.1:{server.port}/")[1]
+    finally:
+        web.stop(server)
+
+
 def state(client, worker) -> str:
     found = [w for w in client.workers.list() if w.name == worker.name]
     return found[0].state if found else "gone"
@@ -65,12 +74,7 @@ def test_a_paused_pool_takes_steps_runs_none_and_resumes_them(client, start_work
     status = json.loads(cli("status", "--json").stdout)
     assert next(p for p in status["pools"] if p["name"] == "Ops Pool")["paused"] is True
     assert "Ops Pool (paused)" in cli("status").stdout
-    server = web.start(redis_url, 0)
-    try:
-        page = fetch(f"http://127.0.0.1:{server.port}/")[1]
-        assert 'data-paused="1">Paused: database maintenance' in page
-    finally:
-        web.stop(server)
+    assert 'data-paused="1">Paused: database maintenance' in pools_page(redis_url)
 
     restarted = start_worker("Ops Pool")  # a worker that starts while the pool is paused
     beats_after(raw, restarted, time.time())
@@ -105,12 +109,7 @@ def test_draining_a_worker_finishes_its_step_and_stops_it(client, start_worker, 
     listed = cli("worker", "list")
     assert f"{worker.name}" in listed.stdout and "Draining" in listed.stdout
     assert f"{worker.name} Draining" in cli("status").stdout
-    server = web.start(redis_url, 0)
-    try:
-        page = fetch(f"http://127.0.0.1:{server.port}/")[1]
-        assert '<span class="state draining">Draining</span>' in page
-    finally:
-        web.stop(server)
+    assert '<span class="state draining">Draining</span>' in pools_page(redis_url)
     later = client.run(ScriptStep(script="echo later", pool="Ops Pool"))
     timed_out = cli("worker", "drain", worker.name, "--timeout", "0.5")
     assert timed_out.returncode == 1 and "still draining after 0.5s" in timed_out.stderr

@@ -8,7 +8,7 @@ import sys
 import click
 
 from workerpool.cli import cli
-from workerpool.core.connection import connect, guarded, resolve_url
+from workerpool.core.connection import ensure_reachable, resolve_url
 from workerpool.core.errors import BadInput
 from workerpool.core.settings import Settings
 from workerpool.server import web
@@ -69,9 +69,7 @@ def flower(port: int, pools_port: int | None, address: str, basic_auth: str | No
     """Run Flower on workerpool's Celery app and broker, and the pools page (queue depth of
     every pool, even one without online workers) beside it, until Ctrl-C."""
     url = resolve_url(Settings.from_env())
-    probe = connect(url)
-    guarded(probe.ping, url)  # Redis unreachable: exit 3 now, not a Flower full of errors
-    probe.close()
+    ensure_reachable(url)  # Redis unreachable: exit 3 now, not a Flower full of errors
     pools_port = port + 1 if pools_port is None else pools_port
     # Ctrl-C stops both, even when started from a shell that had interrupts ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)

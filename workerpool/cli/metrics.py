@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import signal
-import threading
-from types import FrameType
-
 import click
 
 from workerpool.cli import cli
-from workerpool.core.connection import connect, guarded, resolve_url
+from workerpool.cli.output import stop_on_signals
+from workerpool.core.connection import ensure_reachable, resolve_url
 from workerpool.core.settings import Settings
 from workerpool.server import web
-
-
-def _check(url: str) -> None:
-    """One PING first: a Redis that cannot be reached is one line now, not a 503 per scrape."""
-    client = connect(url)
-    try:
-        guarded(client.ping, url)
-    finally:
-        client.close()
 
 
 @cli.command()
@@ -32,14 +20,8 @@ def metrics(port: int, host: str) -> None:
     """Serve every pool's Prometheus series at /metrics until Ctrl-C, read from Redis at each
     scrape (for a Prometheus next to workers when no `workerpool server` runs)."""
     url = resolve_url(Settings.from_env())
-    _check(url)
-    stop = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    ensure_reachable(url)  # one line now, not a 503 per scrape
+    stop = stop_on_signals()
     with web.serving(url, port, host, paths=web.METRICS_ONLY) as page:
         assert page is not None
         click.echo(f"workerpool: metrics on http://{host}:{page.port}/metrics; Ctrl-C stops "

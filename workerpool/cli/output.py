@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import threading
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -29,6 +31,14 @@ def echo(text: object = "", err: bool = False, raw: bool = False) -> None:
 
 def emit_json(data: object) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def stop_on_signals() -> threading.Event:
+    """An event that SIGINT (Ctrl-C) and SIGTERM set: a foreground command's warm stop."""
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    return stop
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import signal
 import sys
-from types import FrameType
 
 import click
 
 from workerpool.cli import cli
+from workerpool.cli.output import stop_on_signals
 from workerpool.core.settings import Settings
 from workerpool.server import web
 from workerpool.server.stack import Stack, parse_pool_counts
@@ -16,13 +15,7 @@ from workerpool.server.stack import Stack, parse_pool_counts
 
 def _run_until_signal(stack: Stack, banner: str, http_port: int | None = None,
                       http_host: str = "127.0.0.1") -> None:
-    stop: list[bool] = []
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop.append(True)
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    stop = stop_on_signals()
     with stack, web.serving(stack.url, http_port, http_host) as page:
         if page is not None:
             banner += f"; pools page on http://{http_host}:{page.port}/"

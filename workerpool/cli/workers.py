@@ -94,10 +94,6 @@ def queued_cell(counts: QueueCounts) -> str:
     return f"{counts.records} ({missing} without a message)" if missing else str(counts.records)
 
 
-def leases_of(snap: Snapshot, pool: str) -> int:
-    return sum(lease.pool == pool for lease in snap.leases)
-
-
 @worker.command("list")
 @click.option("--pool", default=None, help="Only this pool's workers ('builtin' for built-in).")
 @click.option("--json", "as_json", is_flag=True)
@@ -152,7 +148,7 @@ def _read(c: Client) -> tuple[Snapshot, list[Target]]:
 def _target_rows(snap: Snapshot, targets: list[Target]) -> list[dict[str, object]]:
     agents = {w.pool: w for w in snap.workers}
     return [{**t.to_json(), "agent": agents[t.pool_key].state if t.pool_key in agents
-             else "none", "running": leases_of(snap, t.pool_key)} for t in targets]
+             else "none", "running": snap.running_in(t.pool_key)} for t in targets]
 
 
 def _watched(c: Client, interval: float) -> list[str]:
@@ -170,9 +166,6 @@ def _watched(c: Client, interval: float) -> list[str]:
 def status_lines(snap: Snapshot, targets: list[Target], target_rows: list[dict[str, object]],
                  now: float) -> list[str]:
     """What ``status`` prints: the pools' table, then the targets' and the leases' if any."""
-    leases_by_pool: dict[str, int] = {}
-    for lease in snap.leases:
-        leases_by_pool[lease.pool] = leases_by_pool.get(lease.pool, 0) + 1
     rows: list[list[object]] = []
     for p in ordered(snap.pools.values()):
         members = snap.workers_in(p.slug)
@@ -180,12 +173,12 @@ def status_lines(snap: Snapshot, targets: list[Target], target_rows: list[dict[s
                      + (" (paused)" if p.paused else ""),
                      ", ".join(_shown(w) for w in members) or "-",
                      queued_cell(snap.counts(p.slug)),
-                     f"{leases_by_pool.get(p.slug, 0)}"
+                     f"{snap.running_in(p.slug)}"
                      + (f" (max {p.max_running})" if p.max_running else "")])
     builtin = snap.workers_in("builtin")
     rows.append(["built-in worker: " + ("enabled" if snap.builtin_enabled else "disabled"),
                  ", ".join(f"{w.name} {w.state}" for w in builtin) or "-",
-                 queued_cell(snap.counts("builtin")), leases_by_pool.get("builtin", 0)])
+                 queued_cell(snap.counts("builtin")), snap.running_in("builtin")])
     lines = table_lines(["POOL", "WORKERS", "QUEUED", "RUNNING"], rows)
     if target_rows:
         lines += ["", *table_lines(

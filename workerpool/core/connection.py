@@ -171,6 +171,16 @@ def guarded(action: Callable[[], T], url: str) -> T:
         raise RedisUnavailable(_unreachable(url, exc)) from None
 
 
+def ensure_reachable(url: str) -> None:
+    """One PING of *url*: RedisUnavailable (exit 3) now, rather than an error at every request
+    a long-running command would later serve."""
+    client = connect(url)
+    try:
+        guarded(client.ping, url)
+    finally:
+        client.close()
+
+
 def _refused(url: str, exc: Exception) -> str:
     parsed, why = urlparse(url), _one_line(exc)
     if parsed.password is None and parsed.username is None:

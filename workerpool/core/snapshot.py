@@ -77,6 +77,18 @@ class Snapshot:
             grouped.setdefault(worker.pool, []).append(worker)
         return grouped
 
+    def running_in(self, pool_slug: str) -> int:
+        """The steps running in *pool_slug*: its leases."""
+        return self._running.get(pool_slug, 0)
+
+    @functools.cached_property
+    def _running(self) -> dict[str, int]:
+        """Leases counted by pool once, as workers are grouped."""
+        counted: dict[str, int] = {}
+        for lease in self.leases:
+            counted[lease.pool] = counted.get(lease.pool, 0) + 1
+        return counted
+
     @property
     def default_pool(self) -> Pool:
         return next(p for p in self.pools.values() if p.is_default)

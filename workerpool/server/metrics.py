@@ -82,7 +82,7 @@ def section(snap: Snapshot, slug: str) -> Section:
     pool = snap.pools.get(slug)
     return Section(
         slug=slug, queued=counts.records, without_message=counts.without_message,
-        running=sum(le.pool == slug for le in snap.leases), dropped=dropped, dead=dead,
+        running=snap.running_in(slug), dropped=dropped, dead=dead,
         workers=dict(Counter(w.state for w in workers)),
         healthy_slots=sum(w.concurrency for w in healthy),
         free_slots=sum(max(0, w.concurrency - n) for w, n in zip(healthy, running_on,

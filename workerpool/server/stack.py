@@ -186,14 +186,14 @@ class Stack:
                                      f"within {timeout:.0f}s")
             time.sleep(0.05)
 
-    def supervise(self, stop_requested: list[bool]) -> None:
+    def supervise(self, stop_requested: threading.Event) -> None:
         """Reap lost and overdue steps (and orchestrate deployments) until *stop_requested* is
         set by a signal handler."""
         client = self.connect()
         leases = Leases(client, StepStore(client, self.settings.result_ttl))
         keyring = Keyring.load(self.settings)
         stop = self.start_orchestrator() if self.orchestrate else threading.Event()
-        while not stop_requested:
+        while not stop_requested.is_set():
             try:
                 pools = self.guard(lambda: all_pools(client))
                 self.guard(functools.partial(leases.reap_on_schedule, self.settings, pools))
@@ -208,7 +208,7 @@ class Stack:
                     print(f"workerpool: worker pid {proc.pid} exited with {proc.returncode}",
                           file=sys.stderr)
                     proc.returncode = 0  # report once
-            time.sleep(self.settings.heartbeat_interval / 2)
+            stop_requested.wait(self.settings.heartbeat_interval / 2)
         stop.set()
 
     def start_orchestrator(self) -> threading.Event:
