@@ -42,7 +42,10 @@ def test_a_pool_workers_login_reaches_its_pool_only(client, cli, start_worker) -
     db_queue, db_step = keys.pool_queue("database-worker-pool"), keys.step(secret_step.id)
     message = '{"body": "forged"}'
     # What the issue names, and what follows from it.
-    refused(lambda: k8s.lpush(db_queue, message))  # onto the Database pool's queue
+    for name in keys.priority_lists(db_queue):  # onto any of the Database queue's lists
+        refused(lambda name=name: k8s.lpush(name, message))
+        refused(lambda name=name: k8s.lrange(name, 0, -1))
+    refused(lambda: k8s.hincrby(keys.ended("database-worker-pool"), SUCCESS, 1))  # its tallies
     refused(lambda: k8s.lpush(keys.BUILTIN_QUEUE, message))  # onto the server's
     refused(lambda: k8s.hget(db_step, "script"))  # a Database step's record
     refused(lambda: k8s.xrange(keys.step_log(secret_step.id)))  # its log
@@ -60,10 +63,13 @@ def test_a_pool_workers_login_reaches_its_pool_only(client, cli, start_worker) -
     refused(lambda: k8s.config_get("requirepass"))
     refused(lambda: k8s.acl_setuser("me", enabled=True, keys=["*"], commands=["+@all"]))
     # What a worker of its own pool needs does work.
-    assert k8s.lpush(keys.pool_queue("kubernetes-worker-pool"), message) == 1
+    for name in keys.priority_lists(keys.pool_queue("kubernetes-worker-pool")):
+        assert k8s.lpush(name, message) == 1
     assert "database-worker-pool" in k8s.hgetall(keys.POOLS)  # pools are readable
     assert k8s.set(keys.heartbeat("kubernetes-worker-pool", "i"), "{}") is True
     assert client.redis.hget(db_step, "script") == "echo migrated"  # untouched
+    assert [client.redis.llen(name) for name in keys.priority_lists(db_queue)] == [0, 0, 0]
+    assert client.redis.hget(keys.ended("database-worker-pool"), SUCCESS) == "1"
 
 
 def test_a_runners_login_runs_steps_and_changes_no_pool(client, cli, start_worker,

@@ -227,3 +227,31 @@ def test_worker_start_refuses_a_root_or_unknown_script_user(cli) -> None:
         assert done.returncode == 2 and words in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
 
+
+
+def test_a_cleanup_script_finds_none_of_its_workers_secrets(client, start_worker,
+                                                            tmp_path: Path) -> None:
+    """An exclusive worker's cleanup script runs the same search, after a step that held a
+    secret: it runs as the step's user, with none of the worker's settings or the step's
+    variables."""
+    client.pools.add(POOL)
+    worker = start_worker(POOL, flags=("--exclusive",))
+    dump, nothing = tmp_path / "cleanup-dump", tmp_path / "no-other-step"
+    nothing.write_text(str(tmp_path / "absent"))
+    client.pools.edit(POOL, cleanup_script=(
+        f"OUT={dump} WORKER_PID={worker.pid} WORKER_HOME={tmp_path / 'home'} "
+        f"OTHER_DIR_FILE={nothing}\n{SEARCH}"))
+    step_secret = "step-" + os.urandom(8).hex()
+    step = client.run(ScriptStep(pool=POOL, name="before the cleanup", script="true",
+                                 sensitive_variables={"DbPassword": step_secret}))
+    assert step.wait(timeout=60).state == SUCCESS
+    wait_for(lambda: dump.exists() and b"searched as " in dump.read_bytes(), 120,
+             "the cleanup script's search")
+    found = dump.read_bytes()
+    assert b"searched as 0\n" not in found
+    assert b"WORKERPOOL_STEP_ID=" in found  # it read its own environment
+    own_password = str(urlparse(worker.url).password)
+    pool_key = worker.pool_key.rpartition(":")[2]
+    for secret in (ADMIN_PASSWORD, own_password, SECRET_KEY, pool_key, step_secret):
+        assert secret.encode() not in found, f"{secret[:8]}... was found by the cleanup"
+    assert b"Permission denied" in found  # it tried the worker's files
