@@ -184,6 +184,20 @@ def workers(pool: str) -> str:
     return space(pool) + "workers"
 
 
+def live(pool: str) -> str:
+    """The pool's index of live workers: a sorted set of worker instances, each scored with
+    the time (ms, Redis's clock) its last heartbeat expires. Written by register and every
+    heartbeat, pruned by deregister and reap; routing and status read it instead of every
+    worker of the cluster."""
+    return space(pool) + "live"
+
+
+def states(pool: str) -> str:
+    """Beside ``live``: a hash of worker instance -> the state its last heartbeat gave
+    (Starting, Healthy, Unhealthy, Draining)."""
+    return space(pool) + "states"
+
+
 def heartbeat_prefix(pool: str) -> str:
     return space(pool) + "hb:"
 
