@@ -5,21 +5,29 @@ It only plans and enqueues; every script runs on a pool worker, a target's agent
 built-in worker. Its state lives in Redis and each run has a deterministic step id
 (deployment, step, target, attempt), enqueued only if absent, so a restarted server resumes a
 deployment without running any step twice.
+
+Redis going away (a restart, a failover, a network cut) stops nothing for good: the loop that
+takes deployments, and each deployment's own thread, say it in one line, wait with a backoff and
+carry on once Redis answers, each deployment resuming from its stored record as a restarted
+server would. Only that loop writes the server's heartbeat, so ``deploy`` refuses while no
+orchestrator takes deployments.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import redis
 
 from workerpool.core import keys
+from workerpool.core.connection import AWAY
 from workerpool.core.leases import Leases
 from workerpool.core.routing import Route, route
 from workerpool.core.sealing import SealError, key_to_seal
@@ -47,18 +55,57 @@ from workerpool.spec.processes import ROLE_LOCATIONS, Process, ProcessStep
 from workerpool.spec.projectvars import Scope, pool_for, variables_for
 
 log = logging.getLogger("workerpool.orchestrator")
+T = TypeVar("T")
 
 # Seconds the server's heartbeat outlives its last beat, at least: while it is there, `deploy`
 # hands deployments to the server (and refuses without one).
 SERVER_TTL_FLOOR = 5.0
 SAVE_PERIOD = 0.2  # seconds a deployment's stored list of runs may lag behind its dispatches
 RUN_FIELDS = ("state", "outputs")  # what the orchestrator reads of a run that ended
+ENDED = (SUCCESS, FAILED)  # a deployment's states once it ended
 
 
 def beat(client: redis.Redis, settings: Settings) -> None:
-    """Tell clients a server orchestrates deployments (``deploy`` refuses otherwise)."""
+    """Tell clients a server orchestrates deployments (``deploy`` refuses otherwise). Written
+    only by ``Orchestrator.serve``, once per turn of its loop: the key lapses within
+    ``SERVER_TTL_FLOOR`` seconds of the loop stopping or losing Redis."""
     client.set(keys.SERVER_HEARTBEAT, time.time(),
                px=int(max(settings.heartbeat_ttl, SERVER_TTL_FLOOR) * 1000))
+
+
+class _Outage:
+    """One outage of Redis as one component sees it: a WARNING line when it starts and one when
+    Redis answers again (not one per retry, and no traceback), and the pause before the next
+    try, doubling from a quarter heartbeat interval up to one interval."""
+
+    def __init__(self, who: str, settings: Settings, quiet: bool = False) -> None:
+        self.who = who
+        self.quiet = quiet  # the caller says it
+        self.first = settings.heartbeat_interval / 4
+        self.most = settings.heartbeat_interval
+        self.pause = 0.0  # 0: Redis answers
+
+    def failed(self, exc: redis.RedisError) -> float:
+        """Note a failed call; the seconds to wait before the next."""
+        if self.pause:
+            self.pause = min(self.pause * 2, self.most)
+            return self.pause
+        self.pause = self.first
+        if not self.quiet:
+            what = ("Redis is unreachable" if isinstance(exc, AWAY)
+                    else "Redis refused a call")
+            log.warning("%s: %s (will retry): %s", self.who, what, _line(exc))
+        return self.pause
+
+    def over(self) -> None:
+        """Note a call that went through."""
+        if self.pause and not self.quiet:
+            log.warning("%s: Redis answers again; carrying on", self.who)
+        self.pause = 0.0
+
+
+def _line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 @dataclass
@@ -100,39 +147,105 @@ class Orchestrator:
         self.targets = TargetRegistry(store.redis)
         self.slots = threading.Semaphore(cap)
         self.keyring = store.keyring
+        self.stopping = threading.Event()  # serve's *stop*: deployment threads see it too
+        self.ready = threading.Event()  # set at serve's first beat
 
     def serve(self, stop: threading.Event) -> None:
-        for deployment_id in sorted(cast(set[str], self.redis.smembers(keys.DEPLOYMENTS_ACTIVE))):
-            self._start(deployment_id)
+        """Take deployments until *stop* is set: first the ones a previous server left active,
+        then the queued ones, at most ``cap`` at once. Beat after each turn of the loop that
+        went through, and only then: while Redis is away or refuses the loop's calls, nothing
+        beats (the key lapses and ``deploy`` refuses); the loop says so in one line, waits
+        with a backoff and tries again. Any other error ends the loop, and the heartbeat."""
+        self.stopping = stop
+        outage = _Outage("orchestrator", self.settings)
+        left: list[str] | None = None  # active deployments of a previous server, to resume
         while not stop.is_set():
-            beat(self.redis, self.settings)
-            if not self.slots.acquire(timeout=0.5):
-                continue
-            popped = cast(tuple[str, str] | None,
-                          self.redis.brpop([keys.DEPLOYMENTS_QUEUE], timeout=1))
-            if popped is None:
-                self.slots.release()
-                continue
-            self.redis.sadd(keys.DEPLOYMENTS_ACTIVE, popped[1])
-            self._start(popped[1], acquired=True)
+            try:
+                if left is None:
+                    left = sorted(cast(set[str], self.redis.smembers(keys.DEPLOYMENTS_ACTIVE)))
+                    beat(self.redis, self.settings)  # at once: `deploy` is accepted
+                    self.ready.set()
+                if self.slots.acquire(timeout=0.5):  # else every slot runs a deployment
+                    self._take(left)
+                beat(self.redis, self.settings)
+                outage.over()
+            except redis.RedisError as exc:
+                stop.wait(outage.failed(exc))
 
-    def _start(self, deployment_id: str, acquired: bool = False) -> None:
-        if not acquired:
-            self.slots.acquire()
+    def _take(self, left: list[str]) -> None:
+        """With a slot held: start the next deployment left active, or the next queued one
+        (waiting up to a second for one); the slot is given back if none is started."""
+        try:
+            if left:
+                deployment_id: str | None = left.pop(0)
+            else:
+                popped = cast(tuple[str, str] | None,
+                              self.redis.brpop([keys.DEPLOYMENTS_QUEUE], timeout=1))
+                deployment_id = popped[1] if popped else None
+        except BaseException:
+            self.slots.release()
+            raise
+        if deployment_id is None:
+            self.slots.release()
+        else:
+            self._start(deployment_id)  # its thread adds it to the active set first
+
+    def _start(self, deployment_id: str) -> None:
+        """Run a deployment in a thread of its own, holding a slot (taken by the caller)."""
 
         def body() -> None:
             try:
-                self.run(deployment_id)
+                self._run_through_outages(deployment_id)
             except Exception as exc:  # a bug must end the deployment, not leave it Running
                 log.exception("deployment %s failed in the orchestrator", deployment_id)
-                self._end(deployment_id, FAILED, f"orchestrator error: {exc}")
+                self._until_answered(f"deployment {deployment_id}", functools.partial(
+                    self._end, deployment_id, FAILED, f"orchestrator error: {exc}"))
             finally:
                 self.slots.release()
 
         threading.Thread(target=body, name=f"deploy-{deployment_id}", daemon=True).start()
 
+    def _run_through_outages(self, deployment_id: str) -> None:
+        """``run``, and again each time Redis goes away under it, once Redis answers: a run
+        resumes from the stored record as a restarted server's does (step ids are
+        deterministic and enqueued only if absent, so no step is enqueued twice, and a step
+        that ended meanwhile is found ended). Returns without ending the deployment if the
+        orchestrator stops while Redis is away: it stays active, for the next server."""
+        who = f"deployment {deployment_id}"
+        while True:
+            try:
+                self.run(deployment_id)
+                return
+            except AWAY as exc:
+                log.warning("%s: Redis is unreachable; resuming it once Redis answers: %s",
+                            who, _line(exc))
+            if self._until_answered(who, self.redis.ping, quiet=True) is None:
+                return
+            log.warning("%s: resumed", who)
+
+    def _until_answered(self, who: str, action: Callable[[], T], quiet: bool = False
+                        ) -> T | None:
+        """*action*, tried again with a backoff while Redis is away, until the orchestrator
+        stops (None then)."""
+        outage = _Outage(who, self.settings, quiet)
+        while True:
+            try:
+                result = action()
+            except AWAY as exc:
+                if self.stopping.wait(outage.failed(exc)):
+                    log.warning("%s: left for the next server (the orchestrator stopped "
+                                "while Redis was away)", who)
+                    return None
+                continue
+            outage.over()
+            return result
+
     def run(self, deployment_id: str) -> None:
         record = cast(dict[str, str], self.redis.hgetall(keys.deployment(deployment_id)))
+        if record.get("state") in ENDED:  # ended, and the reply was lost with Redis
+            self.redis.srem(keys.DEPLOYMENTS_ACTIVE, deployment_id)
+            return
+        self.redis.sadd(keys.DEPLOYMENTS_ACTIVE, deployment_id)  # resumed by the next server
         environment = record["environment"]
         try:
             process, extra = reseal(process_from_json(record["process"]),

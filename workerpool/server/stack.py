@@ -36,7 +36,7 @@ from workerpool.core.snapshot import all_pools, read_snapshot
 from workerpool.core.store import StepStore
 from workerpool.core.workers import HEALTHY
 from workerpool.server.embedded import EmbeddedRedis, clear_state, publish_state
-from workerpool.server.orchestrator import Orchestrator, beat
+from workerpool.server.orchestrator import Orchestrator
 
 T = TypeVar("T")
 
@@ -71,6 +71,8 @@ class Stack:
     children: list[subprocess.Popen[bytes]] = field(default_factory=list)
     url: str = ""
     _warned: bool = False  # that workers share the stack's own URL
+    orchestrator: threading.Thread | None = None  # its thread, while it orchestrates
+    _orchestrator_stop: threading.Event = field(default_factory=threading.Event)
 
     def __enter__(self) -> Stack:
         try:
@@ -188,39 +190,65 @@ class Stack:
 
     def supervise(self, stop_requested: threading.Event) -> None:
         """Reap lost and overdue steps (and orchestrate deployments) until *stop_requested* is
-        set by a signal handler."""
+        set by a signal handler. The server's heartbeat is the orchestrator's own (it beats
+        after each turn of its loop), never written here: if the orchestrator stops, the
+        heartbeat lapses and `deploy` refuses, said here in one line."""
         client = self.connect()
         leases = Leases(client, StepStore(client, self.settings.result_ttl))
         keyring = Keyring.load(self.settings)
-        stop = self.start_orchestrator() if self.orchestrate else threading.Event()
+        if self.orchestrate:
+            self.start_orchestrator()
+        failing = False  # said once per outage, not at every turn
         while not stop_requested.is_set():
             try:
                 pools = self.guard(lambda: all_pools(client))
                 self.guard(functools.partial(leases.reap_on_schedule, self.settings, pools))
-                if self.orchestrate:
-                    self.guard(lambda: beat(client, self.settings))
                 if keyring.has_master:  # a pool added since gets its key (clients seal to it)
                     self.guard(functools.partial(ensure_keys, keyring, client, pools))
             except Infrastructure as exc:
-                print(f"workerpool: {exc}", file=sys.stderr)
+                if not failing:
+                    print(f"workerpool: {exc} (will retry)", file=sys.stderr)
+                failing = True
+            else:
+                if failing:
+                    print("workerpool: Redis answers again", file=sys.stderr)
+                failing = False
+            if self.orchestrator is not None and not self.orchestrator.is_alive():
+                print("workerpool: the deployment orchestrator stopped; `deploy` refuses "
+                      "until the server is restarted", file=sys.stderr)
+                self.orchestrator = None  # said once
             for proc in self.children:
                 if proc.poll() is not None and proc.returncode not in (0, None):
                     print(f"workerpool: worker pid {proc.pid} exited with {proc.returncode}",
                           file=sys.stderr)
                     proc.returncode = 0  # report once
             stop_requested.wait(self.settings.heartbeat_interval / 2)
-        stop.set()
+        self.stop_orchestrator()
 
-    def start_orchestrator(self) -> threading.Event:
-        """Run the deployment orchestrator in threads of this process until the event is set."""
-        stop = threading.Event()
+    def start_orchestrator(self, ready_timeout: float = 10.0) -> threading.Event:
+        """Run the deployment orchestrator in threads of this process until the event returned
+        is set (``stop_orchestrator``); it writes the server's heartbeat while it runs. Returns
+        once it beat for the first time (`deploy` is accepted then), or after *ready_timeout*
+        seconds (it beats when it can)."""
+        self._orchestrator_stop = stop = threading.Event()
         client = self.connect()
-        self.guard(lambda: beat(client, self.settings))
         store = StepStore(client, self.settings.result_ttl, Keyring.load(self.settings))
         orchestrator = Orchestrator(store, self.settings, self.deployment_cap)
-        threading.Thread(target=orchestrator.serve, args=(stop,), name="orchestrator",
-                         daemon=True).start()
+        self.orchestrator = threading.Thread(target=orchestrator.serve, args=(stop,),
+                                             name="orchestrator", daemon=True)
+        self.orchestrator.start()
+        deadline = time.monotonic() + ready_timeout
+        while self.orchestrator.is_alive() and time.monotonic() < deadline:
+            if orchestrator.ready.wait(0.05):
+                break
         return stop
+
+    def stop_orchestrator(self) -> None:
+        """Stop the orchestrator's loop: it takes no new deployment and stops beating, so the
+        server's heartbeat lapses within ``SERVER_TTL_FLOOR`` seconds. Deployments running
+        carry on in their threads (in a process that exits, they stay active for the next
+        server to resume)."""
+        self._orchestrator_stop.set()
 
     def stop(self) -> None:
         """Warm-stop workers (each gives running steps the shutdown grace, then stops them),
