@@ -13,9 +13,11 @@ import redis
 from conftest import ADMIN_PASSWORD, wait_for
 
 from workerpool import Client, ScriptStep
-from workerpool.core import credentials, keys
+from workerpool.core import credentials, keys, workers
+from workerpool.core.routeview import read_route
 from workerpool.core.sealing import Keyring, PoolKey, SealError, open_sealed
 from workerpool.core.steps import SUCCESS
+from workerpool.core.workers import Heartbeat, WorkerInfo
 from workerpool.server.embedded import EmbeddedRedis
 
 K8S, DB = "Kubernetes Worker Pool", "Database Worker Pool"
@@ -70,6 +72,37 @@ def test_a_pool_workers_login_reaches_its_pool_only(client, cli, start_worker) -
     assert client.redis.hget(db_step, "script") == "echo migrated"  # untouched
     assert [client.redis.llen(name) for name in keys.priority_lists(db_queue)] == [0, 0, 0]
     assert client.redis.hget(keys.ended("database-worker-pool"), SUCCESS) == "1"
+
+
+def test_another_pools_login_cannot_fake_or_hide_live_workers_of_this_pool(
+        client, cli, start_worker) -> None:
+    """Routing trusts a pool's live index (``keys.live``, ``keys.states``): a Kubernetes
+    worker's login can neither add a fake live worker to the Database pool's index, nor drop
+    its real one, nor change its state, directly or through a script."""
+    client.pools.add(K8S)
+    client.pools.add(DB)
+    real = start_worker(DB)
+    db_slug, k8s_slug = "database-worker-pool", "kubernetes-worker-pool"
+    live, states = keys.live(db_slug), keys.states(db_slug)
+    [instance] = client.redis.zrange(live, 0, -1)
+    k8s = login(cli, "pool", "credentials", K8S)
+    fake = WorkerInfo(name="fake", pool=db_slug, instance="fake", syntaxes=("bash",))
+    refused(lambda: k8s.zadd(live, {"fake": 2**52}))
+    refused(lambda: k8s.zrem(live, instance))
+    refused(lambda: k8s.hset(states, instance, "Draining"))
+    refused(lambda: k8s.delete(live, states))
+    refused(lambda: workers.beat(k8s, db_slug, "fake", Heartbeat(time=0.0), 3600))
+    refused(lambda: workers.register(k8s, fake, Heartbeat(time=0.0), "fake", "x-", 3600))
+    refused(lambda: workers.deregister(k8s, db_slug, real.name, instance))
+    with pytest.raises(redis.exceptions.ResponseError, match="access at least one of the keys"):
+        k8s.eval("return redis.call('ZADD', ARGV[1], ARGV[2], 'fake')", 0, live, 2**52)
+    # By value: the index holds the real worker alone, and routing sees it alone.
+    assert client.redis.zrange(live, 0, -1) == [instance]
+    assert client.redis.hgetall(states) == {instance: "Healthy"}
+    assert [w.name for w in read_route(client.redis, DB).workers_in(db_slug)] == [real.name]
+    # Its own pool's index it keeps.
+    workers.beat(k8s, k8s_slug, "mine", Heartbeat(time=0.0), 60)
+    assert client.redis.zrange(keys.live(k8s_slug), 0, -1) == ["mine"]
 
 
 def test_a_runners_login_runs_steps_and_changes_no_pool(client, cli, start_worker,

@@ -52,6 +52,8 @@ def add_workers(raw: redis.Redis, pools: list[Pool], count: int) -> list[str]:
     """Register *count* simulated workers round-robin over *pools*, each with a live
     heartbeat; returns their instance ids."""
     instances = []
+    seconds, micros = raw.time()  # the live index is scored on Redis's clock
+    expires = seconds * 1000 + micros // 1000 + SIMULATED_TTL_MS
     pipe = raw.pipeline(transaction=False)
     for n in range(count):
         pool = pools[n % len(pools)]
@@ -61,6 +63,8 @@ def add_workers(raw: redis.Redis, pools: list[Pool], count: int) -> list[str]:
         pipe.hset(keys.workers(pool.slug), info.name, info.record_json())
         pipe.set(keys.heartbeat(pool.slug, info.instance),
                  Heartbeat(time=time.time(), state=HEALTHY).to_json(), px=SIMULATED_TTL_MS)
+        pipe.zadd(keys.live(pool.slug), {info.instance: expires})
+        pipe.hset(keys.states(pool.slug), info.instance, HEALTHY)
         instances.append(info.instance)
     pipe.execute()
     return instances

@@ -15,11 +15,19 @@ from workerpool.core.connection import connect, guarded, resolve_url
 from workerpool.core.errors import BadInput, StepWaitTimeout, UnknownStep
 from workerpool.core.leases import Leases
 from workerpool.core.pools import PoolRegistry, find
+from workerpool.core.routeview import read_route
 from workerpool.core.routing import route
 from workerpool.core.sealing import Keyring, key_to_seal
 from workerpool.core.settings import Settings
 from workerpool.core.snapshot import Snapshot, all_pools, read_snapshot
-from workerpool.core.steps import TERMINAL, LogEntry, ScriptStep, StepResult, check_step
+from workerpool.core.steps import (
+    LOCATION_SERVER,
+    TERMINAL,
+    LogEntry,
+    ScriptStep,
+    StepResult,
+    check_step,
+)
 from workerpool.core.store import StepStore
 from workerpool.core.workers import DRAIN, OFFLINE, WorkerInfo
 
@@ -63,11 +71,12 @@ class Client:
     def run(self, step: ScriptStep) -> StepHandle:
         """Validate, route and enqueue *step*: two Redis round trips."""
         step = check_step(step)
-        snapshot = self.snapshot()
-        chosen = route(step, snapshot)
+        view = self.guard(lambda: read_route(self.redis, step.pool,
+                                             server=step.location == LOCATION_SERVER))
+        chosen = route(step, view)
         lease_timeout = step.lease_timeout or self.settings.lease_timeout
         sealing = self.guard(lambda: key_to_seal(self.store.keyring, self.redis,
-                                                 snapshot.public_keys, chosen.pool,
+                                                 view.public_keys, chosen.pool,
                                                  bool(step.sensitive_variables)))
         step_id = self.guard(lambda: self.store.enqueue(
             step, chosen, lease_timeout, self.settings.step_timeout, sealing=sealing))

@@ -6,6 +6,7 @@ both share the stored record (``workerpool.spec.deployment``).
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import time
@@ -17,9 +18,9 @@ import redis
 from workerpool.core import keys
 from workerpool.core.connection import guarded
 from workerpool.core.errors import BadInput, NoWorker, WorkerPoolError
+from workerpool.core.routeview import read_route
 from workerpool.core.routing import route
 from workerpool.core.sealing import Keyring, PublicKey, key_to_seal, seal
-from workerpool.core.snapshot import read_snapshot
 from workerpool.core.steps import QUEUED, ScriptStep
 from workerpool.core.targets import TargetRegistry, matching
 from workerpool.spec.deployment import (
@@ -90,15 +91,17 @@ class Deployments:
         return seal_one
 
     def _preflight(self, process: Process, environment: str, extra: dict[str, str]) -> None:
-        snapshot = self.guard(lambda: read_snapshot(self.redis))
         targets = self.targets.list()
         variables, _ = variables_for(process, environment, None, extra)
+        checked: set[str] = set()  # each pool is read once, however many steps name it
         for step in process.steps:
             where = f"{process.source}: step {step.name!r}"
             pool = pool_for(step, variables)
-            if step.location in POOL_LOCATIONS and pool is not None:
+            if step.location in POOL_LOCATIONS and pool is not None and pool not in checked:
                 try:
-                    route(ScriptStep(script="true", pool=pool), snapshot)
+                    view = self.guard(functools.partial(read_route, self.redis, pool))
+                    route(ScriptStep(script="true", pool=pool), view)
+                    checked.add(pool)
                 except WorkerPoolError as exc:
                     raise BadInput(f"{where}: field 'pool': {exc}") from None
             if step.location in ROLE_LOCATIONS and not matching(targets, environment,

@@ -43,6 +43,10 @@ A pool's own (``S`` is ``workerpool:pool:{POOL}:``)::
 
     S workers                 hash   worker name -> worker JSON {name, pool, instance, ...}
     S hb:<instance>           string heartbeat JSON {time, state, running, reason}, expiring
+    S live                    zset   worker instance -> when its last heartbeat expires (ms,
+                                     Redis's clock): live while not past (``lua/beat.lua``;
+                                     pruned by deregister and the reaper's ``lost.lua``)
+    S states                  hash   worker instance -> the state its last heartbeat gave
     S step:<id>               hash   step record: spec, state, pool, queue, worker, times
                                      (``missing_since``: a reaper found its message gone)
     S step:<id>:log           stream log entries {t, s, x} (time, stream, text) and one final {end}

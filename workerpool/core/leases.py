@@ -408,7 +408,7 @@ class Leases:
 
     def _reap_lost(self, pool: str) -> int:
         ended = 0
-        rows = self._lost(keys=[keys.running(pool)],
+        rows = self._lost(keys=[keys.running(pool), keys.live(pool), keys.states(pool)],
                           args=[keys.heartbeat_prefix(pool), keys.space(pool) + "step:"])
         for row in rows:
             (step_id, instance, worker, retry, attempt, queue, name, pool_name, lease, target,

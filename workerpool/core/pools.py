@@ -160,6 +160,13 @@ def find(pools: dict[str, Pool], ident: str) -> Pool:
 
 
 
+def _pool_keys(pool: Pool) -> list[str]:
+    """The KEYS of ``pool_edit.lua`` and ``pool_remove.lua`` for *pool*: the registry, its
+    workers, its queue and its live index (which goes with its slug)."""
+    return [keys.POOLS, keys.DEFAULT_POOL, keys.workers(pool.slug), pool.queue,
+            keys.live(pool.slug), keys.states(pool.slug)]
+
+
 def _record(name: str, description: str, requires: tuple[str, ...] = (),
             health_check: str = "", paused: Pool | None = None, max_running: int = 0,
             cleanup_script: str = "") -> str:
@@ -269,9 +276,8 @@ class PoolRegistry:
             else validate_max_running(max_running),
             cleanup_script=pool.cleanup_script if cleanup_script is None
             else validate_cleanup_script(cleanup_script))
-        outcome = self._edit(
-            keys=[keys.POOLS, keys.DEFAULT_POOL, keys.workers(pool.slug), pool.queue],
-            args=[pool.slug, new_slug, record, "1" if make_default else "0"])
+        outcome = self._edit(keys=_pool_keys(pool),
+                             args=[pool.slug, new_slug, record, "1" if make_default else "0"])
         self._raise_for(outcome, pool, action="rename")
         return self.get(new_slug)
 
@@ -309,16 +315,13 @@ class PoolRegistry:
         record = _record(after.name, after.description, after.requires, after.health_check,
                          paused=after, max_running=after.max_running,
                          cleanup_script=after.cleanup_script)
-        outcome = self._edit(
-            keys=[keys.POOLS, keys.DEFAULT_POOL, keys.workers(before.slug), before.queue],
-            args=[before.slug, before.slug, record, "0"])
+        outcome = self._edit(keys=_pool_keys(before),
+                             args=[before.slug, before.slug, record, "0"])
         self._raise_for(outcome, before, action="pause")
 
     def remove(self, ident: str) -> Pool:
         pool = self.get(ident)
-        outcome = self._remove(keys=[keys.POOLS, keys.DEFAULT_POOL, keys.workers(pool.slug),
-                                     pool.queue],
-                               args=[pool.slug])
+        outcome = self._remove(keys=_pool_keys(pool), args=[pool.slug])
         self._raise_for(outcome, pool, action="remove")
         return pool
 

@@ -1,15 +1,37 @@
-"""Routing: which queue a step goes to. A pure function of the step and a cluster snapshot."""
+"""Routing: which queue a step goes to. A pure function of the step and what it reads of the
+cluster (``routeview.RouteView``: the step's pool and its live workers; or a whole
+``snapshot.Snapshot``).
+
+Only live workers count (heartbeating, in any state): a default pool whose workers are all
+Offline sends a step to the built-in worker, and an Offline worker's syntaxes refuse nothing.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from workerpool.core import keys
 from workerpool.core.errors import NoWorker
-from workerpool.core.pools import find
-from workerpool.core.snapshot import Snapshot
+from workerpool.core.pools import Pool, find
 from workerpool.core.steps import LOCATION_SERVER, ScriptStep
-from workerpool.core.workers import WorkerInfo
+from workerpool.core.workers import OFFLINE, WorkerInfo
+
+
+class Cluster(Protocol):
+    """What routing reads: pools (at least the step's and the default), the built-in worker's
+    switch, and a pool's workers."""
+
+    @property
+    def pools(self) -> dict[str, Pool]: ...
+
+    @property
+    def builtin_enabled(self) -> bool: ...
+
+    @property
+    def default_pool(self) -> Pool: ...
+
+    def workers_in(self, pool_slug: str) -> list[WorkerInfo]: ...
 
 
 @dataclass(frozen=True)
@@ -26,7 +48,7 @@ class Route:
 BUILTIN_ROUTE = Route(keys.BUILTIN_QUEUE, keys.BUILTIN_POOL, "built-in worker")
 
 
-def route(step: ScriptStep, snapshot: Snapshot) -> Route:
+def route(step: ScriptStep, snapshot: Cluster) -> Route:
     """Apply the routing rules; raise a Refused error when no queue may take the step."""
     if step.location == LOCATION_SERVER:
         return _check_syntax(step, _builtin(snapshot, "the step runs on the server (--server)"),
@@ -35,13 +57,18 @@ def route(step: ScriptStep, snapshot: Snapshot) -> Route:
         pool = find(snapshot.pools, step.pool)
     else:
         pool = snapshot.default_pool
-        if not snapshot.workers_in(pool.slug):
+        if not live_in(snapshot, pool.slug):
             return _check_syntax(step, _builtin(
-                snapshot, f"the default pool {pool.name!r} has no workers"), snapshot)
+                snapshot, f"the default pool {pool.name!r} has no live workers"), snapshot)
     return _check_syntax(step, Route(pool.queue, pool.slug, pool.name), snapshot)
 
 
-def _builtin(snapshot: Snapshot, why: str) -> Route:
+def live_in(snapshot: Cluster, pool_slug: str) -> list[WorkerInfo]:
+    """The workers of *pool_slug* that heartbeat (any state but Offline)."""
+    return [w for w in snapshot.workers_in(pool_slug) if w.state != OFFLINE]
+
+
+def _builtin(snapshot: Cluster, why: str) -> Route:
     if not snapshot.builtin_enabled:
         raise NoWorker(
             f"{why} and the built-in worker is disabled, so nothing can run it; start a worker "
@@ -51,9 +78,9 @@ def _builtin(snapshot: Snapshot, why: str) -> Route:
     return BUILTIN_ROUTE
 
 
-def _check_syntax(step: ScriptStep, chosen: Route, snapshot: Snapshot) -> Route:
-    """Refuse a syntax that no registered worker of the target can run (e.g. no pwsh)."""
-    candidates: list[WorkerInfo] = snapshot.workers_in(chosen.pool)
+def _check_syntax(step: ScriptStep, chosen: Route, snapshot: Cluster) -> Route:
+    """Refuse a syntax that no live worker of the target can run (e.g. no pwsh)."""
+    candidates = live_in(snapshot, chosen.pool)
     if candidates and not any(step.syntax in w.syntaxes for w in candidates):
         program = "pwsh" if step.syntax == "powershell" else step.syntax
         raise NoWorker(f"no worker of {chosen.pool_name!r} can run {step.syntax} scripts "

@@ -103,16 +103,29 @@ class WorkerInfo:
 def register(client: redis.Redis, info: WorkerInfo, beat: Heartbeat, name: str | None,
              name_prefix: str, ttl: float) -> str | None:
     """Record *info* in its pool's space under *name*, or under the lowest free
-    ``<name_prefix>NN``, with its first heartbeat (expiring after *ttl* seconds); the name
-    taken, or None when *name* is held by a live worker of the pool."""
+    ``<name_prefix>NN``, with its first heartbeat (expiring after *ttl* seconds) and its
+    entry in the pool's live index; the name taken, or None when *name* is held by a live
+    worker of the pool."""
     taken = scripts.load(client, "register")(
-        keys=[keys.workers(info.pool)],
+        keys=[keys.workers(info.pool), keys.live(info.pool), keys.states(info.pool)],
         args=[name or "", name_prefix, info.record_json(), keys.heartbeat_prefix(info.pool),
               beat.to_json(), int(ttl * 1000), info.instance])
     return str(taken) if taken else None
 
 
+def beat(client: redis.Redis, pool: str, instance: str, heartbeat: Heartbeat,
+         ttl: float) -> None:
+    """Write *instance*'s heartbeat, expiring after *ttl* seconds, and its entry in its pool's
+    live index (``keys.live``, ``keys.states``): one round trip."""
+    scripts.load(client, "beat")(
+        keys=[keys.heartbeat(pool, instance), keys.live(pool), keys.states(pool)],
+        args=[heartbeat.to_json(), int(ttl * 1000), instance])
+
+
 def deregister(client: redis.Redis, pool: str, name: str, instance: str) -> None:
-    """Remove a worker's heartbeat, and its record if no other instance took the name since."""
-    scripts.load(client, "deregister")(keys=[keys.workers(pool), keys.heartbeat(pool, instance)],
-                                       args=[name, instance])
+    """Remove a worker's heartbeat and live index entry, and its record if no other instance
+    took the name since."""
+    scripts.load(client, "deregister")(
+        keys=[keys.workers(pool), keys.heartbeat(pool, instance), keys.live(pool),
+              keys.states(pool)],
+        args=[name, instance])

@@ -160,8 +160,8 @@ class Runtime:
         with self._beat_lock:
             state, reason = self._state()
             hb = Heartbeat(time=time.time(), state=state, running=running, reason=reason)
-            self.redis.set(keys.heartbeat(self.identity.pool, self.identity.instance), hb.to_json(),
-                           px=int(self.settings.heartbeat_ttl * 1000))
+            workers.beat(self.redis, self.identity.pool, self.identity.instance, hb,
+                         self.settings.heartbeat_ttl)
 
     def _state(self) -> tuple[str, str]:
         """The state others see, and why it is Unhealthy. It follows ``consuming``, which only

@@ -8,6 +8,7 @@ import pytest
 
 from workerpool.core.errors import BadInput, NoWorker, UnknownPool
 from workerpool.core.pools import Pool
+from workerpool.core.routeview import RouteView
 from workerpool.core.routing import BUILTIN_ROUTE, Route, route
 from workerpool.core.snapshot import Snapshot
 from workerpool.core.steps import ScriptStep
@@ -111,13 +112,34 @@ def test_empty_default_pool_sends_the_step_to_the_builtin_worker() -> None:
 
 
 @pytest.mark.parametrize("state", [HEALTHY, UNHEALTHY])
-def test_default_pool_with_only_offline_workers_keeps_the_step(state: str) -> None:
-    """Rule 4: registered workers mean the step waits on the pool, not on the built-in worker."""
+def test_default_pool_with_only_offline_workers_sends_the_step_to_the_builtin_worker(
+        state: str) -> None:
+    """Only live workers count: registered but Offline ones (their heartbeat expired) are not
+    "the default pool has workers" (it used to be so; routing now reads the live index)."""
     snap = snapshot(worker("default-worker-pool", 1, online=False),
                     worker("default-worker-pool", 2, online=False, state=state), BUILTIN)
-    chosen = route(ScriptStep("echo"), snap)
-    assert chosen.queue == "workerpool.pool.default-worker-pool"
-    assert not chosen.builtin
+    assert route(ScriptStep("echo"), snap) == BUILTIN_ROUTE
+
+
+def test_default_pool_with_one_live_worker_among_offline_ones_keeps_the_step() -> None:
+    snap = snapshot(worker("default-worker-pool", 1, online=False),
+                    worker("default-worker-pool", 2), BUILTIN)
+    assert route(ScriptStep("echo"), snap).pool == "default-worker-pool"
+
+
+def test_offline_workers_without_pwsh_refuse_no_syntax() -> None:
+    snap = snapshot(worker("database-worker-pool", 1, online=False))
+    chosen = route(ScriptStep("Write-Output hi", syntax="powershell",
+                              pool="Database Worker Pool"), snap)
+    assert chosen.pool == "database-worker-pool"
+
+
+def test_only_live_workers_decide_whether_a_syntax_is_refused() -> None:
+    snap = snapshot(worker("database-worker-pool", 1, online=False, syntaxes=ALL_SYNTAXES),
+                    worker("database-worker-pool", 2))
+    with pytest.raises(NoWorker, match="pwsh"):
+        route(ScriptStep("Write-Output hi", syntax="powershell", pool="Database Worker Pool"),
+              snap)
 
 
 def test_default_pool_with_only_unhealthy_workers_keeps_the_step() -> None:
@@ -214,6 +236,38 @@ def test_common_syntaxes_route_to_workers_without_pwsh(syntax: str) -> None:
 
 def test_route_does_not_depend_on_worker_order() -> None:
     workers = (worker("default-worker-pool", 1, online=False), BUILTIN,
-               worker("database-worker-pool", 3))
+               worker("database-worker-pool", 3), worker("default-worker-pool", 2))
     for ordering in (workers, tuple(reversed(workers))):
         assert route(ScriptStep("echo"), snapshot(*ordering)).pool == "default-worker-pool"
+
+
+# --- what Client.run reads: only the step's pool (routeview.RouteView) ---------------------------
+
+
+def view(*workers: WorkerInfo, pools: tuple[Pool, ...] = (DEFAULT, DATABASE),
+         builtin_enabled: bool = True) -> RouteView:
+    live: dict[str, tuple[WorkerInfo, ...]] = {}
+    for w in workers:
+        live[w.pool] = (*live.get(w.pool, ()), w)
+    return RouteView(pools={p.slug: p for p in pools}, builtin_enabled=builtin_enabled,
+                     live=live)
+
+
+def test_a_route_view_of_the_step_pool_alone_routes_as_a_snapshot_does() -> None:
+    step = ScriptStep("echo", pool="Database Worker Pool")
+    assert route(step, view(worker("database-worker-pool"))) == \
+        route(step, snapshot(worker("database-worker-pool")))
+    assert route(ScriptStep("echo"), view(BUILTIN)) == BUILTIN_ROUTE
+    assert route(ScriptStep("echo"), view(worker("default-worker-pool"))).pool == \
+        "default-worker-pool"
+
+
+def test_a_route_view_refuses_a_syntax_no_live_worker_has() -> None:
+    with pytest.raises(NoWorker, match="pwsh"):
+        route(ScriptStep("Write-Output hi", syntax="powershell", pool="database-worker-pool"),
+              view(worker("database-worker-pool")))
+
+
+def test_a_route_view_without_the_pool_raises_unknown_pool() -> None:
+    with pytest.raises(UnknownPool, match="'Kubernetes Worker Pool'"):
+        route(ScriptStep("echo", pool="Kubernetes Worker Pool"), view())

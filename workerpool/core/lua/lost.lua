@@ -1,5 +1,16 @@
--- KEYS: running. ARGV: heartbeat key prefix, step key prefix.
--- Running steps whose worker instance no longer heartbeats.
+-- KEYS: running, live, states. ARGV: heartbeat key prefix, step key prefix.
+-- Running steps whose worker instance no longer heartbeats. First, the pool's live index drops
+-- the instances whose last heartbeat has expired (score before now, on Redis's clock), and
+-- their states: they are Offline, and a worker that beats again is put back by its beat.
+local now = redis.call('TIME')
+local before = string.format('(%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', before)
+if #expired > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', before)
+  for i = 1, #expired, 1000 do  -- unpack's stack is bounded
+    redis.call('HDEL', KEYS[3], unpack(expired, i, math.min(i + 999, #expired)))
+  end
+end
 local lost = {}
 for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   local f = redis.call('HMGET', ARGV[2] .. id, 'instance', 'worker', 'retry', 'attempt', 'queue',
