@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import subprocess
 import sys
@@ -111,7 +110,7 @@ def test_sensitive_values_never_leave_the_worker_in_clear(cli, client, pool, raw
     [raw_message] = raw.lrange(keys.pool_queue("parked"), 0, -1)
     message = json.loads(raw_message)
     assert secret not in raw_message
-    assert secret not in base64.b64decode(message["body"]).decode()
+    assert secret not in message["body"] and json.loads(message["body"])[1:] == [{}, {}]
     assert "migrate" in message["headers"]["argsrepr"]
     assert "Parked" in message["headers"]["argsrepr"]
 

@@ -26,7 +26,7 @@ def entry(payload: object = None, header: dict[str, object] | None = None,
     """A step message as ``messages.build`` makes it, with parts replaced."""
     message = json.loads(messages.build("pool~0000", 0, QUEUE, "hand-made"))
     if payload is not None:
-        message["body"] = base64.b64encode(json.dumps(payload).encode()).decode()
+        message["body"] = json.dumps(payload)
     message["headers"].update(header or {})
     message["properties"].update(prop or {})
     message.update(fields)
@@ -34,6 +34,7 @@ def entry(payload: object = None, header: dict[str, object] | None = None,
 
 
 EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+NOT_JSON = "its body is not JSON (plain, or base64-encoded)"
 MALFORMED = {
     "body-an-object": (entry({"not": "a list"}), "its body is not [args, kwargs, embed]"),
     "step-id-not-text": (entry([[{"x": 1}, "a"], {}, EMBED]), "its step id is not text"),
@@ -53,10 +54,12 @@ MALFORMED = {
     "task-id-not-text": (entry(header={"id": None}), "its task id or delivery tag is not text"),
     "delivery-tag-an-object": (entry(prop={"delivery_tag": {"a": 1}}),
                                "its task id or delivery tag is not text"),
-    "body-not-base64": (entry(**{"body": "!!not base64!!"}),
-                        "its body is not base64-encoded JSON"),
-    "deep-body": (entry(**{"body": base64.b64encode(b"[" * 100_000).decode()}),
-                  "its body is not base64-encoded JSON"),
+    "body-not-json": (entry(**{"body": "{not json"}), NOT_JSON),
+    "body-not-base64": (entry(prop={"body_encoding": "base64"}, body="!!not base64!!"),
+                        NOT_JSON),
+    "deep-body": (entry(**{"body": "[" * 100_000}), NOT_JSON),
+    "deep-base64-body": (entry(prop={"body_encoding": "base64"},
+                               body=base64.b64encode(b"[" * 100_000).decode()), NOT_JSON),
     "pickle": (entry(**{"content-type": "application/x-python-serialize"}),
                "refusing content type 'application/x-python-serialize'"),
     "headers-a-list": (entry(**{"headers": [1]}),

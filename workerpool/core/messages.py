@@ -33,28 +33,30 @@ def build(step_id: str, attempt: int, queue: str, label: str,
     *label* is what monitoring shows as the task's arguments; it never holds variable values.
     *priority* is kombu's number for it, which a message kombu restores is put back by
     (``keys.priority_list``).
+
+    Only what a worker reads is written, as a million queued steps are a million of these: a
+    header Celery reads with a default (``eta``, ``group``, ``timelimit``, ``retries`` of a
+    first attempt, ...) is left out when it would hold that default, ``root_id`` (the task's
+    own id) too, as are the properties only a result backend reads (``reply_to``,
+    ``correlation_id``) and kombu's default ``content-encoding`` (utf-8). The body is plain
+    JSON (kombu takes a body without a ``body_encoding`` as is), its embed empty (no callbacks,
+    chain or chord).
     """
     tid = task_id(step_id, attempt)
-    body = json.dumps([[step_id, attempt], {},
-                       {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
-    headers: dict[str, object] = {
-        "lang": "py", "task": TASK_NAME, "id": tid, "shadow": None, "eta": None,
-        "expires": None, "group": None, "group_index": None, "retries": attempt,
-        "timelimit": [None, None], "root_id": tid, "parent_id": None,
-        "argsrepr": label, "kwargsrepr": "{}", "origin": "workerpool",
-        "ignore_result": True, "replaced_task_nesting": 0, "stamped_headers": None,
-        "stamps": {},
-    }
+    headers: dict[str, object] = {"task": TASK_NAME, "id": tid, "argsrepr": label,
+                                  "kwargsrepr": "{}"}
+    if attempt:
+        headers["retries"] = attempt
     message = {
-        "body": base64.b64encode(body.encode()).decode(),
-        "content-encoding": "utf-8",
+        "body": json.dumps([[step_id, attempt], {}, {}], separators=(",", ":")),
         "content-type": "application/json",
         "headers": headers,
         "properties": {
-            "correlation_id": tid, "reply_to": "", "delivery_mode": 2,
+            # kombu's Redis transport: where a restored message goes back (exchange, routing
+            # key, priority) and the key of its unacknowledged copy (delivery tag).
             "delivery_info": {"exchange": "", "routing_key": queue},
             "priority": keys.PRIORITY_NUMBERS.get(priority, keys.PRIORITY_NUMBERS[keys.NORMAL]),
-            "body_encoding": "base64", "delivery_tag": tid,
+            "delivery_tag": tid,
         },
     }
     return json.dumps(message, separators=(",", ":"))
@@ -122,7 +124,7 @@ def _content_problem(message: dict[str, object], properties: dict[str, object]) 
             == "base64" else body.encode()
         payload = json.loads(raw)
     except (ValueError, RecursionError):
-        return "its body is not base64-encoded JSON"
+        return "its body is not JSON (plain, or base64-encoded)"
     return _payload_problem(payload)
 
 

@@ -14,6 +14,15 @@ from workerpool.core.routing import Route
 from workerpool.core.sealing import Keyring, PublicKey
 from workerpool.core.steps import QUEUED, LogEntry, ScriptStep, StepResult
 
+ENQUEUE_BATCH = 1000  # enqueue_many's calls per round trip
+
+# Record fields left out when they would hold this value: every reader of a step record takes
+# an absent one for it (``record.get(name) or default``, a Lua ``or ''``), and a million queued
+# steps are a million records, each kept by Redis in its compact encoding. "secrets" is always
+# written, empty or sealed.
+DEFAULTED = {"variables": "{}", "target": "", "notify": "", "packages": "[]",
+             "script_path": "", "substitute": "[]", "structured": "[]"}
+
 
 def new_step_id(pool: str) -> str:
     """A new step id of *pool*: its keys live in the pool's space (``keys.step``)."""
@@ -43,6 +52,34 @@ class StepStore:
         step_id = step_id or new_step_id(route.pool)
         if keys.pool_of(step_id) != route.pool:
             raise ValueError(f"step id {step_id} is not of pool {route.pool}")
+        names, args = self._enqueue_call(step, route, lease_timeout, step_timeout, step_id,
+                                         notify=notify, target=target, sealing=sealing)
+        self._enqueue(keys=names, args=args)
+        return step_id
+
+    def enqueue_many(self, step: ScriptStep, route: Route, count: int, lease_timeout: float,
+                     step_timeout: float, *, target: str = "", sealing: PublicKey | None = None,
+                     batch: int = ENQUEUE_BATCH) -> list[str]:
+        """Enqueue *count* copies of *step* under new ids, each exactly as ``enqueue`` stores
+        it (its own record, sealed secrets and message, each step atomic), the calls sent
+        *batch* to a round trip; the new ids, in order."""
+        ids: list[str] = []
+        for start in range(0, count, batch):
+            pipe = self.redis.pipeline(transaction=False)
+            for _ in range(min(batch, count - start)):
+                step_id = new_step_id(route.pool)
+                names, args = self._enqueue_call(step, route, lease_timeout, step_timeout,
+                                                 step_id, target=target, sealing=sealing)
+                self._enqueue(keys=names, args=args, client=pipe)
+                ids.append(step_id)
+            pipe.execute()
+        return ids
+
+    def _enqueue_call(self, step: ScriptStep, route: Route, lease_timeout: float,
+                      step_timeout: float, step_id: str, *, notify: str = "", target: str = "",
+                      sealing: PublicKey | None = None) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of ``lua/enqueue.lua`` for *step* as *step_id*: its record
+        without the fields that would hold what their readers take for absent (DEFAULTED)."""
         now = time.time()
         deadline = now + lease_timeout
         record: dict[str, str | int | float] = {
@@ -52,19 +89,16 @@ class StepStore:
             "script": step.script, "variables": json.dumps(step.variables),
             "secrets": self.keyring.seal_map(step.sensitive_variables, sealing),
             "timeout": step.timeout or step_timeout, "lease_timeout": lease_timeout,
-            "queued_at": now, "deadline": deadline, "target": target,
+            "queued_at": now, "deadline": deadline, "target": target, "notify": notify,
             **step.to_record(),
         }
-        if notify:
-            record["notify"] = notify
+        fields = [item for name, value in record.items() if DEFAULTED.get(name) != value
+                  for item in (name, value)]
         label = messages.label(step.name, route.pool_name, step_id, target=target)
-        fields = [item for pair in record.items() for item in pair]
-        self._enqueue(keys=[keys.step(step_id), keys.pending(route.pool),
-                            keys.priority_list(route.queue, step.priority)],
-                      args=[deadline, step_id,
-                            messages.build(step_id, 0, route.queue, label, step.priority),
-                            *fields])
-        return step_id
+        return ([keys.step(step_id), keys.pending(route.pool),
+                 keys.priority_list(route.queue, step.priority)],
+                [deadline, step_id, messages.build(step_id, 0, route.queue, label, step.priority),
+                 *fields])
 
     def record(self, step_id: str) -> dict[str, str]:
         return cast(dict[str, str], self.redis.hgetall(keys.step(step_id)))

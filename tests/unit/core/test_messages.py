@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 from workerpool.core import messages
@@ -15,9 +16,14 @@ def test_the_messages_workerpool_builds_pass_the_check():
 
 def test_celerys_own_send_task_shape_passes():
     raw = json.loads(messages.build("pool~ab12", 0, "workerpool.pool.pool", "label"))
-    raw["properties"].pop("body_encoding")  # a plain JSON body, not base64
     raw["body"] = json.dumps([["pool~ab12"], {}, {"callbacks": None, "chord": None}])
     assert messages.problem(raw) is None
+    # kombu's own Redis publisher: the body base64-encoded, and said so
+    raw["body"] = base64.b64encode(raw["body"].encode()).decode()
+    raw["properties"]["body_encoding"] = "base64"
+    assert messages.problem(raw) is None
+    raw["properties"].pop("body_encoding")  # base64 text is not a plain JSON body
+    assert messages.problem(raw) == "its body is not JSON (plain, or base64-encoded)"
 
 
 def test_each_wrong_part_is_named():

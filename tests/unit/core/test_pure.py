@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 from pathlib import Path
@@ -252,25 +251,19 @@ def test_build_is_a_celery_protocol_2_message() -> None:
     label = messages.label("Migrate database", "Database Worker Pool", "s-123")
     raw = messages.build("s-123", 0, "workerpool.pool.database-worker-pool", label)
     message = json.loads(raw)
-    body = json.loads(base64.b64decode(message["body"]))
-    assert body == [["s-123", 0], {},
-                    {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
-    headers = message["headers"]
-    assert headers["task"] == "workerpool.run_step"
-    assert headers["id"] == headers["root_id"] == "s-123"
-    assert headers["argsrepr"] == label
-    assert headers["kwargsrepr"] == "{}"
+    assert json.loads(message["body"]) == [["s-123", 0], {}, {}]
+    assert message["headers"] == {"task": "workerpool.run_step", "id": "s-123",
+                                  "argsrepr": label, "kwargsrepr": "{}"}
     assert message["content-type"] == "application/json"
-    properties = message["properties"]
-    assert properties["body_encoding"] == "base64"
-    assert properties["delivery_info"]["routing_key"] == "workerpool.pool.database-worker-pool"
-    assert properties["correlation_id"] == "s-123"
+    assert message["properties"] == {
+        "delivery_info": {"exchange": "", "routing_key": "workerpool.pool.database-worker-pool"},
+        "priority": 3, "delivery_tag": "s-123"}  # no body_encoding: the body is plain JSON
 
 
 def test_build_retry_attempt_has_its_own_task_id() -> None:
     message = json.loads(messages.build("s-9", 2, "workerpool.builtin", "label"))
-    assert json.loads(base64.b64decode(message["body"]))[0] == ["s-9", 2]
-    assert message["headers"]["id"] == "s-9-r2"
+    assert json.loads(message["body"])[0] == ["s-9", 2]
+    assert message["headers"]["id"] == message["properties"]["delivery_tag"] == "s-9-r2"
     assert message["headers"]["retries"] == 2
     assert message["properties"]["delivery_info"]["routing_key"] == "workerpool.builtin"
 
