@@ -31,7 +31,10 @@ redis:
 	@redis-server --version 2>/dev/null | grep -q "v=[7-9]" || (apt-get update -qq && \
 		apt-get install -y -qq redis-server && (service redis-server stop || true))
 
+# The bench's peers (RQ, Dramatiq) are the `bench` extra; `.[dev]` includes it, but a venv made
+# with only the runtime dependencies gets them here.
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/workerpool bench
 
 lint: $(STAMP)

@@ -46,7 +46,11 @@ def test_tiny_plan_prints_every_figure_and_writes_the_docs(tmp_path: Path) -> No
                    "open it (worker) p50", "every figure's workers log in as",
                    "as deployed (scripts as users of their own) vs plain Celery",
                    "enqueue -> start p50, with a cap and priorities vs without",
-                   "requests Redis receives per step (MONITOR; a script call is one)"):
+                   "requests Redis receives per step (MONITOR; a script call is one)",
+                   "RQ: enqueue -> result p50", "Dramatiq: enqueue -> result p99",
+                   "tuned Celery: throughput", "workerpool p50 vs best peer",
+                   "workerpool throughput vs best peer",
+                   "workerpool throughput vs tuned Celery", "best peer by p50"):
         assert metric in done.stdout
     assert "its pool's own Redis user" in done.stdout  # figure 7: Redis 7, real ACL users
     assert "goals met" in done.stdout

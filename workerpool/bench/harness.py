@@ -236,6 +236,20 @@ class Harness:
         wait_until(ready, READY_TIMEOUT, f"{count} baseline Celery worker(s)", interval=0.05)
         return [p.pid for p in procs]
 
+    def start_peer(self, argvs: list[list[str]], label: str, ready: Callable[[], bool],
+                   what: str) -> list[int]:
+        """Start another system's worker processes (figure 9: RQ, Dramatiq), one for each of
+        *argvs*, logged and ending with the bench like every child; return their pids once
+        *ready* (a cheap Redis read) holds."""
+        procs = [self._spawn(argv, label) for argv in argvs]
+
+        def started() -> bool:
+            self._check_alive(procs)
+            return ready()
+
+        wait_until(started, READY_TIMEOUT, what, interval=0.05)
+        return [p.pid for p in procs]
+
     def start_server(self) -> int:
         """Start ``workerpool server`` (the orchestrator, with its built-in worker and reaper);
         return once its heartbeat says it orchestrates."""

@@ -12,7 +12,8 @@ from pathlib import Path
 from workerpool.bench.png import bar_chart
 
 FIGURES = {1: "Idle latency", 2: "Throughput", 3: "Pool isolation", 4: "Fan-out", 5: "Scale",
-           6: "Reference points", 7: "Trust boundaries", 8: "Pool operations"}
+           6: "Reference points", 7: "Trust boundaries", 8: "Pool operations",
+           9: "Peers"}
 HEADERS = ["FIGURE", "METRIC", "MEASURED", "REFERENCE", "RATIO", "GOAL", "MET"]
 
 
@@ -71,7 +72,7 @@ class Row:
 def fmt(value: float | None, unit: str) -> str:
     if value is None:
         return ""
-    if unit in ("steps/s", "ops/s", "B", "steps"):
+    if unit in ("steps/s", "jobs/s", "ops/s", "B", "steps"):
         number = f"{value:,.0f}"
     elif unit == "%":
         return f"{value:.1f}%"

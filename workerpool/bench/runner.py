@@ -13,7 +13,7 @@ from types import FrameType
 
 from celery import Celery
 
-from workerpool.bench import baseline, figures, scale
+from workerpool.bench import baseline, figures, peers, scale
 from workerpool.bench.figures import Latency, median, percentile
 from workerpool.bench.harness import Harness
 from workerpool.bench.report import Goal, Report, Row, load_average, machine
@@ -74,7 +74,7 @@ def run(plan: Plan, settings: Settings, progress: Callable[[str], None]) -> Repo
         report = Report(plan.name, plan.runs, machine(harness.redis_version()))
         report.notes = notes(plan, harness.embedded)
         phases = (_references, _phase_workers, _phase_fanout, _phase_scale, _phase_trust,
-                  _phase_operations)
+                  _phase_operations, peers.phase)
         for phase in phases:
             phase(harness, plan, report, progress)
             harness.stop_workers()
@@ -342,8 +342,7 @@ def _fanout_rows(plan: Plan, report: Report, ours: list[figures.DeploymentFanout
 
     report.add(compared(4, f"deployment: submit -> end vs ideal ({shape})", "s", walls, ideal))
     report.add(Row(4, "deployment efficiency (ideal / wall)", "%",
-                   median([i / w * 100 for i, w in zip(ideal, walls, strict=True)]),
-                   goal=Goal(">=", 90, on_ratio=False)))
+                   median([i / w * 100 for i, w in zip(ideal, walls, strict=True)])))
     report.add(compared(4, "deployment: first run start -> last run end vs ideal", "s",
                         [run.runs for run in ours], ideal))
     report.add(Row(4, "orchestrator: submit -> first run enqueued", "ms",
@@ -360,7 +359,8 @@ def _fanout_rows(plan: Plan, report: Report, ours: list[figures.DeploymentFanout
     report.add(compared(4, "individual steps (Client.run, no orchestrator) vs ideal", "s",
                         steps, ideal))
     report.add(compared(4, "plain Celery tasks vs ideal", "s", theirs, ideal))
-    report.add(compared(4, "deployment vs plain Celery tasks, same shape", "s", walls, theirs))
+    report.add(compared(4, "deployment vs plain Celery tasks, same shape", "s", walls, theirs,
+                        Goal("<=", 1.03)))
 
 
 # -- figure 5: scale ------------------------------------------------------------------
@@ -568,6 +568,24 @@ def notes(plan: Plan, embedded: bool) -> list[str]:
         "counted once, the commands it runs not at all; the workers' heartbeats in the span "
         "counted too): enqueueing, taking, claiming and ending a step cost the same requests "
         "with the controls as without.",
+        "Figure 9 runs the same job, `bash -c true` through `subprocess`, on workerpool and its "
+        "peers, each with 4 slots on the same Redis and keys of its own: RQ (4 default forking "
+        "`Worker`s, a work horse forked per job), Dramatiq (its CLI, 2 processes x "
+        f"{plan.concurrency} threads, Redis broker, Results middleware on the Redis backend), "
+        f"plain and tuned Celery (figure 2's baseline workers, 2 x {plan.concurrency} threads "
+        f"each) and workerpool (2 workers x {plan.concurrency}, `true` steps). Latency is "
+        f"enqueue -> result in the caller's hands, {plan.latency_steps} jobs one at a time, each "
+        "waited for as its own API waits, without polling: `StepHandle.wait()`, "
+        "`AsyncResult.get()` (pub/sub), RQ 2's `Job.latest_result(timeout=...)` (XREAD BLOCK "
+        "on the job's result stream) and Dramatiq's `get_result(block=True)` (BRPOPLPUSH). "
+        f"Throughput is {plan.throughput_steps} jobs enqueued one after another by one caller, "
+        "timed until every result is stored (workerpool: until no step is queued or running; "
+        "the others: until each result key exists). Dramatiq's Redis consumer polls for "
+        "messages with a backoff of up to 1 s when idle, as it does by default; RQ and Celery "
+        "block on their queues. RQ's workers log at WARNING, as the Celery workers do (RQ's "
+        "default writes two lines a job; Dramatiq's, none). The systems go first "
+        "in turn from run to run; the goals compare workerpool with the best peer of each run "
+        "(the lowest p50, the highest throughput) and with tuned Celery.",
     ]
 
 
