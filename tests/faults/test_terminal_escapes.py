@@ -196,9 +196,10 @@ def test_health_reasons_show_as_text_in_worker_list_and_status(client, raw, star
     reason = b"\\x1b]52;c;cHduZWQ=\\x07\\x1b[2J\\x9bdisk full"
     listed = on_a_pty(env, "worker", "list")
     assert listed.code == 0 and listed.out.splitlines()[2].endswith(b"  " + reason), listed
-    status = on_a_pty(env, "status")
+    status = on_a_pty(env, "status", "--pool", POOL)
     assert status.code == 0
-    assert f"{worker.name} Unhealthy (".encode() + reason + b")" in status.out, status
+    assert any(line.startswith(worker.name.encode()) and b" Unhealthy " in line
+               and line.rstrip().endswith(reason) for line in status.out.splitlines()), status
     assert_nothing_a_terminal_acts_on(listed.out, listed.err, status.out, status.err)
     healthy.touch()
     wait_for(lambda: [w.state for w in client.workers.list(POOL)] == ["Healthy"], 20, "Healthy")

@@ -14,6 +14,7 @@ from workerpool.cli.output import client, echo, emit_json, table
 from workerpool.client import Client
 from workerpool.core import credentials, keys
 from workerpool.core.errors import BadInput
+from workerpool.core.overview import read_overview
 from workerpool.core.pools import Pool, ordered
 
 F = TypeVar("F", bound=Callable[..., object])
@@ -99,19 +100,21 @@ def pool_add(name: str, description: str, is_default: bool, requires: str | None
 @pool.command("list")
 @click.option("--json", "as_json", is_flag=True)
 def pool_list(as_json: bool) -> None:
-    """List pools with their workers and queue depth."""
-    snap = client().snapshot(detail=True)
-    pools = ordered(snap.pools.values())
+    """List pools with their workers and queue depth (workers counted from each pool's live
+    index, so the cost grows with the pools, not the workers)."""
+    c = client()
+    overview = c.guard(lambda: read_overview(c.redis))
+    pools = ordered(overview.pools.values())
     if as_json:
-        emit_json([{**p.to_json(), "workers": len(snap.workers_in(p.slug)),
-                    "queued": snap.counts(p.slug).records} for p in pools])
+        emit_json([{**p.to_json(), "workers": overview.section(p.slug).workers.registered,
+                    "queued": overview.section(p.slug).queued.records} for p in pools])
         return
     rows = []
     for p in pools:
-        members = snap.workers_in(p.slug)
-        healthy = sum(w.online_healthy for w in members)
-        rows.append([p.name, p.slug, "yes" if p.is_default else "", f"{healthy}/{len(members)}",
-                     snap.counts(p.slug).records, p.description])
+        section = overview.section(p.slug)
+        rows.append([p.name, p.slug, "yes" if p.is_default else "",
+                     f"{section.workers.healthy}/{section.workers.registered}",
+                     section.queued.records, p.description])
     table(["NAME", "SLUG", "DEFAULT", "HEALTHY", "QUEUED", "DESCRIPTION"], rows)
 
 

@@ -13,13 +13,14 @@ from workerpool.cli.output import ago, client, clock, emit_json, table, table_li
 from workerpool.cli.watch import DEFAULT_INTERVAL, Interval
 from workerpool.cli.watch import watch as watch_view
 from workerpool.client import Client
-from workerpool.core.errors import Infrastructure
-from workerpool.core.pools import ordered
+from workerpool.core import keys
+from workerpool.core.errors import Infrastructure, UnknownPool
+from workerpool.core.overview import Overview, WorkerCounts, pool_view, read_overview
+from workerpool.core.pools import Pool, find, ordered, slugify
 from workerpool.core.printable import printable
 from workerpool.core.settings import Settings
 from workerpool.core.snapshot import QueueCounts, Snapshot, status_view
 from workerpool.core.targets import Target, TargetRegistry
-from workerpool.core.workers import WorkerInfo
 
 
 @cli.group()
@@ -83,11 +84,6 @@ def with_script_user(settings: Settings, script_user: str | None) -> Settings:
                                                                     script_user=script_user)
 
 
-def _shown(w: WorkerInfo) -> str:
-    reason = w.heartbeat.reason if w.heartbeat and w.state == "Unhealthy" else ""
-    return f"{w.name} {w.state}" + (f" ({reason})" if reason else "")
-
-
 def queued_cell(counts: QueueCounts) -> str:
     """The QUEUED column: Queued steps, and how many of them have no message to run them."""
     missing = counts.without_message
@@ -112,16 +108,21 @@ def worker_list(pool: str | None, as_json: bool) -> None:
 
 
 @cli.command()
+@click.option("--pool", "only", default=None, metavar="NAME",
+              help="Only this pool (name or slug; 'builtin' for the built-in worker), with its "
+                   "workers one by one.")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--watch", is_flag=True,
               help="Show it again every --interval seconds until Ctrl-C: redrawn in place on a "
                    "terminal, elsewhere one view after another, a blank line between.")
 @click.option("--interval", default=None, type=Interval(), metavar="S",
               help=f"Seconds between views with --watch (default {DEFAULT_INTERVAL:g}).")
-def status(as_json: bool, watch: bool, interval: float | None) -> None:
-    """Pools with their workers, Queued steps (and those without a message, purged or lost,
-    which the reaper pushes again), running leases, the built-in worker, and deployment targets
-    (shown apart: targets are scarce, pool workers are shared)."""
+def status(only: str | None, as_json: bool, watch: bool, interval: float | None) -> None:
+    """Pools with their workers counted by state, Queued steps (and those without a message,
+    purged or lost, which the reaper pushes again), running leases, the built-in worker, and
+    deployment targets (shown apart: targets are scarce, pool workers are shared). With
+    --pool, one pool and its workers one by one. --json without --pool lists every worker of
+    every pool."""
     if watch and as_json:
         raise click.UsageError("--watch is for people; --json prints one view: run it again "
                                "to poll")
@@ -130,19 +131,47 @@ def status(as_json: bool, watch: bool, interval: float | None) -> None:
     c = client()
     if watch:
         every = interval or DEFAULT_INTERVAL
-        watch_view(lambda: _watched(c, every), every)
+        watch_view(lambda: _watched(c, every, only), every)
         return
-    snap, targets = _read(c)
-    target_rows = _target_rows(snap, targets)
+    if as_json and only is None:
+        snap, targets = c.guard(lambda: (c.snapshot(detail=True), TargetRegistry(c.redis).list()))
+        emit_json({**status_view(snap), "targets": _target_rows(snap, targets)})
+        return
+    view = _read(c, only)
     if as_json:
-        emit_json({**status_view(snap), "targets": target_rows})
+        assert view.only is not None
+        emit_json(pool_view(view.pool, view.overview, view.only))
         return
-    for line in status_lines(snap, targets, target_rows, time.time()):
+    for line in status_lines(view, time.time()):
         click.echo(line)
 
 
-def _read(c: Client) -> tuple[Snapshot, list[Target]]:
-    return c.guard(lambda: (c.snapshot(detail=True), TargetRegistry(c.redis).list()))
+@dataclasses.dataclass(frozen=True)
+class StatusView:
+    """What ``status`` shows: the counted overview, the targets (none with --pool), and with
+    --pool the slug asked for (``builtin`` for the built-in worker) and its pool."""
+
+    overview: Overview
+    targets: list[Target]
+    only: str | None = None
+    pool: Pool | None = None
+
+
+def _read(c: Client, only: str | None) -> StatusView:
+    """Every pool, or *only* the one named: read without reading each worker of every pool."""
+    if only is None:
+        return c.guard(lambda: StatusView(read_overview(c.redis),
+                                          TargetRegistry(c.redis).list()))
+    if only == keys.BUILTIN_POOL:
+        return StatusView(c.guard(lambda: read_overview(c.redis, keys.BUILTIN_POOL)), [],
+                          keys.BUILTIN_POOL)
+    overview = c.guard(lambda: read_overview(c.redis, slugify(only)))
+    try:
+        pool = find(overview.pools, only)
+    except UnknownPool:
+        c.pools.get(only)  # raises it again, naming every pool (read only on this path)
+        raise
+    return StatusView(overview, [], pool.slug, pool)
 
 
 def _target_rows(snap: Snapshot, targets: list[Target]) -> list[dict[str, object]]:
@@ -151,43 +180,65 @@ def _target_rows(snap: Snapshot, targets: list[Target]) -> list[dict[str, object
              else "none", "running": snap.running_in(t.pool_key)} for t in targets]
 
 
-def _watched(c: Client, interval: float) -> list[str]:
+def _watched(c: Client, interval: float, only: str | None) -> list[str]:
     """One view of ``status --watch``; Redis unreachable is one line in it, tried again at the
     next view."""
     now = time.time()
     header = [f"workerpool status, every {interval:g}s: {clock(now)} (Ctrl-C stops)", ""]
     try:
-        snap, targets = _read(c)
+        view = _read(c, only)
     except Infrastructure as exc:
         return [*header, f"workerpool: error: {printable(str(exc))}"]
-    return [*header, *status_lines(snap, targets, _target_rows(snap, targets), now)]
+    return [*header, *status_lines(view, now)]
 
 
-def status_lines(snap: Snapshot, targets: list[Target], target_rows: list[dict[str, object]],
-                 now: float) -> list[str]:
-    """What ``status`` prints: the pools' table, then the targets' and the leases' if any."""
+def workers_cell(counts: WorkerCounts) -> str:
+    """The WORKERS column: a pool's workers counted by state, e.g. ``2 Healthy, 1 Offline``."""
+    return ", ".join(f"{n} {state}" for state, n in counts.by_state()) or "-"
+
+
+def _agent_state(counts: WorkerCounts) -> str:
+    shown = counts.by_state()
+    return shown[0][0] if shown else "none"
+
+
+def status_lines(view: StatusView, now: float) -> list[str]:
+    """What ``status`` prints: the pools' table (with --pool, one row and its workers'), then
+    the targets' and the leases' if any."""
+    ov = view.overview
     rows: list[list[object]] = []
-    for p in ordered(snap.pools.values()):
-        members = snap.workers_in(p.slug)
+    pools = [view.pool] if view.pool is not None else [] if view.only else ordered(
+        ov.pools.values())
+    for p in pools:
+        section = ov.section(p.slug)
         rows.append([p.name + (" (default)" if p.is_default else "")
                      + (" (paused)" if p.paused else ""),
-                     ", ".join(_shown(w) for w in members) or "-",
-                     queued_cell(snap.counts(p.slug)),
-                     f"{snap.running_in(p.slug)}"
+                     workers_cell(section.workers), queued_cell(section.queued),
+                     f"{len(section.leases)}"
                      + (f" (max {p.max_running})" if p.max_running else "")])
-    builtin = snap.workers_in("builtin")
-    rows.append(["built-in worker: " + ("enabled" if snap.builtin_enabled else "disabled"),
-                 ", ".join(f"{w.name} {w.state}" for w in builtin) or "-",
-                 queued_cell(snap.counts("builtin")), snap.running_in("builtin")])
+    if view.only in (None, keys.BUILTIN_POOL):
+        builtin = ov.section(keys.BUILTIN_POOL)
+        rows.append(["built-in worker: " + ("enabled" if ov.builtin_enabled else "disabled"),
+                     workers_cell(builtin.workers), queued_cell(builtin.queued),
+                     len(builtin.leases)])
     lines = table_lines(["POOL", "WORKERS", "QUEUED", "RUNNING"], rows)
-    if target_rows:
+    if view.only is not None:
+        members = ov.section(view.only).members
+        if members:
+            lines += ["", *table_lines(
+                ["WORKER", "STATE", "CONCURRENCY", "RUNNING", "LAST HEARTBEAT", "REASON"],
+                [[w.name, w.state, w.concurrency, w.heartbeat.running if w.heartbeat else 0,
+                  ago(w.heartbeat.time if w.heartbeat else None, now),
+                  w.heartbeat.reason if w.heartbeat else ""] for w in members])]
+    if view.targets:
         lines += ["", *table_lines(
             ["TARGET", "ENVIRONMENT", "ROLES", "AGENT", "RUNNING"],
-            [[t.name, t.environment, ", ".join(t.roles), row["agent"], row["running"]]
-             for t, row in zip(targets, target_rows, strict=True)])]
-    if snap.leases:
+            [[t.name, t.environment, ", ".join(t.roles),
+              _agent_state(ov.section(t.pool_key).workers), len(ov.section(t.pool_key).leases)]
+             for t in view.targets])]
+    if ov.leases:
         lines += ["", *table_lines(
             ["LEASED STEP", "NAME", "WORKER", "POOL", "SINCE"],
             [[lease.step_id, lease.step_name, lease.worker, lease.pool,
-              ago(lease.started_at, now)] for lease in snap.leases])]
+              ago(lease.started_at, now)] for lease in ov.leases])]
     return lines

@@ -14,7 +14,7 @@ from workerpool.core.pools import DEFAULT_POOL_NAME, Pool, ordered, pools_from_h
 from workerpool.core.workers import WorkerInfo
 
 # kombu's hash of a pool's unacknowledged messages, as a key's end in the pool's space
-_UNACKED_SUFFIX = keys.kombu_keys("")["unacked_key"].removeprefix(keys.space(""))
+UNACKED_SUFFIX = keys.kombu_keys("")["unacked_key"].removeprefix(keys.space(""))
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def read_snapshot(client: redis.Redis, detail: bool = False) -> Snapshot:
               "1" if detail else "0", keys.POOL_QUEUE_PREFIX, keys.SPACE_PREFIX,
               keys.TARGET_POOL_PREFIX, keys.POOLS, keys.DEFAULT_POOL, keys.BUILTIN_DISABLED,
               keys.TARGETS, keys.BUILTIN_QUEUE, keys.POOL_KEYS, keys.dead(""),
-              _UNACKED_SUFFIX, keys.priority_list("", "high"), keys.priority_list("", "low")])
+              UNACKED_SUFFIX, keys.priority_list("", "high"), keys.priority_list("", "low")])
     raw_pools, default, disabled, records, beats, depths, raw_leases, public, faults = reply
     pools = pools_from_hash(pairs(raw_pools), default)
     workers = tuple(sorted((WorkerInfo.from_record(rec, beat or None)
@@ -126,7 +126,7 @@ def read_snapshot(client: redis.Redis, detail: bool = False) -> Snapshot:
                     faults={str(f[0]): (int(f[1]), int(f[2])) for f in faults}, queued=queued)
 
 
-def _worker_json(worker: WorkerInfo, leases: list[Lease]) -> dict[str, object]:
+def worker_json(worker: WorkerInfo, leases: list[Lease]) -> dict[str, object]:
     return {**worker.to_json(), "leases": [le.step_id for le in leases if le.worker == worker.name]}
 
 
@@ -142,7 +142,7 @@ def status_view(snap: Snapshot) -> dict[str, object]:
         counts = snap.counts(slug)
         return {"queued": counts.records, "without_message": counts.without_message,
                 "running": len(leases), "dropped_messages": dropped, "dead_letters": dead,
-                "workers": [_worker_json(w, leases) for w in snap.workers_in(slug)],
+                "workers": [worker_json(w, leases) for w in snap.workers_in(slug)],
                 "leases": [le.to_json() for le in leases]}
 
     return {"pools": [{**p.to_json(), **section(p.slug)} for p in pools],
