@@ -95,8 +95,7 @@ def _section(raw: list[Any]) -> Section:
         workers=WorkerCounts(int(registered), dict(Counter(str(s) for s in states))),
         queued=QueueCounts(records=int(records), messages=int(messages), held=int(held)),
         dropped=int(dropped), dead=int(dead),
-        leases=tuple(Lease(step_id=str(r[0]), worker=str(r[1]), pool=str(r[2]),
-                           started_at=float(r[3] or 0), step_name=str(r[4])) for r in leases),
+        leases=tuple(Lease.from_row(r) for r in leases),
         members=tuple(sorted((WorkerInfo.from_record(rec, beat or None) for rec, beat in members),
                              key=lambda w: w.name)))
 

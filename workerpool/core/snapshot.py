@@ -25,6 +25,12 @@ class Lease:
     started_at: float
     step_name: str
 
+    @classmethod
+    def from_row(cls, row: list[Any]) -> Lease:
+        """A lease as snapshot.lua and overview.lua return it: id, worker, pool, start, name."""
+        return cls(step_id=str(row[0]), worker=str(row[1]), pool=str(row[2]),
+                   started_at=float(row[3] or 0), step_name=str(row[4]))
+
     def to_json(self) -> dict[str, object]:
         return {"step_id": self.step_id, "worker": self.worker, "pool": self.pool,
                 "started_at": self.started_at, "step_name": self.step_name}
@@ -119,8 +125,7 @@ def read_snapshot(client: redis.Redis, detail: bool = False) -> Snapshot:
         slugs = [raw_pools[i] for i in range(0, len(raw_pools), 2)] + [keys.BUILTIN_POOL]
         queued = {slug: QueueCounts(records=int(c[1]), messages=int(c[0]), held=int(c[2]))
                   for slug, c in zip(slugs, depths, strict=True)}
-    leases = tuple(Lease(step_id=str(r[0]), worker=str(r[1]), pool=str(r[2]),
-                         started_at=float(r[3] or 0), step_name=str(r[4])) for r in raw_leases)
+    leases = tuple(Lease.from_row(r) for r in raw_leases)
     return Snapshot(pools=pools, builtin_enabled=not disabled, workers=workers,
                     leases=leases, public_keys=pairs(public),
                     faults={str(f[0]): (int(f[1]), int(f[2])) for f in faults}, queued=queued)
