@@ -42,8 +42,7 @@ def stop_on_signals() -> threading.Event:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    for line in table_lines(headers, rows):
-        click.echo(line)
+    click.echo("\n".join(table_lines(headers, rows)))  # one write, not one per row
 
 
 def table_lines(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:

@@ -142,8 +142,7 @@ def status(only: str | None, as_json: bool, watch: bool, interval: float | None)
         assert view.only is not None
         emit_json(pool_view(view.pool, view.overview, view.only))
         return
-    for line in status_lines(view, time.time()):
-        click.echo(line)
+    click.echo("\n".join(status_lines(view, time.time())))
 
 
 @dataclasses.dataclass(frozen=True)

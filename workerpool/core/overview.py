@@ -5,7 +5,6 @@ steps, never with the workers: each pool's workers are counted by state from its
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,9 +37,8 @@ class WorkerCounts:
     def by_state(self) -> list[tuple[str, int]]:
         """(state, count) for every state with a worker, in ``STATE_ORDER`` (others after)."""
         counts = {**self.live, OFFLINE: self.offline}
-        known = [(s, counts.get(s, 0)) for s in STATE_ORDER]
-        other = sorted((s, n) for s, n in counts.items() if s not in STATE_ORDER)
-        return [(s, n) for s, n in known + other if n]
+        shown = [(s, counts.pop(s)) for s in STATE_ORDER if counts.get(s)]
+        return shown + sorted((s, n) for s, n in counts.items() if n and s not in STATE_ORDER)
 
 
 @dataclass(frozen=True)
@@ -55,7 +53,8 @@ class Section:
     members: tuple[WorkerInfo, ...] = ()  # one by one, only when one pool was read
 
 
-EMPTY = Section(WorkerCounts(0), QueueCounts(0, 0, 0), 0, 0, ())
+IDLE = QueueCounts(0, 0, 0)
+EMPTY = Section(WorkerCounts(0), IDLE, 0, 0, ())
 
 
 @dataclass(frozen=True)
@@ -91,8 +90,12 @@ def read_overview(client: redis.Redis, only: str = "") -> Overview:
 
 def _section(raw: list[Any]) -> Section:
     _, registered, states, messages, records, held, dropped, dead, leases, members = raw
+    live = dict(zip(states[::2], map(int, states[1::2]), strict=True))  # state, count pairs
+    counts = WorkerCounts(int(registered), live)
+    if not (leases or members or messages or records or held or dropped or dead):
+        return Section(counts, IDLE, 0, 0, ())  # most pools: nothing more to decode
     return Section(
-        workers=WorkerCounts(int(registered), dict(Counter(str(s) for s in states))),
+        workers=counts,
         queued=QueueCounts(records=int(records), messages=int(messages), held=int(held)),
         dropped=int(dropped), dead=int(dead),
         leases=tuple(Lease.from_row(r) for r in leases),

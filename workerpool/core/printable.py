@@ -30,4 +30,6 @@ def printable(text: str) -> str:
 
     A regex with a table, not ``str.translate``: logs are large, and ``translate`` is several
     times slower on text that is not all ASCII."""
+    if text.isprintable():  # every character the regex matches is unprintable to Python
+        return text
     return _CONTROLS.sub(_shown, text)

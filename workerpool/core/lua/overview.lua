@@ -7,7 +7,7 @@
 --
 -- What `status` and `pool list` show, in one call whose cost grows with the pools and the
 -- running steps, never with the workers: per pool (and the built-in worker, and each target's
--- agent) its registered workers (HLEN), its live ones by state (the pool's live index), its
+-- agent) its registered workers (HLEN), its live ones counted by state (the pool's live index), its
 -- waiting work, its dropped messages and dead letters, and its running steps; with one pool
 -- asked for, also that pool's workers one by one.
 local POOLS, DEFAULT, DISABLED, TARGETS, BUILTIN_QUEUE = ARGV[7], ARGV[8], ARGV[9], ARGV[10],
@@ -30,23 +30,49 @@ local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 
 local function section(pool, queue)
   local space = ARGV[5] .. pool .. '}:'
-  local live = redis.call('ZRANGEBYSCORE', space .. 'live', now_ms, '+inf')
-  local states = {}
-  if #live > 0 then states = redis.call('HMGET', space .. 'states', unpack(live)) end
-  local counted = {}
+  -- The index's two keys hold the same instances (register, beat, deregister and the
+  -- reaper write both in one call), so with no lapsed entry the states hash is the live
+  -- workers' states: read whole, without listing the live members.
+  local states
+  if redis.call('ZCOUNT', space .. 'live', '-inf', string.format('(%d', now_ms)) == 0 then
+    states = redis.call('HVALS', space .. 'states')
+  else
+    local live = redis.call('ZRANGEBYSCORE', space .. 'live', now_ms, '+inf')
+    states = #live > 0 and redis.call('HMGET', space .. 'states', unpack(live)) or {}
+  end
+  local tally, counted = {}, {}  -- state -> live workers in it, returned as flat pairs
   for _, state in ipairs(states) do
-    if state then counted[#counted + 1] = state end
+    if state then tally[state] = (tally[state] or 0) + 1 end
   end
-  local messages, held = 0, 0
+  for state, n in pairs(tally) do
+    counted[#counted + 1] = state
+    counted[#counted + 1] = n
+  end
+  local queue_keys = {space .. 'running', space .. 'pending', space .. 'dropped',
+                      ARGV[12] .. pool}
   if queue then
-    messages = redis.call('LLEN', queue) + redis.call('LLEN', queue .. ARGV[14])
-      + redis.call('LLEN', queue .. ARGV[15])
-    held = redis.call('HLEN', space .. ARGV[13])
+    for _, key in ipairs({queue, queue .. ARGV[14], queue .. ARGV[15], space .. ARGV[13]}) do
+      queue_keys[#queue_keys + 1] = key
+    end
   end
+  -- An idle pool (most are) has none of these keys: one EXISTS instead of eight reads.
+  local busy = redis.call('EXISTS', unpack(queue_keys)) > 0
+  local messages, held, pending, dropped, dead = 0, 0, 0, 0, 0
   local leases = {}
-  for _, id in ipairs(redis.call('ZRANGE', space .. 'running', 0, -1)) do
-    local f = redis.call('HMGET', space .. 'step:' .. id, 'worker', 'pool', 'started_at', 'name')
-    leases[#leases + 1] = {id, f[1] or '', f[2] or '', f[3] or '', f[4] or ''}
+  if busy then
+    if queue then
+      messages = redis.call('LLEN', queue) + redis.call('LLEN', queue .. ARGV[14])
+        + redis.call('LLEN', queue .. ARGV[15])
+      held = redis.call('HLEN', space .. ARGV[13])
+    end
+    pending = redis.call('ZCARD', space .. 'pending')
+    dropped = tonumber(redis.call('GET', space .. 'dropped') or '0')
+    dead = redis.call('LLEN', ARGV[12] .. pool)
+    for _, id in ipairs(redis.call('ZRANGE', space .. 'running', 0, -1)) do
+      local f = redis.call('HMGET', space .. 'step:' .. id, 'worker', 'pool', 'started_at',
+                           'name')
+      leases[#leases + 1] = {id, f[1] or '', f[2] or '', f[3] or '', f[4] or ''}
+    end
   end
   local members = {}  -- with one pool asked for: its workers' records and heartbeats
   if ARGV[3] ~= '' then
@@ -56,10 +82,8 @@ local function section(pool, queue)
                                .. cjson.decode(found[i])['instance']) or ''}
     end
   end
-  return {pool, redis.call('HLEN', space .. 'workers'), counted, messages,
-          redis.call('ZCARD', space .. 'pending'), held,
-          tonumber(redis.call('GET', space .. 'dropped') or '0'),
-          redis.call('LLEN', ARGV[12] .. pool), leases, members}
+  return {pool, redis.call('HLEN', space .. 'workers'), counted, messages, pending, held,
+          dropped, dead, leases, members}
 end
 
 local sections = {}
