@@ -5,12 +5,21 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import uuid
 from pathlib import Path
 
+import redis
 from conftest import shared_file, wait_for
 
-from workerpool.core import keys
+from workerpool.core import keys, scripts, workers
+from workerpool.core.connection import connect
+from workerpool.core.sealing import Keyring
+from workerpool.core.store import StepStore
 from workerpool.core.targets import TargetRegistry
+from workerpool.core.workers import Heartbeat, WorkerInfo
+from workerpool.server.orchestrator import Orchestrator
+from workerpool.spec.processes import load_process
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -331,3 +340,70 @@ steps:
     assert state(ids[first]) == "Success"
     gates[other].touch()
     wait_for(lambda: state(ids[other]) == "Success", 30, "the second deployment to end")
+
+
+def test_the_orchestrator_routes_without_reading_another_pools_workers(
+        client, start_worker, settings, redis_url, raw, tmp_path):
+    """Routing a deployment's runs reads the pool they go to, once per step however many runs
+    the step has, and nothing of another pool: no command Redis runs while the orchestrator
+    takes and runs a deployment to pool A (those inside its scripts too, as MONITOR shows
+    them) names a key of pool B's space, though pool B has live registered workers. The
+    orchestrator runs in this process: a `workerpool server` also reaps every pool."""
+    client.pools.add("Pool A")
+    client.pools.add("Pool B")
+    worker = start_worker("Pool A")
+    for _ in range(2):  # registered as `worker start` does, heartbeating for a minute
+        info = WorkerInfo(name="", pool="pool-b", instance=uuid.uuid4().hex, host="test",
+                          pid=1, syntaxes=("bash", "sh"))
+        assert workers.register(raw, info, Heartbeat(time=0.0), None, "b-worker-", 60.0)
+    assert len([w for w in client.workers.list() if w.pool == "pool-b"]) == 2
+    targets(client, 3)
+    process = load_process(write(tmp_path, """
+name: Pool A only
+steps:
+  - name: Migrate
+    pool: Pool A
+    script: echo migrated
+  - name: Warm up
+    location: worker-per-target
+    pool: Pool A
+    roles: [web]
+    max_parallelism: 3
+    script: |
+      echo "warm #{Machine.Name}"
+"""))
+    route_sha = raw.script_load(scripts.source("route"))  # no NOSCRIPT retry under MONITOR
+    orchestrator = Orchestrator(StepStore(connect(redis_url), settings.result_ttl,
+                                          Keyring.load(settings)), settings)
+    stop = threading.Event()
+    serving = threading.Thread(target=orchestrator.serve, args=(stop,), daemon=True)
+    serving.start()
+    try:
+        wait_for(orchestrator.ready.is_set, 10, "the orchestrator to take deployments")
+        db = raw.connection_pool.connection_kwargs["db"]
+        marker = "end-of-deployment-" + uuid.uuid4().hex
+        watcher = redis.Redis.from_url(redis_url, decode_responses=True)
+        with watcher.monitor() as monitor:
+            deployment_id = client.deployments.submit(process, "Test")
+            result = wait_for(lambda: (found := client.deployments.result(deployment_id)
+                                       ).done and found, 60, "the deployment to end")
+            raw.echo(marker)
+            seen = []
+            while True:
+                command = monitor.next_command()
+                if marker in command["command"]:
+                    break
+                if command["db"] == db:
+                    seen.append(command["command"])
+    finally:
+        stop.set()
+        serving.join(10)
+    assert result.state == "Success", result
+    runs = [run for step in result.steps for run in step.runs]
+    assert len(runs) == 4 and {(run.pool, run.worker) for run in runs} == {("pool-a",
+                                                                             worker.name)}
+    assert not [c for c in seen if keys.space("pool-b") in c]
+    assert any(c.startswith(f"ZRANGEBYSCORE {keys.live('pool-a')} ") for c in seen), seen
+    # One read of pool A's route by the client's check, then one per step (not one per run).
+    reads = [c for c in seen if c.startswith(f"EVALSHA {route_sha} 0 pool pool-a ")]
+    assert len(reads) == 3, reads

@@ -20,7 +20,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -29,10 +29,10 @@ import redis
 from workerpool.core import keys
 from workerpool.core.connection import AWAY
 from workerpool.core.leases import Leases
+from workerpool.core.routeview import RouteView, read_route
 from workerpool.core.routing import Route, route
 from workerpool.core.sealing import SealError, key_to_seal
 from workerpool.core.settings import Settings
-from workerpool.core.snapshot import Snapshot, read_snapshot
 from workerpool.core.steps import (
     FAILED,
     LOCATION_SERVER,
@@ -133,6 +133,32 @@ class _Planned:
     index: int  # of the step in its process
     target: Target | None
     attempt: int
+
+
+class _Routes:
+    """What routing one step's runs reads, each part once for the step, when a first run goes
+    there (not once per run, and never the whole cluster): per pool named (or the default
+    pool, or the server) its ``RouteView``; per target agent its public keys, all sealing a
+    target's run needs (it goes to the target's own queue)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+        self.views: dict[tuple[str | None, bool], RouteView] = {}
+        self.target_keys: dict[str, dict[str, str]] = {}
+
+    def view(self, pool: str | None, server: bool) -> RouteView:
+        """What routing a run of *pool* (None: the default pool), or on the *server*, needs."""
+        wanted = (pool, server)
+        if wanted not in self.views:
+            self.views[wanted] = read_route(self.redis, pool, server=server)
+        return self.views[wanted]
+
+    def public_keys(self, target_pool: str) -> dict[str, str]:
+        """The public keys of a target agent's pool (``target:<slug>``), as a view's are."""
+        if target_pool not in self.target_keys:
+            stored = cast(str | None, self.redis.hget(keys.POOL_KEYS, target_pool))
+            self.target_keys[target_pool] = {target_pool: stored} if stored else {}
+        return self.target_keys[target_pool]
 
 
 class Orchestrator:
@@ -307,12 +333,12 @@ class Orchestrator:
         in_flight: dict[str, _Planned] = {}
         ok = True
         step_outputs: dict[str, str] = {}
-        snapshot = read_snapshot(self.redis)  # one routing read per step, not per run
+        routes = _Routes(self.redis)  # one routing read per pool the runs go to, not per run
         unsaved, next_save = False, 0.0
         while queue or in_flight:
             while queue and len(in_flight) < step.max_parallelism:
                 planned = queue.pop(0)
-                rid = self._dispatch(deployment, planned, step, snapshot)
+                rid = self._dispatch(deployment, planned, step, routes)
                 in_flight[rid] = planned
                 if rid not in info["runs"]:
                     info["runs"].append(rid)
@@ -384,7 +410,7 @@ class Orchestrator:
         return result
 
     def _dispatch(self, deployment: _Deployment, planned: _Planned, step: ProcessStep,
-                  snapshot: Snapshot) -> str:
+                  routes: _Routes) -> str:
         """Enqueue one run (unless a server before this one did) and return its id: its pool's,
         and otherwise the same each time (deployment, step, target, attempt)."""
         target, environment = planned.target, deployment.environment
@@ -409,10 +435,10 @@ class Orchestrator:
             variables=plain, sensitive_variables=secret, timeout=step.timeout,
             packages=step.packages, script_path=step.script_file, substitute=step.substitute,
             structured=step.structured, priority=step.priority)
-        chosen = self._route(script_step, step, target, snapshot)
+        chosen, public_keys = self._route(script_step, step, target, routes)
         rid = keys.step_id(chosen.pool, run_id(deployment.id, planned.index, target,
                                                planned.attempt))
-        sealing = key_to_seal(self.keyring, self.redis, snapshot.public_keys, chosen.pool,
+        sealing = key_to_seal(self.keyring, self.redis, public_keys, chosen.pool,
                               bool(secret))
         self.store.enqueue(
             script_step.validate(), chosen, self.settings.lease_timeout,
@@ -422,8 +448,11 @@ class Orchestrator:
 
     @staticmethod
     def _route(script_step: ScriptStep, step: ProcessStep, target: Target | None,
-               snapshot: Snapshot) -> Route:
+               routes: _Routes) -> tuple[Route, Mapping[str, str]]:
+        """The run's route, and the public keys read with it (its pool's, for sealing)."""
         if step.location == "target":
             assert target is not None
-            return Route(target.queue, target.pool_key, f"target {target.name}")
-        return route(script_step, snapshot)
+            return (Route(target.queue, target.pool_key, f"target {target.name}"),
+                    routes.public_keys(target.pool_key))
+        view = routes.view(script_step.pool, server=script_step.location == LOCATION_SERVER)
+        return route(script_step, view), view.public_keys
