@@ -42,3 +42,17 @@ def test_each_pool_is_reaped_once_per_window_and_its_lock_is_its_own(redis_url) 
     assert [counted.hget(keys.step(s), "state") for s in second].count("Running") == 49
     assert counted.hget(keys.step(second[7]), "state") == "WorkerLost"
     counted.close()
+
+
+def test_a_reap_after_redis_lost_its_scripts_sends_them_again(redis_url) -> None:
+    """The survey sends its scripts by EVALSHA, loaded once per Redis run: after SCRIPT FLUSH
+    (the same run) a reap still ends the lost step and ages nothing wrongly."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    leases = Leases(client, StepStore(client))
+    first = lost_step(client, "flushed", "a")
+    assert leases.reap(["flushed"], aging=3600) == 1  # scripts loaded for this run
+    client.script_flush()
+    second = lost_step(client, "flushed", "b")
+    assert leases.reap(["flushed"], aging=3600) == 1
+    assert [client.hget(keys.step(s), "state") for s in (first, second)] == ["WorkerLost"] * 2
+    client.close()

@@ -7,14 +7,16 @@ once, whatever Redis redelivers. Any process may run the reaper; its transitions
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
+from redis.commands.core import Script
 
 from workerpool.core import events, keys, messages, scripts
 from workerpool.core.settings import Settings
@@ -108,6 +110,7 @@ class Survey:
     restart_check: bool  # this reap checks the pool for messages lost in a Redis restart
     paused: bool = False  # the pool is paused: its steps do not run out their lease timeout
     aged: int = 0  # steps this reap moved up to the high-priority list (``age.lua``)
+    lost: list[list[str]] | None = None  # ``lost.lua``'s rows, when workers are judged
 
 
 def _paused(record: str | None) -> bool:
@@ -168,6 +171,24 @@ def judge(waiting: Iterable[Waiting], present: set[str], now: float, grace: floa
     return Verdict(push=push, note=note, unnote=unnote + push)
 
 
+def _evalsha(pipe: Any, calls: dict[int, Callable[[], Any]], script: Script,
+             names: list[str], args: list[Any]) -> None:
+    """Queue *script* on *pipe* as a bare EVALSHA (no SCRIPT EXISTS first), noting in *calls*
+    at its reply's index how to send it again should Redis have lost it."""
+    calls[len(pipe)] = functools.partial(script, keys=names, args=args)
+    pipe.evalsha(script.sha, len(names), *names, *args)
+
+
+def reap_every(settings: Settings) -> float:
+    """How often, at most, the cluster reaps one pool: a quarter heartbeat interval."""
+    return settings.heartbeat_interval / 4
+
+
+def lock_ms(every: float) -> int:
+    """The expiry of a pool's reaper lock that lets one reap through per *every* seconds."""
+    return max(1, int(every * 1000))
+
+
 class Leases:
     """Claiming, cancelling and reaping steps."""
 
@@ -180,6 +201,7 @@ class Leases:
         self._cancel = scripts.load(client, "cancel")
         self._hand_back = scripts.load(client, "hand_back")
         self._age = scripts.load(client, "age")
+        self._loaded_for = ""  # the Redis run (run_id) the survey's scripts were loaded in
 
     def claim(self, step_id: str, attempt: int, worker: str, instance: str, pool: str,
               token: str) -> Claim:
@@ -213,14 +235,18 @@ class Leases:
             self.redis.publish(keys.control(keys.pool_of(step_id), instance), step_id)
         return str(state)
 
-    def reap_on_schedule(self, settings: Settings, pools: Iterable[str]) -> int:
+    def reap_on_schedule(self, settings: Settings, pools: Iterable[str],
+                         held: bool = False) -> int:
         """``reap`` as every component runs it: at most once per quarter heartbeat interval
         across the cluster, judging no worker lost for two heartbeat TTLs after Redis starts,
         and pushing again a message missing for a heartbeat interval (a worker records a
         message it popped as held within milliseconds). The pool is reaped at least once per
         interval while a worker of it, ``server`` or ``up`` runs, so a purged or lost message
-        is pushed again within three intervals: found missing, confirmed, pushed."""
-        return self.reap(pools, settings.heartbeat_interval / 4, 2 * settings.heartbeat_ttl,
+        is pushed again within three intervals: found missing, confirmed, pushed. *held*: the
+        caller took the pools' locks (``lock_ms(reap_every(settings))``) itself, as a
+        worker's heartbeat does in the same call."""
+        every = 0.0 if held else reap_every(settings)
+        return self.reap(pools, every, 2 * settings.heartbeat_ttl,
                          message_grace=settings.heartbeat_interval,
                          aging=settings.priority_aging)
 
@@ -240,15 +266,17 @@ class Leases:
         locked = self._locked(list(pools), every)
         if not locked:
             return 0  # the usual answer, in one round trip: others reaped them just now
-        server: dict[str, Any] = self.redis.info("server") if restart_grace > 0 else {}
+        server: dict[str, Any] = self.redis.info("server")
+        self._load_scripts(str(server["run_id"]))
         ended = 0
-        surveys = self._survey(locked, str(server.get("run_id", "")), aging)
+        surveys = self._survey(locked, str(server["run_id"]) if restart_grace > 0 else "",
+                               aging, judge=float(server["uptime_in_seconds"]) >= restart_grace)
         for pool, survey in zip(locked, surveys, strict=True):
             if survey.aged:
                 log.info("%d step(s) of pool %s waited %gs and moved up to high priority",
                          survey.aged, pool, aging)
-            if not server or float(server["uptime_in_seconds"]) >= restart_grace:
-                ended += self._reap_lost(pool)
+            if survey.lost is not None:
+                ended += self._end_lost(pool, survey.lost)
             if survey.restart_check:
                 seconds, micros = self.redis.time()
                 started = seconds + micros / 1e6 - float(server["uptime_in_seconds"])
@@ -260,13 +288,25 @@ class Leases:
                 self._push_missing(pool, message_grace)
         return ended
 
-    def _survey(self, pools: list[str], run_id: str, aging: float | None = None
-                ) -> list[Survey]:
+    def _load_scripts(self, run_id: str) -> None:
+        """Load the scripts a survey sends by EVALSHA, once per Redis run (*run_id*): a
+        pipeline of script objects would ask SCRIPT EXISTS at every reap."""
+        if run_id != self._loaded_for:
+            pipe = self.redis.pipeline(transaction=False)
+            for script in (self._age, self._lost):
+                pipe.script_load(script.script)
+            pipe.execute()
+            self._loaded_for = run_id
+
+    def _survey(self, pools: list[str], run_id: str, aging: float | None = None,
+                judge: bool = False) -> list[Survey]:
         """For each of *pools*, in one round trip for all: its restart check (taken once per
         Redis run, when *run_id* is given), the counts that tell a Queued step without a
-        message, the steps past their lease deadline, and with *aging* the steps moved up."""
+        message, the steps past their lease deadline, with *aging* the steps moved up, and
+        if it is to *judge* workers, its running steps whose worker is lost (``lost.lua``)."""
         now = time.time()
         pipe = self.redis.pipeline(transaction=False)
+        calls: dict[int, Callable[[], Any]] = {}  # reply index -> the script call, to resend
         for pool in pools:
             if run_id:
                 pipe.set(keys.requeue_check(pool, run_id), "1", nx=True, ex=86400)
@@ -274,13 +314,24 @@ class Leases:
             pipe.zrangebyscore(keys.pending(pool), "-inf", now)
             pipe.hget(keys.POOLS, pool)
             if aging is not None:
-                self._age(keys=list(keys.priority_lists(keys.queue_of(pool))),
-                          args=[now, aging, keys.space(pool) + "step:"], client=pipe)
-        replies = iter(pipe.execute())
+                _evalsha(pipe, calls, self._age, list(keys.priority_lists(keys.queue_of(pool))),
+                         [now, aging, keys.space(pool) + "step:"])
+            if judge:
+                _evalsha(pipe, calls, self._lost,
+                         [keys.running(pool), keys.live(pool), keys.states(pool)],
+                         [keys.heartbeat_prefix(pool), keys.space(pool) + "step:"])
+        done = pipe.execute(raise_on_error=False)
+        for index, reply in enumerate(done):
+            if isinstance(reply, redis.exceptions.NoScriptError) and index in calls:
+                done[index] = calls[index]()  # flushed since loaded: sent again, loaded first
+            elif isinstance(reply, Exception):
+                raise reply
+        replies = iter(done)
         return [Survey(restart_check=bool(next(replies)) if run_id else False,
                        counts=self._counted(replies), overdue=next(replies),
                        paused=_paused(next(replies)),
-                       aged=int(next(replies)) if aging is not None else 0) for _ in pools]
+                       aged=int(next(replies)) if aging is not None else 0,
+                       lost=next(replies) if judge else None) for _ in pools]
 
     @staticmethod
     def _count(pipe: Any, pool: str) -> None:
@@ -362,7 +413,7 @@ class Leases:
             return pools
         pipe = self.redis.pipeline(transaction=False)
         for pool in pools:
-            pipe.set(keys.reaper(pool), "1", nx=True, px=max(1, int(every * 1000)))
+            pipe.set(keys.reaper(pool), "1", nx=True, px=lock_ms(every))
         return [pool for pool, taken in zip(pools, pipe.execute(), strict=True) if taken]
 
     def _requeue_missing(self, pool: str, restarted_at: float) -> int:
@@ -406,10 +457,10 @@ class Leases:
                 start += BATCH
         return present
 
-    def _reap_lost(self, pool: str) -> int:
+    def _end_lost(self, pool: str, rows: list[list[str]]) -> int:
+        """End (or queue once more) the running steps ``lost.lua`` found without a live
+        worker."""
         ended = 0
-        rows = self._lost(keys=[keys.running(pool), keys.live(pool), keys.states(pool)],
-                          args=[keys.heartbeat_prefix(pool), keys.space(pool) + "step:"])
         for row in rows:
             (step_id, instance, worker, retry, attempt, queue, name, pool_name, lease, target,
              priority) = row
