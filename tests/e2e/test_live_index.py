@@ -62,6 +62,31 @@ def test_register_puts_the_worker_in_its_pools_live_index_with_its_state(client,
     assert raw.zcard(keys.live(DEFAULT_SLUG)) == 0  # in its own pool's index only
 
 
+def test_a_heartbeat_turn_tries_the_reaper_lock_and_reads_its_steps_in_the_same_call(
+        client, raw) -> None:
+    """The worker's whole turn is one call: the beat, the pool's reaper lock (taken once per
+    its expiry, not by the next turn), and each running step's state, holder and cancel."""
+    client.pools.add(DB)
+    worker = enrol(client, DB_SLUG)
+    mine, cancelled = keys.step_id(DB_SLUG, "a" * 16), keys.step_id(DB_SLUG, "b" * 16)
+    raw.hset(keys.step(mine), mapping={"state": "Running", "instance": worker.instance})
+    raw.hset(keys.step(cancelled), mapping={"state": "Running", "instance": "other",
+                                            "cancel": "1"})
+    gone = keys.step_id(DB_SLUG, "c" * 16)  # no record: its row is blank
+    turn = workers.beat(client.redis, DB_SLUG, worker.instance, Heartbeat(time=1.0), 30,
+                        lock_ms=60_000, steps=[mine, cancelled, gone])
+    assert turn.locked and 59_000 < raw.pttl(keys.reaper(DB_SLUG)) <= 60_000
+    assert turn.steps == (("Running", worker.instance, ""), ("Running", "other", "1"),
+                          ("", "", ""))
+    again = workers.beat(client.redis, DB_SLUG, worker.instance, Heartbeat(time=2.0), 30,
+                         lock_ms=60_000)
+    assert not again.locked and again.steps == ()  # held: the next turn does not reap
+    assert raw.hget(keys.states(DB_SLUG), worker.instance) == HEALTHY
+    raw.delete(keys.reaper(DB_SLUG))
+    plain = workers.beat(client.redis, DB_SLUG, worker.instance, Heartbeat(time=3.0), 30)
+    assert not plain.locked and not raw.exists(keys.reaper(DB_SLUG))  # a plain beat tries none
+
+
 def test_a_heartbeat_refreshes_the_score_and_the_state(client, raw) -> None:
     client.pools.add(DB)
     worker = enrol(client, DB_SLUG, ttl=1)

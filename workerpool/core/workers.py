@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,13 +114,28 @@ def register(client: redis.Redis, info: WorkerInfo, beat: Heartbeat, name: str |
     return str(taken) if taken else None
 
 
-def beat(client: redis.Redis, pool: str, instance: str, heartbeat: Heartbeat,
-         ttl: float) -> None:
+@dataclass(frozen=True)
+class Turn:
+    """What a heartbeat turn read: whether it took the pool's reaper lock, and for each step
+    asked about its (state, holding instance, cancel flag), "" where absent."""
+
+    locked: bool = False
+    steps: tuple[tuple[str, str, str], ...] = ()
+
+
+def beat(client: redis.Redis, pool: str, instance: str, heartbeat: Heartbeat, ttl: float,
+         lock_ms: int = 0, steps: Sequence[str] = ()) -> Turn:
     """Write *instance*'s heartbeat, expiring after *ttl* seconds, and its entry in its pool's
-    live index (``keys.live``, ``keys.states``): one round trip."""
-    scripts.load(client, "beat")(
-        keys=[keys.heartbeat(pool, instance), keys.live(pool), keys.states(pool)],
-        args=[heartbeat.to_json(), int(ttl * 1000), instance])
+    live index (``keys.live``, ``keys.states``): one round trip. A worker's heartbeat turn
+    also tries, in that same call, the pool's reaper lock for *lock_ms* (``keys.reaper``;
+    0: no try) and reads the *steps* (ids) it runs."""
+    names = [keys.heartbeat(pool, instance), keys.live(pool), keys.states(pool)]
+    if lock_ms:
+        names.append(keys.reaper(pool))
+    locked, rows = scripts.load(client, "beat")(
+        keys=names, args=[heartbeat.to_json(), int(ttl * 1000), instance, heartbeat.state,
+                          lock_ms or "", *(keys.step(s) for s in steps)])
+    return Turn(bool(locked), tuple((str(a), str(b), str(c)) for a, b, c in rows))
 
 
 def deregister(client: redis.Redis, pool: str, name: str, instance: str) -> None:

@@ -19,7 +19,7 @@ import redis
 from workerpool.core import keys, messages, workers
 from workerpool.core.connection import AWAY, REDIS_RETRY_SECONDS, connect
 from workerpool.core.errors import WorkerPoolError
-from workerpool.core.leases import Claim, Leases
+from workerpool.core.leases import Claim, Leases, lock_ms, reap_every
 from workerpool.core.pools import PoolRegistry
 from workerpool.core.sealing import Keyring, SealError
 from workerpool.core.settings import Settings
@@ -222,9 +222,7 @@ class Runtime:
             pause = self.settings.heartbeat_interval
             self.capped = False  # a "freed" missed while a claim was on its way
             try:
-                self.beat()
-                self.leases.reap_on_schedule(self.settings, [self.identity.pool])
-                self._check_leases()
+                self._turn()
             except redis.RedisError as exc:
                 # The key outlives the last beat by only one more interval: a beat lost to a
                 # brief network cut is retried soon, not a whole interval later.
@@ -233,16 +231,22 @@ class Runtime:
             except Exception:  # a bug here must not stop the heartbeat
                 log.exception("heartbeat loop error")
 
-    def _check_leases(self) -> None:
-        """Stop local scripts whose step was cancelled or taken from this worker meanwhile."""
+    def _turn(self) -> None:
+        """One heartbeat turn in one round trip (``workers.beat``): the beat, the try for the
+        pool's reaper lock, and the state of the steps running here; then the reap if the lock
+        was taken, and the local scripts stopped whose step was cancelled or taken from this
+        worker meanwhile."""
         with self.lock:
             ids = list(self.running)
-        if not ids:
-            return
-        pipe = self.redis.pipeline(transaction=False)
-        for step_id in ids:
-            pipe.hmget(keys.step(step_id), "state", "instance", "cancel")
-        for step_id, (state, instance, cancel) in zip(ids, pipe.execute(), strict=True):
+        with self._beat_lock:  # as in beat(): the state read and written in one step
+            state, reason = self._state()
+            hb = Heartbeat(time=time.time(), state=state, running=len(ids), reason=reason)
+            turn = workers.beat(self.redis, self.identity.pool, self.identity.instance, hb,
+                                self.settings.heartbeat_ttl,
+                                lock_ms=lock_ms(reap_every(self.settings)), steps=ids)
+        if turn.locked:
+            self.leases.reap_on_schedule(self.settings, [self.identity.pool], held=True)
+        for step_id, (state, instance, cancel) in zip(ids, turn.steps, strict=True):
             if state != RUNNING or instance != self.identity.instance:
                 self._stop_local(step_id, STOP_ABORT)
             elif cancel:
