@@ -18,7 +18,9 @@ from workerpool.bench.figures import Latency, median, percentile
 from workerpool.bench.harness import Harness
 from workerpool.bench.report import Goal, Report, Row, load_average, machine
 from workerpool.client import Client
+from workerpool.core.overview import read_overview
 from workerpool.core.pools import slugify
+from workerpool.core.routeview import read_route
 from workerpool.core.routing import Route
 from workerpool.core.settings import Settings
 
@@ -54,11 +56,11 @@ class Plan:
 
 FULL = Plan("full", runs=5, latency_steps=500, throughput_steps=2000, backlog=10_000,
             isolation_steps=1000, fanout_targets=250, fanout_workers=6, fanout_parallelism=12,
-            scale_pools=200, scale_workers=1000, scale_steps=100_000, samples=200,
+            scale_pools=1000, scale_workers=10_000, scale_steps=1_000_000, samples=200,
             redis_benchmark_requests=100_000)
 QUICK = Plan("quick", runs=3, latency_steps=100, throughput_steps=400, backlog=2000,
              isolation_steps=100, fanout_targets=24, fanout_workers=6, fanout_parallelism=12,
-             scale_pools=200, scale_workers=1000, scale_steps=10_000, samples=30,
+             scale_pools=1000, scale_workers=10_000, scale_steps=10_000, samples=30,
              redis_benchmark_requests=20_000)
 TINY = Plan("tiny", runs=1, latency_steps=3, throughput_steps=10, backlog=50, isolation_steps=3,
             fanout_targets=4, fanout_workers=2, fanout_parallelism=4, scale_pools=5,
@@ -115,7 +117,7 @@ def compared(figure: int, metric: str, unit: str, ours: list[float], theirs: lis
 
 def _references(harness: Harness, plan: Plan, report: Report,
                 progress: Callable[[str], None]) -> None:
-    progress("6/8 reference points: process spawn, Redis round trip, redis-benchmark")
+    progress("6/9 reference points: process spawn, Redis round trip, redis-benchmark")
     spawn = scale.spawn_seconds(plan.samples)
     trips = scale.round_trip_seconds(harness.raw, plan.samples * 5)
     bench = scale.redis_benchmark(harness.url, plan.redis_benchmark_requests)
@@ -157,7 +159,7 @@ def _latency(client: Client, app: Celery, plan: Plan, report: Report,
              progress: Callable[[str], None]) -> None:
     runs: list[tuple[Latency, Latency]] = []
     for n in range(plan.runs):
-        progress(f"1/8 idle latency, run {n + 1}/{plan.runs}: {plan.latency_steps} steps and "
+        progress(f"1/9 idle latency, run {n + 1}/{plan.runs}: {plan.latency_steps} steps and "
                  f"{plan.latency_steps} baseline tasks, one at a time")
         pair: list[Callable[[], Latency]] = [
             lambda: figures.workerpool_latency(client, POOL_A, plan.latency_steps),
@@ -185,7 +187,7 @@ def _throughput(harness: Harness, client: Client, app: Celery,
     tuned: list[tuple[float, ...]] = []
     count = plan.throughput_steps
     for n in range(plan.runs):
-        progress(f"2/8 throughput, run {n + 1}/{plan.runs}: {count} `true` steps on 2 workers "
+        progress(f"2/9 throughput, run {n + 1}/{plan.runs}: {count} `true` steps on 2 workers "
                  f"x {plan.concurrency}, {count} baseline tasks, {count} tuned baseline tasks")
         sides: list[tuple[list[int], Callable[[], float], list[tuple[float, ...]]]] = [
             (pids[0], lambda: figures.workerpool_throughput(client, POOL_A, count), ours),
@@ -222,7 +224,7 @@ def _isolation(harness: Harness, client: Client, app: Celery,
     celery: list[tuple[float, float]] = []
     lowest: list[float] = []
     for n in range(plan.runs):
-        progress(f"3/8 pool isolation, run {n + 1}/{plan.runs}: {POOL_B} alone and with "
+        progress(f"3/9 pool isolation, run {n + 1}/{plan.runs}: {POOL_B} alone and with "
                  f"{plan.backlog} steps queued on {POOL_A} (draining, then on CPUs of its own) "
                  f"or on {POOL_PARKED} (no consumer)")
         shared.append(_with_backlog(harness, client, route_a, plan, lowest))
@@ -314,7 +316,7 @@ def _phase_fanout(harness: Harness, plan: Plan, report: Report,
         lambda: theirs.append(figures.baseline_fanout(app, count, seconds))]
     try:
         for n in range(plan.runs):
-            progress(f"4/8 fan-out, run {n + 1}/{plan.runs}: {count} x {seconds * MS:g} ms on "
+            progress(f"4/9 fan-out, run {n + 1}/{plan.runs}: {count} x {seconds * MS:g} ms on "
                      f"{workers} workers as a deployment over {count} targets (max_parallelism "
                      f"{plan.fanout_parallelism}, then {workers}), as steps, as Celery tasks")
             first = n % len(measures)  # rotate who goes first
@@ -369,45 +371,62 @@ def _fanout_rows(plan: Plan, report: Report, ours: list[figures.DeploymentFanout
 def _phase_scale(harness: Harness, plan: Plan, report: Report,
                  progress: Callable[[str], None]) -> None:
     client = harness.client()
-    progress(f"5/8 scale: {plan.scale_pools} pools, {plan.scale_workers} simulated workers, "
+    progress(f"5/9 scale: {plan.scale_pools} pools, {plan.scale_workers} simulated workers, "
              f"{plan.scale_steps} queued steps")
     pools = scale.add_pools(client, plan.scale_pools)
-    target = pools[-1]  # the one pool with no workers: its steps stay queued
+    target = pools[-1]  # its one worker is simulated: its steps stay queued
     route = Route(target.queue, target.slug, target.name)
-    bare = scale.timed(lambda: client.run(figures.on_pool(figures.TRUE_STEP, target.slug)),
-                       plan.samples)
-    instances = scale.add_workers(harness.raw, pools[:-1], plan.scale_workers)
+
+    def run() -> None:
+        client.run(figures.on_pool(figures.TRUE_STEP, target.slug))
+
+    workers = scale.add_workers(harness.raw, [target], 1)
+    alone = scale.timed(run, plan.samples)
+    workers += scale.add_workers(harness.raw, pools[:-1], plan.scale_workers - 1)
+    among = scale.timed(run, plan.samples)
     per_step = scale.memory_per_step(client, route, plan.scale_steps)
-    loaded = scale.timed(lambda: client.run(figures.on_pool(figures.TRUE_STEP, target.slug)),
-                         plan.samples)
-    repeat = max(3, plan.samples // 10)
-    status = scale.cli_seconds(harness.url, ["status"], repeat)
-    pool_list = scale.cli_seconds(harness.url, ["pool", "list"], repeat)
-    floor = scale.cli_seconds(harness.url, ["--version"], repeat)
-    detail = scale.snapshot_seconds(harness.raw, True, plan.samples)
-    routing = scale.snapshot_seconds(harness.raw, False, plan.samples)
-    scale.add_running(harness.raw, pools[:-1], instances, plan.scale_workers)
+    clis = scale.cli_rounds(harness.url, {
+        "status": ["status"], "pool list": ["pool", "list"], "one pool": [
+            "status", "--pool", target.slug], "floor": ["--version"]},
+        max(3, plan.samples // 10))
+    overview = scale.timed(lambda: read_overview(client.redis), plan.samples)
+    routing = scale.timed(lambda: read_route(client.redis, target.slug), plan.samples)
+    scale.add_running(harness.raw, workers)
     own = scale.timed(lambda: client.reap([pools[0].slug]), plan.samples)  # as a worker does
     every = scale.timed(client.reap, plan.samples)  # as the local stack does
+    upkeep = scale.upkeep(client, workers, [p.slug for p in pools],
+                          max(2000, plan.samples * 10), harness.settings)
     client.close()
     interval = harness.settings.heartbeat_interval
-    reap_busy = (median(own) * plan.scale_workers + median(every)) / interval * 100
+    busy = upkeep.busy(plan.scale_workers, plan.scale_pools, interval)
+    floor = [median(clis["floor"]) * MS]
     report.rows.extend([
-        Row(5, "Redis memory per queued step", "B", per_step, goal=Goal("<=", 2048, False)),
+        Row(5, f"Redis memory per queued step ({plan.scale_steps:,} queued)", "B", per_step,
+            goal=Goal("<=", 1536, False)),
         Row(5, "of which the Celery message", "B", scale.message_bytes(route)),
-        Row(5, "`workerpool status` (CLI)", "ms", median(status) * MS,
-            goal=Goal("<=", 200, False)),
-        Row(5, "`workerpool pool list` (CLI)", "ms", median(pool_list) * MS),
-        Row(5, "CLI start-up alone (--version)", "ms", median(floor) * MS),
-        Row(5, "status snapshot, in process", "ms", median(detail) * MS),
-        Row(5, "routing snapshot, in process", "ms", median(routing) * MS),
-        compared(5, f"Client.run with {plan.scale_workers} workers vs none", "ms",
-                 [median(loaded) * MS], [median(bare) * MS]),
-        Row(5, f"reap() of a worker's own pool ({plan.scale_workers} leases in all)", "ms",
+        compared(5, f"Client.run, {plan.scale_workers:,} workers over {plan.scale_pools:,} "
+                 "pools vs 1 worker", "ms", [median(among) * MS], [median(alone) * MS],
+                 Goal("<=", 1.2)),
+        compared(5, "`workerpool status` vs `--version` (CLI start-up)", "ms",
+                 [median(clis["status"]) * MS], floor, Goal("<=", 1.25)),
+        compared(5, "`workerpool pool list` vs `--version`", "ms",
+                 [median(clis["pool list"]) * MS], floor, Goal("<=", 1.25)),
+        compared(5, "`workerpool status --pool NAME` vs `status`", "ms",
+                 [median(clis["one pool"]) * MS], [median(clis["status"]) * MS],
+                 Goal("<=", 1.0)),
+        Row(5, "status's read (read_overview), in process", "ms", median(overview) * MS),
+        Row(5, "routing's read (read_route), in process", "ms", median(routing) * MS),
+        Row(5, f"reap() of a worker's own pool ({plan.scale_workers:,} leases in all)", "ms",
             median(own) * MS),
-        Row(5, f"reap() of all {plan.scale_pools} pools (the local stack's)", "ms",
+        Row(5, f"reap() of all {plan.scale_pools:,} pools (the local stack's)", "ms",
             median(every) * MS),
-        Row(5, f"Redis busy reaping ({plan.scale_workers} workers)", "%", reap_busy),
+        Row(5, "Redis CPU per heartbeat turn (beat, lock try, its step read: one call)",
+            "us", upkeep.turn * 1e6),
+        Row(5, "Redis CPU per pool reaped", "us", upkeep.reap * 1e6),
+        Row(5, f"Redis busy with heartbeats and reaping ({plan.scale_workers:,} workers)", "%",
+            busy * 100, goal=Goal("<=", 10, False)),
+        Row(5, "heartbeat interval that keeps it at 10%", "s",
+            interval * busy / 0.10 if busy > 0.10 else interval),
     ])
 
 
@@ -428,7 +447,7 @@ def _phase_trust(harness: Harness, plan: Plan, report: Report,
     runs: list[tuple[Latency, ...]] = []
     try:
         for n in range(plan.runs):
-            progress(f"7/8 trust boundaries, run {n + 1}/{plan.runs}: {plan.latency_steps} "
+            progress(f"7/9 trust boundaries, run {n + 1}/{plan.runs}: {plan.latency_steps} "
                      "steps each with scripts as users of their own, as the worker's user, "
                      "and with one sealed variable, and as many baseline tasks")
             measures: list[Callable[[], Latency]] = [
@@ -536,15 +555,23 @@ def notes(plan: Plan, embedded: bool) -> list[str]:
         f"`Client.run` (no orchestrator), and as plain Celery tasks (the baseline, on "
         f"{plan.fanout_workers} baseline workers of concurrency 1). The four go first in "
         "turn from run to run.",
-        f"Figure 5 simulates {plan.scale_workers} workers (registry records and live "
-        "heartbeats written in the documented key layout) over "
-        f"{plan.scale_pools - 1} of {plan.scale_pools} pools, and queues {plan.scale_steps} "
-        "steps with the real `StepStore.enqueue` on the pool without workers. CLI times are "
-        "wall times of the real command in a subprocess, Python start-up included. Reaping: "
-        "each worker runs `reap()` of its own pool every heartbeat interval (at most one "
-        "process a pool scans it, by a lock per pool; the others find the lock taken), and the "
-        "local stack's runs it over every pool, so the busy share is (one worker's reap x "
-        "workers + the stack's) / interval.",
+        f"Figure 5 simulates {plan.scale_workers:,} workers (registry records, live "
+        "heartbeats and the pools' live indexes, written in the documented key layout) over "
+        f"{plan.scale_pools:,} pools. `Client.run` is timed on the last pool with its one "
+        "simulated worker alone, then with the others added; then "
+        f"{plan.scale_steps:,} steps are queued there with the real enqueue (pipelined by "
+        "`StepStore.enqueue_many`), and the CLI rows are taken with them queued. CLI times "
+        "are wall times of the real command in a subprocess, Python start-up included, the "
+        "four commands in turn. Heartbeats and reaping are priced in Redis's own CPU time "
+        "(INFO `used_cpu_user` + `used_cpu_sys` over many calls, from "
+        f"{scale.CALLERS} callers at once as a cluster's workers beat at once), each simulated "
+        "worker holding a running step: per heartbeat interval each worker makes one turn "
+        "(the beat, its try for the pool's reaper lock, held by another, and the read of its "
+        f"step, in one call); each pool is reaped at most {scale.REAPS_PER_INTERVAL} times "
+        "(the lock lasts a quarter interval); the local "
+        f"stack's reaper turns {scale.STACK_TURNS_PER_INTERVAL} times over every pool. The busy "
+        "share is their sum over the interval, on one core (Redis runs commands on one "
+        "thread).",
         "Figure 6 puts the others in proportion: what a process spawn and a Redis round trip "
         "cost on this machine.",
         "Figures 1 to 6 run scripts as the worker's own user (`--script-user same`), as the "
@@ -621,7 +648,7 @@ def _phase_operations(harness: Harness, plan: Plan, report: Report,
     count = max(3, plan.latency_steps // 5)
     try:
         for n in range(plan.runs):
-            progress(f"8/8 pool operations, run {n + 1}/{plan.runs}: {plan.latency_steps} steps "
+            progress(f"8/9 pool operations, run {n + 1}/{plan.runs}: {plan.latency_steps} steps "
                      f"one at a time on {POOL_OPS}, without and with a cap and priorities")
             sides = [without, with_them] if n % 2 == 0 else [with_them, without]
             for measure in sides:

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -24,11 +25,14 @@ import redis
 from workerpool.bench.figures import TRUE_STEP, on_pool
 from workerpool.client import Client
 from workerpool.core import keys, messages
+from workerpool.core.leases import Leases, lock_ms, reap_every
 from workerpool.core.pools import Pool
 from workerpool.core.routing import Route
-from workerpool.core.snapshot import read_snapshot
+from workerpool.core.settings import Settings
+from workerpool.core.snapshot import all_pools
 from workerpool.core.steps import RUNNING
 from workerpool.core.workers import HEALTHY, Heartbeat, WorkerInfo
+from workerpool.core.workers import beat as beat_once
 
 SIMULATED_TTL_MS = 3_600_000  # simulated heartbeats stay live for the whole measurement
 
@@ -48,16 +52,25 @@ def add_pools(client: Client, count: int) -> list[Pool]:
             for n in range(1, count + 1)]
 
 
-def add_workers(raw: redis.Redis, pools: list[Pool], count: int) -> list[str]:
+@dataclass(frozen=True)
+class Simulated:
+    """One simulated worker: its pool's slug, instance id and name."""
+
+    pool: str
+    instance: str
+    name: str
+
+
+def add_workers(raw: redis.Redis, pools: list[Pool], count: int) -> list[Simulated]:
     """Register *count* simulated workers round-robin over *pools*, each with a live
-    heartbeat; returns their instance ids."""
-    instances = []
+    heartbeat and its entry in its pool's live index."""
+    added = []
     seconds, micros = raw.time()  # the live index is scored on Redis's clock
     expires = seconds * 1000 + micros // 1000 + SIMULATED_TTL_MS
     pipe = raw.pipeline(transaction=False)
     for n in range(count):
         pool = pools[n % len(pools)]
-        info = WorkerInfo(name=f"{pool.slug}-sim-{n:04d}", pool=pool.slug,
+        info = WorkerInfo(name=f"{pool.slug}-sim-{uuid.uuid4().hex[:8]}", pool=pool.slug,
                           instance=uuid.uuid4().hex, host="simulated", pid=100000 + n,
                           concurrency=1, started_at=time.time(), syntaxes=("bash", "sh"))
         pipe.hset(keys.workers(pool.slug), info.name, info.record_json())
@@ -65,25 +78,82 @@ def add_workers(raw: redis.Redis, pools: list[Pool], count: int) -> list[str]:
                  Heartbeat(time=time.time(), state=HEALTHY).to_json(), px=SIMULATED_TTL_MS)
         pipe.zadd(keys.live(pool.slug), {info.instance: expires})
         pipe.hset(keys.states(pool.slug), info.instance, HEALTHY)
-        instances.append(info.instance)
+        added.append(Simulated(pool.slug, info.instance, info.name))
+        if len(pipe) >= 4000:
+            pipe.execute()
     pipe.execute()
-    return instances
+    return added
 
 
-def add_running(raw: redis.Redis, pools: list[Pool], instances: list[str],
-                count: int) -> None:
-    """Give the first *count* simulated workers (``add_workers``: round-robin over *pools*) one
-    running step each, in their pool (a lease to check)."""
+def running_id(worker: Simulated) -> str:
+    """The id of the step ``add_running`` gives *worker*."""
+    return keys.step_id(worker.pool, f"sim{worker.instance[:13]}")
+
+
+def add_running(raw: redis.Redis, workers: list[Simulated]) -> None:
+    """Give each of *workers* one running step in its pool (a lease to check)."""
     now = time.time()
     pipe = raw.pipeline(transaction=False)
-    for n, instance in enumerate(instances[:count]):
-        pool = pools[n % len(pools)].slug
-        step_id = keys.step_id(pool, f"sim{n:013d}")
+    for worker in workers:
+        step_id = running_id(worker)
         pipe.hset(keys.step(step_id), mapping={
-            "state": RUNNING, "instance": instance, "worker": f"{pool}-sim-{n:04d}",
-            "pool": pool, "name": "simulated", "attempt": 0, "retry": 0, "started_at": now})
-        pipe.zadd(keys.running(pool), {step_id: now})
+            "state": RUNNING, "instance": worker.instance, "worker": worker.name,
+            "pool": worker.pool, "name": "simulated", "attempt": 0, "retry": 0,
+            "started_at": now})
+        pipe.zadd(keys.running(worker.pool), {step_id: now})
     pipe.execute()
+
+
+# The reaper's lock lets one process reap a pool per quarter heartbeat interval
+# (``Leases.reap_on_schedule``), and the local stack's reaper turns twice per interval.
+REAPS_PER_INTERVAL = 4
+STACK_TURNS_PER_INTERVAL = 2
+
+
+@dataclass(frozen=True)
+class Upkeep:
+    """Redis CPU seconds of what keeps a cluster's leases honest, one call of each: a worker's
+    heartbeat turn (``workers.beat`` with its try for the pool's reaper lock, held by another:
+    the usual answer, and its check of the step it runs); one pool reaped; one turn of the
+    local stack's reaper over every pool (the pools read, their locks tried)."""
+
+    turn: float
+    reap: float
+    stack: float
+
+    def busy(self, workers: int, pools: int, interval: float) -> float:
+        """Share of Redis's time (one core) that *workers* over *pools* keep it busy, each
+        worker beating once per *interval* and each pool reaped as often as its lock allows."""
+        per_interval = (workers * self.turn + pools * REAPS_PER_INTERVAL * self.reap
+                        + STACK_TURNS_PER_INTERVAL * self.stack)
+        return per_interval / interval
+
+
+def upkeep(client: Client, workers: list[Simulated], pools: list[str], count: int,
+           settings: Settings) -> Upkeep:
+    """``Upkeep`` measured with Redis's own CPU counters over *count* calls of each, the
+    workers' calls spread over *workers* (each with a running step: ``add_running``), as the
+    worker's heartbeat loop (``WorkerRuntime._turn``) and the stack's reaper make them."""
+    raw, leases = client.redis, Leases(client.redis, client.store)
+    hold = 3600.0  # a lock taken once and held: later tries get the usual "taken" answer
+    leases.reap(pools, every=hold)
+
+    def turn(n: int) -> None:
+        w = workers[n % len(workers)]
+        beat_once(raw, w.pool, w.instance, Heartbeat(time=time.time(), state=HEALTHY,
+                                                     running=1),
+                  SIMULATED_TTL_MS / 1000, lock_ms=lock_ms(reap_every(settings)),
+                  steps=[running_id(w)])
+
+    def reap(n: int) -> None:  # as reap_on_schedule does once it holds the pool's lock
+        leases.reap_on_schedule(settings, [pools[n % len(pools)]], held=True)
+
+    def stack(n: int) -> None:
+        leases.reap(all_pools(raw), every=hold)
+
+    return Upkeep(turn=redis_cpu_per_call(raw, turn, count),
+                  reap=redis_cpu_per_call(raw, reap, max(10, count // 4)),
+                  stack=redis_cpu_per_call(raw, stack, max(4, count // 400), callers=1))
 
 
 def used_memory(raw: redis.Redis) -> int:
@@ -107,21 +177,64 @@ def message_bytes(route: Route) -> int:
                               messages.label(TRUE_STEP.name, route.pool_name, step_id)))
 
 
-def cli_seconds(url: str, args: list[str], repeat: int) -> list[float]:
+def cli_seconds(url: str, args: list[str], repeat: int, warm: bool = True) -> list[float]:
     """Wall time of the real ``workerpool`` command line, start-up included."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKERPOOL_")}
+    # Bytecode is written on the warm-up run, as a wheel's install compiles it: a shell that
+    # sets PYTHONDONTWRITEBYTECODE would otherwise compile the command's modules every time.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("WORKERPOOL_") and k != "PYTHONDONTWRITEBYTECODE"}
     env["WORKERPOOL_REDIS_URL"] = url
 
     def once() -> None:
         subprocess.run([sys.executable, "-m", "workerpool", *args], env=env, check=True,
                        stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
 
-    once()  # warm the page cache
+    if warm:
+        once()  # warm the page cache
     return timed(once, repeat)
 
 
-def snapshot_seconds(raw: redis.Redis, detail: bool, repeat: int) -> list[float]:
-    return timed(lambda: read_snapshot(raw, detail), repeat)
+def cli_rounds(url: str, commands: dict[str, list[str]], repeat: int) -> dict[str, list[float]]:
+    """``cli_seconds`` of several commands, taken in turn *repeat* times (so a slower moment of
+    the machine falls on each of them alike): command label -> wall seconds of each run."""
+    for args in commands.values():
+        cli_seconds(url, args, 0)  # warm the page cache, write the bytecode
+    taken: dict[str, list[float]] = {label: [] for label in commands}
+    for _ in range(repeat):
+        for label, args in commands.items():
+            taken[label].extend(cli_seconds(url, args, 1, warm=False))
+    return taken
+
+
+# -- Redis's own time -----------------------------------------------------------------
+
+
+def redis_cpu(raw: redis.Redis) -> float:
+    """CPU seconds the Redis server has used (user + system), as INFO reports them."""
+    cpu = cast(dict[str, float], raw.info("cpu"))
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
+CALLERS = 8  # callers at once when Redis's CPU per call is measured
+
+
+def redis_cpu_per_call(raw: redis.Redis, action: Callable[[int], object], count: int,
+                       callers: int = CALLERS) -> float:
+    """Redis CPU seconds per call of *action* (called with 0 to *count* - 1, from *callers*
+    threads at once; it sends its requests to the server *raw* reads): what the calls cost
+    Redis, without the callers' own time or the round trips' waits a wall-clock timing would
+    add. Several callers, as a cluster's workers beat at once: one caller alone makes Redis
+    wake for every request, which costs it more than the request itself."""
+    action(0)  # scripts loaded, connections open
+    before = redis_cpu(raw)
+    threads = [threading.Thread(target=lambda k=k: [action(n) for n in range(k, count,
+                                                                          callers)])
+               for k in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return max(0.0, redis_cpu(raw) - before) / count
 
 
 # -- reference points -------------------------------------------------------------------
