@@ -49,9 +49,10 @@ class Client:
         if redis_url is not None:
             self.settings = self.settings.with_redis_url(redis_url)
         self.url = resolve_url(self.settings)
-        self.redis: redis.Redis = connect(self.url)
+        self.redis: redis.Redis = connect(self.url, self.settings)
         self.store = StepStore(self.redis, self.settings.result_ttl,
-                               Keyring.load(self.settings))
+                               Keyring.load(self.settings), self.settings.redis_wait_replicas,
+                               self.settings.redis_wait_timeout)
         self.leases = Leases(self.redis, self.store)
         self.pools = PoolRegistry(self.redis)
         self.workers = WorkerDirectory(self)

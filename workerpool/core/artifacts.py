@@ -12,6 +12,7 @@ from typing import cast
 import redis
 
 from workerpool.core import keys
+from workerpool.core.connection import connect
 
 MAX_ARTIFACT_BYTES = 10 * 1024 * 1024
 
@@ -34,7 +35,7 @@ def list_artifacts(client: redis.Redis, step_id: str) -> list[Artifact]:
 
 def read_artifact(url: str, step_id: str, name: str) -> bytes | None:
     """The artifact's bytes (a binary-safe connection of its own), or None if absent."""
-    binary = redis.Redis.from_url(url)
+    binary = connect(url, decode=False)
     try:
         return cast(bytes | None, binary.get(keys.step_artifact(step_id, name)))
     finally:

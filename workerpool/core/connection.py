@@ -5,6 +5,9 @@ way. TLS options are query parameters of a ``rediss://`` URL, parsed here once f
 for kombu alike: ``ssl_ca_certs`` (CA file), ``ssl_cert_reqs`` (``required``, the default, or
 ``optional``/``none``), ``ssl_check_hostname`` (``true``, the default, or ``false``), and
 ``ssl_certfile``/``ssl_keyfile`` (a client certificate).
+
+A ``sentinel://h1:26379;sentinel://h2:26379`` URL (Celery's form) names the sentinels of a
+Redis Sentinel deployment (``sentinel.py``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlparse, urlunparse
 
 import redis
+import redis.sentinel
 
+from workerpool.core import sentinel
 from workerpool.core.errors import BadInput, Forbidden, RedisUnavailable, one_line
 from workerpool.core.settings import Settings
 
@@ -34,7 +39,7 @@ AWAY: tuple[type[redis.RedisError], ...] = (
     redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
 
 T = TypeVar("T")
-SCHEMES = ("redis", "rediss", "unix")
+SCHEMES = ("redis", "rediss", "unix", "sentinel")
 CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
 BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
@@ -49,6 +54,9 @@ def validate_url(url: str) -> str:
 
 def _checked(url: str) -> dict[str, Any]:
     """``tls_options(url)`` of a usable Redis URL; BadInput saying what is wrong otherwise."""
+    if sentinel.is_sentinel(url):
+        sentinel.parse_sentinel(url)
+        return {}
     try:
         parsed = urlparse(url)
         port = parsed.port
@@ -56,7 +64,8 @@ def _checked(url: str) -> dict[str, Any]:
         raise BadInput(f"Redis URL {redact(url)!r} is malformed ({exc}); "
                        "use redis://[:password@]host:port/db") from None
     if parsed.scheme not in SCHEMES:
-        raise BadInput(f"Redis URL {redact(url)!r} must start with redis://, rediss:// or unix://")
+        raise BadInput(f"Redis URL {redact(url)!r} must start with redis://, rediss://, unix:// "
+                       "or sentinel://")
     if parsed.scheme != "unix" and not parsed.hostname:
         raise BadInput(f"Redis URL {redact(url)!r} has no host; use redis://host:port/db")
     if port == 0:
@@ -119,6 +128,8 @@ def without_query(url: str) -> str:
 
 def redact(url: str) -> str:
     """The URL with any password replaced, for messages."""
+    if sentinel.is_sentinel(url):
+        return sentinel.redact(url)
     try:
         parsed = urlparse(url)
     except ValueError:
@@ -159,10 +170,15 @@ def _driver() -> dict[str, Any]:
 DRIVER = _driver()
 
 
-def connect(url: str) -> redis.Redis:
-    """A client for *url* that decodes replies to str; no I/O happens until first use."""
+def connect(url: str, settings: Settings | None = None, decode: bool = True) -> redis.Redis:
+    """A client for *url* that decodes replies to str (unless not *decode*); no I/O happens
+    until first use. For a ``sentinel://`` URL, a client of the master *settings* (by default
+    the environment's) name, which asks the sentinels where it is at each new connection."""
+    if sentinel.is_sentinel(url):
+        return sentinel.master(url, settings or Settings.from_env(), decode_responses=decode,
+                               socket_connect_timeout=5, health_check_interval=30, **DRIVER)
     options = _checked(url)
-    return redis.Redis.from_url(without_query(url) if options else url, decode_responses=True,
+    return redis.Redis.from_url(without_query(url) if options else url, decode_responses=decode,
                                 socket_connect_timeout=5, health_check_interval=30,
                                 **DRIVER, **options)
 
@@ -177,10 +193,16 @@ def guarded(action: Callable[[], T], url: str) -> T:
         user = urlparse(url).username or "default"
         raise Forbidden(f"Redis user {user!r} may not do this ({_one_line(exc)}); it is a "
                         "worker's or a runner's login: use the admin's URL") from None
+    except redis.exceptions.MasterDownError as exc:
+        raise RedisUnavailable(_no_writes(url, exc)) from None
     except redis.ResponseError as exc:
         if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
             raise RedisUnavailable(_refused(url, exc)) from None
+        if str(exc).startswith("NOREPLICAS"):
+            raise RedisUnavailable(_no_writes(url, exc)) from None
         raise
+    except redis.sentinel.MasterNotFoundError:
+        raise RedisUnavailable(sentinel.why_no_master(url)) from None
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
         raise RedisUnavailable(_unreachable(url, exc)) from None
 
@@ -206,8 +228,18 @@ def _refused(url: str, exc: Exception) -> str:
             "WORKERPOOL_REDIS_URL")
 
 
+def _no_writes(url: str, exc: Exception) -> str:
+    return (f"Redis at {redact(url)} takes no writes for now ({_one_line(exc)}): too few of its "
+            "replicas are in sync (min-replicas-to-write) or it lost its master; start or "
+            "reconnect them, then try again")
+
+
 def _unreachable(url: str, exc: Exception) -> str:
     why = _one_line(exc)
+    if sentinel.is_sentinel(url):
+        return (f"the Redis master the sentinels of {redact(url)} name is unreachable ({why}); "
+                "a failover may be under way (it takes the sentinels' down-after time and a "
+                "few seconds): try again")
     tls = _tls_error(exc)
     if tls is not None:
         return (f"the TLS handshake with Redis at {redact(url)} failed ({_one_line(tls)}); "

@@ -21,7 +21,9 @@ on while the new one is rolled out).
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote, urlparse, urlunparse
 
@@ -29,6 +31,7 @@ import redis
 
 from workerpool.core import keys
 from workerpool.core.errors import Infrastructure, Refused
+from workerpool.core.sentinel import is_sentinel, parse_sentinel, replicas_of, sentinel_url
 
 RUNNER = "runner"
 USER_PREFIX = "workerpool-"
@@ -74,6 +77,8 @@ def user_name(pool: str) -> str:
 
 def database(url: str) -> int:
     """The database number a Redis URL names (0 if none)."""
+    if is_sentinel(url):
+        return parse_sentinel(url).db
     path = urlparse(url).path.strip("/")
     return int(path) if path.isdigit() else 0
 
@@ -114,19 +119,36 @@ def issue(admin: redis.Redis, admin_url: str, pool: str, revoke: bool = False) -
     user, password = user_name(pool), secrets.token_urlsafe(24)
     rules = runner_rules() if pool == RUNNER else worker_rules(pool, database(admin_url))
     start = ["reset"] if revoke else ["resetkeys", "resetchannels", "clearselectors"]
-    try:
-        admin.execute_command(  # type: ignore[no-untyped-call]
-            "ACL", "SETUSER", user, *start, "on", f">{password}", *rules)
-    except redis.ResponseError as exc:
-        raise _refused(exc) from None
+    with _every_node(admin) as nodes:
+        for node in nodes:
+            try:
+                node.execute_command(  # type: ignore[no-untyped-call]
+                    "ACL", "SETUSER", user, *start, "on", f">{password}", *rules)
+            except redis.ResponseError as exc:
+                raise _refused(exc) from None
     return Credentials(user, password, url_for(admin_url, user, password))
+
+
+@contextmanager
+def _every_node(admin: redis.Redis) -> Iterator[list[redis.Redis]]:
+    """*admin*, and, behind Sentinel, the master's replicas too: Redis does not replicate ACL
+    users, and a replica the sentinels promote must let the same workers in. A replica added
+    later needs the users set again (or an ACL file, ``acl_line``)."""
+    replicas = replicas_of(admin)
+    try:
+        yield [admin, *replicas]
+    finally:
+        for replica in replicas:
+            replica.close()
 
 
 def revoke_user(admin: redis.Redis, pool: str) -> bool:
     """Delete the ACL user of *pool* (or ``RUNNER``); whoever logged in as it is refused from
     its next command. False if there was none."""
     try:
-        return bool(admin.acl_deluser(user_name(pool)))
+        with _every_node(admin) as nodes:
+            deleted = [bool(node.acl_deluser(user_name(pool))) for node in nodes]
+        return deleted[0]  # the master's word
     except redis.ResponseError as exc:
         raise _refused(exc) from None
 
@@ -146,6 +168,8 @@ def acl_line(pool: str, password: str, db: int = 0) -> str:
 
 def url_for(admin_url: str, user: str, password: str) -> str:
     """*admin_url* logging in as *user* with *password* instead."""
+    if is_sentinel(admin_url):
+        return sentinel_url(replace(parse_sentinel(admin_url), username=user, password=password))
     parsed = urlparse(admin_url)
     host = parsed.hostname or ""
     if ":" in host:  # an IPv6 literal

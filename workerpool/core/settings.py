@@ -50,6 +50,14 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     raise BadInput(f"{ENV_PREFIX}{name}={raw!r} must be 1 or 0 (true/false, yes/no)")
 
 
+def _name(env: Mapping[str, str], name: str, default: str) -> str:
+    """A name that is one word (a Sentinel master's), or *default* if unset."""
+    raw = env.get(ENV_PREFIX + name, "").strip()
+    if raw and len(raw.split()) != 1:
+        raise BadInput(f"{ENV_PREFIX}{name}={raw!r} must be one word (no spaces)")
+    return raw or default
+
+
 def _uid_range(env: Mapping[str, str], name: str, default: range) -> range:
     """``START-END`` (inclusive) -> range; BadInput saying the form otherwise."""
     raw = env.get(ENV_PREFIX + name)
@@ -71,6 +79,13 @@ class Settings:
     """Configuration shared by the client, the workers and the stack supervisor."""
 
     redis_url: str | None = None
+    # With a sentinel:// URL: the master's name (``sentinel monitor <name> ...``), and the
+    # sentinels' own password if they require one (the URL's password is the master's).
+    redis_sentinel_master: str = "mymaster"
+    redis_sentinel_password: str | None = field(default=None, repr=False)
+    # Replicas that must have a step before its enqueue returns (WAIT); 0: none asked.
+    redis_wait_replicas: int = 0
+    redis_wait_timeout: float = 5.0  # seconds an enqueue waits for those replicas
     home: Path = field(default_factory=lambda: Path.home() / ".workerpool")
     heartbeat_interval: float = 2.0
     health_interval: float = 30.0  # seconds between a pool worker's health checks
@@ -123,6 +138,10 @@ class Settings:
         home = env.get(ENV_PREFIX + "HOME") or str(Path.home() / ".workerpool")
         return cls(
             redis_url=env.get(ENV_PREFIX + "REDIS_URL") or None,
+            redis_sentinel_master=_name(env, "REDIS_SENTINEL_MASTER", cls.redis_sentinel_master),
+            redis_sentinel_password=env.get(ENV_PREFIX + "REDIS_SENTINEL_PASSWORD") or None,
+            redis_wait_replicas=_int(env, "REDIS_WAIT_REPLICAS", 0, minimum=0),
+            redis_wait_timeout=_float(env, "REDIS_WAIT_TIMEOUT", cls.redis_wait_timeout),
             home=Path(home).expanduser(),
             heartbeat_interval=_float(env, "HEARTBEAT_INTERVAL", cls.heartbeat_interval),
             health_interval=_float(env, "HEALTH_INTERVAL", cls.health_interval),

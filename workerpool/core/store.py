@@ -10,6 +10,7 @@ from typing import Any, cast
 import redis
 
 from workerpool.core import keys, messages, scripts, tallies
+from workerpool.core.errors import RedisUnavailable
 from workerpool.core.routing import Route
 from workerpool.core.sealing import Keyring, PublicKey
 from workerpool.core.steps import QUEUED, LogEntry, ScriptStep, StepResult
@@ -35,9 +36,14 @@ class StepStore:
     """All reads and writes of step records; connections are passed in, never created here."""
 
     def __init__(self, client: redis.Redis, result_ttl: int = 7 * 24 * 3600,
-                 keyring: Keyring | None = None) -> None:
+                 keyring: Keyring | None = None, wait_replicas: int = 0,
+                 wait_timeout: float = 5.0) -> None:
+        """With *wait_replicas*, an enqueue returns only once that many replicas hold the
+        step (WAIT, at most *wait_timeout* seconds), so a failover cannot lose it."""
         self.redis = client
         self.result_ttl = result_ttl
+        self.wait_replicas = wait_replicas
+        self.wait_timeout = wait_timeout
         self.keyring = keyring or Keyring()
         self._finish = scripts.load(client, "finish")
         self._enqueue = scripts.load(client, "enqueue")
@@ -54,7 +60,12 @@ class StepStore:
             raise ValueError(f"step id {step_id} is not of pool {route.pool}")
         names, args = self._enqueue_call(step, route, lease_timeout, step_timeout, step_id,
                                          notify=notify, target=target, sealing=sealing)
-        self._enqueue(keys=names, args=args)
+        if not self.wait_replicas:
+            self._enqueue(keys=names, args=args)
+            return step_id
+        pipe = self.redis.pipeline(transaction=False)  # WAIT counts its own connection's writes
+        self._enqueue(keys=names, args=args, client=pipe)
+        self._replicated(pipe, step_id)
         return step_id
 
     def enqueue_many(self, step: ScriptStep, route: Route, count: int, lease_timeout: float,
@@ -72,8 +83,23 @@ class StepStore:
                                                  step_id, target=target, sealing=sealing)
                 self._enqueue(keys=names, args=args, client=pipe)
                 ids.append(step_id)
-            pipe.execute()
+            if self.wait_replicas:
+                self._replicated(pipe, ids[-1])
+            else:
+                pipe.execute()
         return ids
+
+    def _replicated(self, pipe: Any, step_id: str) -> None:
+        """Send *pipe*'s enqueues and a WAIT for ``wait_replicas``; RedisUnavailable (exit 3)
+        if fewer replicas had them in time: they are on the master, a failover may lose them."""
+        pipe.wait(self.wait_replicas, int(self.wait_timeout * 1000))
+        acked = int(pipe.execute()[-1])
+        if acked < self.wait_replicas:
+            raise RedisUnavailable(
+                f"step {step_id} is stored on the Redis master, but only {acked} of the "
+                f"{self.wait_replicas} replicas WORKERPOOL_REDIS_WAIT_REPLICAS asks for had it "
+                f"within {self.wait_timeout:g}s; a failover now may lose it: check the "
+                "replicas, then look the step up before running it again")
 
     def _enqueue_call(self, step: ScriptStep, route: Route, lease_timeout: float,
                       step_timeout: float, step_id: str, *, notify: str = "", target: str = "",
