@@ -88,7 +88,7 @@ class Stack:
 
     def connect(self) -> redis.Redis:
         """A new Redis client for the stack's Redis."""
-        return connect(self.url)
+        return connect(self.url, self.settings)
 
     def guard(self, action: Callable[[], T]) -> T:
         return guarded(action, self.url)

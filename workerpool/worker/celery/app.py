@@ -14,24 +14,28 @@ from kombu.asynchronous import get_event_loop
 from workerpool.core import keys
 from workerpool.core.connection import tls_options, without_query
 from workerpool.core.messages import TASK_NAME
+from workerpool.core.sentinel import is_sentinel, sentinel_kwargs
 from workerpool.core.settings import Settings
 from workerpool.core.steps import CANCELLED, SUCCESS
 from workerpool.worker.celery import control
 from workerpool.worker.celery.transport import NAME as TRANSPORT
+from workerpool.worker.celery.transport import SENTINEL_NAME as SENTINEL_TRANSPORT
 
 if TYPE_CHECKING:  # Flower builds the app without any worker code
     from workerpool.worker.runtime import Ending, Runtime
 
 
 def make_app(url: str, visibility_timeout: float = Settings.visibility_timeout,
-             transport: str | None = TRANSPORT, pool: str | None = None) -> Celery:
+             transport: str | None = TRANSPORT, pool: str | None = None,
+             settings: Settings | None = None) -> Celery:
     """A Celery app for workerpool's queues: JSON only, late ack (a step's message is acked
     earlier, once its script starts: see ``StepRequest``), no prefetch, no results. A worker
     of *pool* keeps kombu's unacknowledged messages in the pool's space (``keys.kombu_keys``),
     where its credentials reach.
 
     *transport* is workerpool's kombu Redis transport (``transport.py``), or ``None`` for
-    kombu's stock one (the bench's plain Celery baseline).
+    kombu's stock one (the bench's plain Celery baseline). A ``sentinel://`` URL takes the
+    Sentinel variant of either, on the master *settings* (by default the environment's) name.
     """
     # TLS options reach kombu as parsed by workerpool, not from the URL: kombu would otherwise
     # default a bare rediss:// to no certificate check, and read its options differently.
@@ -64,7 +68,18 @@ def make_app(url: str, visibility_timeout: float = Settings.visibility_timeout,
         # but only every 5 s, so a worker that just started would run its first steps unseen.
         worker_send_task_events=True,
     )
+    if is_sentinel(url):
+        _use_sentinel(app, transport, settings or Settings.from_env())
     return app
+
+
+def _use_sentinel(app: Celery, transport: str | None, settings: Settings) -> None:
+    """kombu's Sentinel support: the broker URL stays Celery's ``sentinel://h1;sentinel://h2``
+    form, the transport asks the sentinels for the master at each (re)connection."""
+    app.conf.broker_transport = SENTINEL_TRANSPORT if transport == TRANSPORT else (
+        transport or "sentinel")
+    app.conf.broker_transport_options.update(
+        master_name=settings.redis_sentinel_master, sentinel_kwargs=sentinel_kwargs(settings))
 
 
 def _pool_options(pool: str) -> dict[str, object]:
@@ -75,11 +90,11 @@ def _pool_options(pool: str) -> dict[str, object]:
     return {**keys.kombu_keys(pool), "priority_steps": list(keys.PRIORITY_STEPS)}
 
 
-def worker_app(url: str, visibility_timeout: float, pool: str, worker: str) -> Celery:
+def worker_app(url: str, settings: Settings, pool: str, worker: str) -> Celery:
     """The app of *worker* of *pool*. Its channel checks each entry of the pool's queue before
     Celery unpacks it (``poison.py``). It takes Celery's remote control, from an admin's
     login only (``control.py``)."""
-    app = make_app(url, visibility_timeout, pool=pool)
+    app = make_app(url, settings.visibility_timeout, pool=pool, settings=settings)
     app.conf.broker_transport_options.update(step_pool=pool, step_worker=worker)
     return app
 

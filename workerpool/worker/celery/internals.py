@@ -14,6 +14,8 @@ start-up check that they are still there.
   asks a queue's lists in ``priority_steps`` order): ``transport.Channel`` overrides it to
   name a step queue's ``<queue>:high`` and ``<queue>:low`` lists, which kombu then delivers
   from as if popped from the queue itself (``deliver_lists_as``).
+- kombu's Redis ``SentinelChannel._sentinel_managed_pool`` (its pools, on the master the
+  sentinels name): ``transport.SentinelChannel`` mixes it into ``transport.Channel``.
 - Celery's ``Consumer._flush_events`` (publishes the buffered task events) and
   ``Consumer.on_send_event_buffered`` (called when an event is buffered):
   ``consumer.BatchingConsumer`` overrides the hook to publish once per 50 ms.
@@ -39,6 +41,7 @@ REQUIRED: tuple[tuple[type, str], ...] = (
     (kombu_redis.Channel, "_brpop_read"),
     (kombu_redis.Channel, "_q_for_pri"),
     (kombu_redis.Channel, "priority_steps"),
+    (kombu_redis.SentinelChannel, "_sentinel_managed_pool"),
     (virtual.Transport, "_deliver"),
     (virtual.Transport, "_callbacks"),
     (Consumer, "_flush_events"),

@@ -66,7 +66,7 @@ def serve(settings: Settings, pool: str | None, name: str | None, concurrency: i
                     settings.step_max_processes)
     print(users.describe(), flush=True)
     url = resolve_url(settings)
-    client = connect(url)
+    client = connect(url, settings)
     if target is not None:
         found_target = guarded(lambda: TargetRegistry(client).get(target), url)
         slug, pool_name = found_target.pool_key, f"target {found_target.name}"
@@ -88,7 +88,7 @@ def serve(settings: Settings, pool: str | None, name: str | None, concurrency: i
     runtime = Runtime(settings, url, identity, users)
     runtime.request_stop = _warm_stop
     guarded(runtime.read_paused, url)  # a paused pool's worker starts by taking nothing
-    app = worker_app(url, settings.visibility_timeout, identity.pool, identity.name)
+    app = worker_app(url, settings, identity.pool, identity.name)
     if not guarded(lambda: control.listens(client), url):
         app.conf.worker_enable_remote_control = False
         reissue = (f"workerpool target credentials {target!r}" if target is not None else

@@ -10,7 +10,8 @@ channel's pool per command), so one object per channel and pool serves every thr
 kombu drops (after a fork or a lost connection) gets a new client with the new pool.
 
 Workers and ``Client.run``'s Celery app name it by ``broker_transport``; the URL stays a plain
-``redis://`` or ``rediss://`` URL.
+``redis://`` or ``rediss://`` URL. With a ``sentinel://`` URL they name ``SentinelTransport``,
+the same channel on kombu's Sentinel-managed connection pools.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from workerpool.worker.celery import internals
 from workerpool.worker.celery.poison import MessageGuard
 
 NAME = "workerpool.worker.celery.transport:Transport"
+SENTINEL_NAME = "workerpool.worker.celery.transport:SentinelTransport"
 
 
 class QoS(kombu_redis.QoS):
@@ -112,3 +114,16 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """``Channel`` whose connection pools are kombu's Sentinel-managed ones (transport option
+    ``master_name``): each new connection goes to the master the sentinels name, so the
+    channel follows a failover when kombu reconnects."""
+
+    from_transport_options = tuple(dict.fromkeys(
+        (*Channel.from_transport_options, *kombu_redis.SentinelChannel.from_transport_options)))
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import redis
+from redis.sentinel import SentinelConnectionPool
 
 from workerpool.core import keys
 from workerpool.core.errors import BadInput
@@ -60,10 +61,20 @@ def binary(client: redis.Redis) -> redis.Redis:
         twin = _twins.get(client)
         if twin is None:
             kwargs = {**pool.connection_kwargs, "decode_responses": False}
-            twin = redis.Redis(connection_pool=redis.ConnectionPool(
-                connection_class=pool.connection_class, **kwargs))
+            twin = redis.Redis(connection_pool=_pool_like(pool, kwargs))
             _twins[client] = twin
         return twin
+
+
+def _pool_like(pool: redis.ConnectionPool, kwargs: dict[str, Any]) -> redis.ConnectionPool:
+    """A pool on *pool*'s server with *kwargs*; on a Sentinel's master, one that asks the
+    sentinels for the master itself, so it follows a failover as *pool* does."""
+    if isinstance(pool, SentinelConnectionPool):
+        kwargs.pop("connection_pool", None)  # the proxy of *pool*: the new pool makes its own
+        return SentinelConnectionPool(  # type: ignore[no-untyped-call]
+            pool.service_name, pool.sentinel_manager,
+                                      connection_class=pool.connection_class, **kwargs)
+    return redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
 
 
 def stored(client: redis.Redis, package_id: str, version: str) -> BuiltinPackage | None:
