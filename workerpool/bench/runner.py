@@ -385,6 +385,7 @@ def _phase_scale(harness: Harness, plan: Plan, report: Report,
     workers += scale.add_workers(harness.raw, pools[:-1], plan.scale_workers - 1)
     among = scale.timed(run, plan.samples)
     per_step = scale.memory_per_step(client, route, plan.scale_steps)
+    harness.compact_log()  # the rewrite the million writes call for: before the timings
     clis = scale.cli_rounds(harness.url, {
         "status": ["status"], "pool list": ["pool", "list"], "one pool": [
             "status", "--pool", target.slug], "floor": ["--version"]},
