@@ -63,6 +63,9 @@ class Overview:
     builtin_enabled: bool
     sections: dict[str, Section]  # pool slug, ``builtin`` or ``target:<slug>`` -> its section
 
+    # With every pool read, a pool with neither Queued nor running steps shows 0 messages,
+    # held, dropped and dead letters: only the one pool asked for (or a busy one) reads them.
+
     def section(self, slug: str) -> Section:
         return self.sections.get(slug, EMPTY)
 

@@ -7,9 +7,10 @@
 --
 -- What `status` and `pool list` show, in one call whose cost grows with the pools and the
 -- running steps, never with the workers: per pool (and the built-in worker, and each target's
--- agent) its registered workers (HLEN), its live ones counted by state (the pool's live index), its
--- waiting work, its dropped messages and dead letters, and its running steps; with one pool
--- asked for, also that pool's workers one by one.
+-- agent) its registered workers (HLEN), its live ones counted by state (the pool's live
+-- index), its waiting work and its running steps; with one pool asked for, also its dropped
+-- messages and dead letters (with every pool, those of pools with waiting or running steps)
+-- and its workers one by one.
 local POOLS, DEFAULT, DISABLED, TARGETS, BUILTIN_QUEUE = ARGV[7], ARGV[8], ARGV[9], ARGV[10],
                                                          ARGV[11]
 if redis.call('EXISTS', DEFAULT) == 0 then
@@ -48,15 +49,10 @@ local function section(pool, queue)
     counted[#counted + 1] = state
     counted[#counted + 1] = n
   end
-  local queue_keys = {space .. 'running', space .. 'pending', space .. 'dropped',
-                      ARGV[12] .. pool}
-  if queue then
-    for _, key in ipairs({queue, queue .. ARGV[14], queue .. ARGV[15], space .. ARGV[13]}) do
-      queue_keys[#queue_keys + 1] = key
-    end
-  end
-  -- An idle pool (most are) has none of these keys: one EXISTS instead of eight reads.
-  local busy = redis.call('EXISTS', unpack(queue_keys)) > 0
+  -- With every pool read, a pool with neither Queued nor running steps (most are) costs one
+  -- EXISTS: it has no waiting work to count, and what only one pool's view shows (messages
+  -- without a record, dropped ones, dead letters) is read for the one pool asked for.
+  local busy = ARGV[3] ~= '' or redis.call('EXISTS', space .. 'pending', space .. 'running') > 0
   local messages, held, pending, dropped, dead = 0, 0, 0, 0, 0
   local leases = {}
   if busy then
