@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import hashlib
 import itertools
 import json
 import os
@@ -27,7 +28,8 @@ from celery import Celery
 from workerpool.bench import baseline
 from workerpool.bench.harness import BenchFailed, wait_until
 from workerpool.client import Client
-from workerpool.core import keys
+from workerpool.core import keys, scripts
+from workerpool.core.pools import slugify
 from workerpool.core.routing import Route
 from workerpool.core.sealing import Keyring, derive, new_key
 from workerpool.core.steps import FAILED, SUCCESS, ScriptStep
@@ -361,14 +363,29 @@ def deployment_fanout(client: Client, process: Process, count: int,
         reaction=[queued[limit + i] - finished[i] for i in range(len(queued) - limit)])
 
 
+# What a connection sends when it opens or has been idle, whatever the steps do.
+CONNECTION_UPKEEP = frozenset({"HELLO", "AUTH", "SELECT", "CLIENT", "PING"})
+
+
 def requests_per_step(raw: redis.Redis, client: Client, step: ScriptStep, count: int) -> float:
     """Requests Redis received per step (each command a client sent, a script call counted
     once and the commands it ran not at all) while *count* of *step* run one at a time: what
-    ``MONITOR`` shows from connections, not from Lua. Heartbeats and reaps in the span are
-    counted too, alike for whatever is compared in the same run."""
+    ``MONITOR`` shows from connections, not from Lua. What the workers do on a clock rather
+    than per step is left out, so the same steps count the same whatever moment they run at:
+    the pool's reaper lock is held for the span (no reap), and heartbeat turns, Celery's
+    events (published per 50 ms window, not per step, for Flower) and a connection's set-up
+    and health checks are not counted."""
     marker = f"workerpool-bench-end-{time.time_ns()}"
+    beat = "EVALSHA " + hashlib.sha1(scripts.source("beat").encode()).hexdigest()
     seen = [0]
     listening = threading.Event()
+
+    def counted(entry: dict[str, object]) -> bool:
+        command = str(entry.get("command", ""))
+        verb, _, rest = command.partition(" ")
+        events = verb == "PUBLISH" and ".celeryev/" in rest.split(" ", 1)[0]
+        return (entry.get("client_type") != "lua" and not command.startswith(beat)
+                and not events and verb not in CONNECTION_UPKEEP)
 
     def watch() -> None:
         with raw.monitor() as monitor:  # type: ignore[no-untyped-call]
@@ -376,9 +393,13 @@ def requests_per_step(raw: redis.Redis, client: Client, step: ScriptStep, count:
             for entry in monitor.listen():
                 if marker in str(entry.get("command", "")):
                     return
-                if entry.get("client_type") != "lua":
+                if counted(entry):
                     seen[0] += 1
 
+    lock = keys.reaper(slugify(step.pool or ""))
+    raw.set(lock, "bench", px=int(WAIT * 1000) * (count + 1))
+    for _ in range(2):  # not counted: a pool edit just made has reached the workers since
+        client.run(step).wait(timeout=WAIT)
     watcher = threading.Thread(target=watch, name="bench-monitor", daemon=True)
     watcher.start()
     if not listening.wait(WAIT):
@@ -389,4 +410,5 @@ def requests_per_step(raw: redis.Redis, client: Client, step: ScriptStep, count:
             raise BenchFailed(f"a bench step ended {result.state}: {result.message}")
     raw.echo(marker)
     watcher.join(WAIT)
+    raw.delete(lock)
     return seen[0] / count
