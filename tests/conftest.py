@@ -24,18 +24,20 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import redis
 from httpd import CountingHandler, Recorder, Server
 
-from workerpool import Client
+from workerpool import Client, ScriptStep
 from workerpool.core import credentials, keys
 from workerpool.core.pools import slugify
+from workerpool.core.routing import route
 from workerpool.core.sealing import Keyring, new_key
 from workerpool.core.settings import Settings
 from workerpool.server.embedded import EmbeddedRedis
@@ -48,6 +50,7 @@ SECRET_KEY = new_key()  # every component of a test shares it, as a deployment's
 ADMIN_PASSWORD = "admin-" + secrets.token_hex(12)  # the session Redis's default user: the admin
 DATABASES = 512
 _db_numbers = itertools.count(1)
+T = TypeVar("T")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -74,6 +77,38 @@ def wait_for(condition: Callable[[], object], timeout: float = 20.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def monitored(redis_url: str, action: Callable[[], T]) -> tuple[T, list[str]]:
+    """*action*'s result, and every command Redis ran in this test's database meanwhile (those
+    inside scripts too), as MONITOR shows them."""
+    watcher = redis.Redis.from_url(redis_url, decode_responses=True)
+    db = watcher.connection_pool.connection_kwargs.get("db", 0)
+    marker = "end-of-action-" + secrets.token_hex(8)
+    seen: list[str] = []
+    with watcher.monitor() as monitor:
+        value = action()
+        watcher.echo(marker)
+        while marker not in (command := monitor.next_command())["command"]:
+            if command["db"] == db:
+                seen.append(command["command"])
+    watcher.close()
+    return value, seen
+
+
+def queue_appending(client: Client, pools: Sequence[str], runs: Path, count: int,
+                    lease_timeout: float, pause: float) -> list[str]:
+    """Queue *count* steps round-robin over *pools* whose scripts append their step id to
+    *runs* (made writable by every script user) and then sleep *pause*; their ids."""
+    runs.touch(mode=0o666)
+    runs.chmod(0o666)
+    snapshot = client.snapshot()
+    ids = []
+    for n in range(count):
+        step = ScriptStep(script=f'echo "$WORKERPOOL_STEP_ID" >> {runs}; sleep {pause:g}',
+                          pool=pools[n % len(pools)])
+        ids.append(client.store.enqueue(step, route(step, snapshot), lease_timeout, 60))
+    return ids
 
 
 def shared_file(path: Path) -> Path:

@@ -9,8 +9,7 @@ import threading
 import uuid
 from pathlib import Path
 
-import redis
-from conftest import shared_file, wait_for
+from conftest import monitored, shared_file, wait_for
 
 from workerpool.core import keys, scripts, workers
 from workerpool.core.connection import connect
@@ -380,21 +379,12 @@ steps:
     serving.start()
     try:
         wait_for(orchestrator.ready.is_set, 10, "the orchestrator to take deployments")
-        db = raw.connection_pool.connection_kwargs["db"]
-        marker = "end-of-deployment-" + uuid.uuid4().hex
-        watcher = redis.Redis.from_url(redis_url, decode_responses=True)
-        with watcher.monitor() as monitor:
+        def deployed() -> object:
             deployment_id = client.deployments.submit(process, "Test")
-            result = wait_for(lambda: (found := client.deployments.result(deployment_id)
-                                       ).done and found, 60, "the deployment to end")
-            raw.echo(marker)
-            seen = []
-            while True:
-                command = monitor.next_command()
-                if marker in command["command"]:
-                    break
-                if command["db"] == db:
-                    seen.append(command["command"])
+            return wait_for(lambda: (found := client.deployments.result(deployment_id)
+                                     ).done and found, 60, "the deployment to end")
+
+        result, seen = monitored(redis_url, deployed)
     finally:
         stop.set()
         serving.join(10)

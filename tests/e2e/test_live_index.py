@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 import redis
-from conftest import wait_for
+from conftest import monitored, wait_for
 
 from workerpool import ScriptStep
 from workerpool.core import keys, workers
@@ -271,19 +271,7 @@ def test_routing_a_step_sends_no_command_into_another_pools_space(client, start_
     client.pools.add("Other Pool")
     start_worker(DB)
     enrol(client, "other-pool")
-    db = client.redis.connection_pool.connection_kwargs["db"]
-    marker = "end-of-run-" + uuid.uuid4().hex
-    watcher = redis.Redis.from_url(redis_url, decode_responses=True)
-    with watcher.monitor() as monitor:
-        client.run(ScriptStep(script="true", pool=DB))
-        client.redis.echo(marker)
-        seen = []
-        while True:
-            command = monitor.next_command()
-            if marker in command["command"]:
-                break
-            if command["db"] == db:
-                seen.append(command["command"])
+    _, seen = monitored(redis_url, lambda: client.run(ScriptStep(script="true", pool=DB)))
     assert any(c.startswith(f"ZRANGEBYSCORE {keys.live(DB_SLUG)} ") for c in seen), seen
     assert not [c for c in seen if keys.space("other-pool") in c]
     assert not [c for c in seen if c.startswith("HGETALL")]  # no whole registry, no whole pool

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import HEARTBEAT, SECRET_KEY, TaskEvents, shared_file, wait_for
+from conftest import HEARTBEAT, SECRET_KEY, TaskEvents, queue_appending, shared_file, wait_for
 
 from workerpool import Client, ScriptStep
 from workerpool.core import keys
-from workerpool.core.routing import route
 from workerpool.core.settings import Settings
 from workerpool.core.steps import TERMINAL
 from workerpool.core.targets import TargetRegistry
@@ -54,14 +53,7 @@ def test_all_queued_steps_run_exactly_once_after_a_redis_restart(own_redis, tmp_
         wait_for(lambda: sum(w.state == "Healthy" for w in client.workers.list()) == 3, 60,
                  "three workers")
         runs = tmp_path / "runs"
-        runs.touch(mode=0o666)  # every worker's script users append to it
-        runs.chmod(0o666)
-        snapshot = client.snapshot()
-        ids = []
-        for n in range(STEPS):
-            step = ScriptStep(script=f'echo "$WORKERPOOL_STEP_ID" >> {runs}; sleep 0.01',
-                              pool=POOLS[n % 3])
-            ids.append(client.store.enqueue(step, route(step, snapshot), 600, 60))
+        ids = queue_appending(client, POOLS, runs, STEPS, 600, 0.01)
         # Stop Redis while most steps are queued and some run; SIGTERM writes the AOF out.
         own_redis.stop()
         during = subprocess.run([sys.executable, "-m", "workerpool", "run", "--pool", "Pool A",

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import HEARTBEAT, one_line_error, wait_for
+from conftest import HEARTBEAT, one_line_error, queue_appending, wait_for
 
 from workerpool import Client, ScriptStep
 from workerpool.core import credentials, keys
 from workerpool.core.pools import slugify
-from workerpool.core.routing import route
 from workerpool.core.sentinel import parse_sentinel
 from workerpool.core.settings import Settings
 from workerpool.core.steps import TERMINAL
@@ -183,14 +182,7 @@ def test_steps_end_exactly_once_across_a_sentinel_failover(cluster, tmp_path):
         wait_for(lambda: sum(w.state == "Healthy" for w in client.workers.list()) == 2, 60,
                  "two workers")
         runs = tmp_path / "runs"
-        runs.touch(mode=0o666)  # every worker's script users append to it
-        runs.chmod(0o666)
-        snapshot = client.snapshot()
-        ids = []
-        for n in range(STEPS):
-            step = ScriptStep(script=f'echo "$WORKERPOOL_STEP_ID" >> {runs}; sleep 0.02',
-                              pool=POOLS[n % 2])
-            ids.append(client.store.enqueue(step, route(step, snapshot), 30, 60))
+        ids = queue_appending(client, POOLS, runs, STEPS, 30, 0.02)
 
         def ran() -> Counter[str]:
             return Counter(runs.read_text().split())
