@@ -263,13 +263,13 @@ def test_another_pools_malformed_huge_workers_do_not_touch_routing(client, start
     assert (result.state, result.worker) == (SUCCESS, worker.name)
 
 
-def test_routing_a_step_sends_no_command_into_another_pools_space(client, start_worker,
-                                                                  redis_url) -> None:
+def test_routing_a_step_sends_no_command_into_another_pools_space(client, redis_url) -> None:
     """Every command Redis runs for ``Client.run`` (those inside its scripts too), as MONITOR
-    shows them: none names a key of another pool's space."""
+    shows them: none names a key of another pool's space. The pools' workers are registered
+    and live, and none runs: what MONITOR shows is the run's alone."""
     client.pools.add(DB)
     client.pools.add("Other Pool")
-    start_worker(DB)
+    enrol(client, DB_SLUG, state=HEALTHY)
     enrol(client, "other-pool")
     _, seen = monitored(redis_url, lambda: client.run(ScriptStep(script="true", pool=DB)))
     assert any(c.startswith(f"ZRANGEBYSCORE {keys.live(DB_SLUG)} ") for c in seen), seen
