@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean browser redis bench
+.PHONY: demo test lint install clean browser redis netns bench
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,7 +17,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/workerpool demo
 
-test: $(STAMP) lint browser redis
+test: $(STAMP) lint browser redis netns
 	$(BIN)/pytest -q
 
 # The browser tests drive Debian's headless Chromium; install it when missing (needs root).
@@ -30,6 +30,10 @@ browser:
 redis:
 	@redis-server --version 2>/dev/null | grep -q "v=[7-9]" || (apt-get update -qq && \
 		apt-get install -y -qq redis-server && (service redis-server stop || true))
+
+# The hosts test (tests/faults/test_hosts_netns.py) makes network namespaces with `ip`.
+netns:
+	@command -v ip >/dev/null || (apt-get update -qq && apt-get install -y -qq iproute2)
 
 # The bench's peers (RQ, Dramatiq) are the `bench` extra; `.[dev]` includes it, but a venv made
 # with only the runtime dependencies gets them here.
