@@ -3,6 +3,7 @@ running; Sentinel promotes the replica and every component follows by itself."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,7 +16,14 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import HEARTBEAT, one_line_error, queue_appending, wait_for
+from conftest import (
+    HEARTBEAT,
+    SECRET_KEY,
+    one_line_error,
+    queue_appending,
+    shared_file,
+    wait_for,
+)
 
 from workerpool import Client, ScriptStep
 from workerpool.core import credentials, keys
@@ -217,6 +225,8 @@ def test_steps_end_exactly_once_across_a_sentinel_failover(cluster, tmp_path):
         # Bound: a step runs twice only if the master died before its replica had the claim
         # (replication is asynchronous): at most one step per slot, those running at the kill.
         again = sum(counted[step_id] for step_id in ids) - STEPS
+        print(f"through the failover: {STEPS} steps, {STEPS - len(set(counted) & set(ids))} "
+              f"lost, {again} run twice; run during it: exit {done.returncode}")
         assert 0 <= again <= CONCURRENCY * len(POOLS), counted.most_common(5)
         wait_for(lambda: sum(w.state == "Healthy" for w in client.workers.list()) == 2, 30,
                  "workers on the new master by themselves")
@@ -229,6 +239,68 @@ def test_steps_end_exactly_once_across_a_sentinel_failover(cluster, tmp_path):
             plain.close()
     finally:
         for proc in workers:
+            _stopped(proc)
+        for log in logs:
+            log.close()
+        client.close()
+
+
+def test_the_server_follows_a_failover_and_ends_its_deployment(cluster, tmp_path):
+    env = {**_env(cluster, tmp_path), "WORKERPOOL_SECRET_KEY": SECRET_KEY}
+    client = Client(settings=Settings.from_env(env))
+    client.pools.add("Pool A")
+    ran, gate = shared_file(tmp_path / "ran"), tmp_path / "gate"
+    process = tmp_path / "process.yaml"
+    process.write_text(f"""
+name: Across a failover
+steps:
+  - name: Migrate
+    pool: Pool A
+    script: |
+      echo migrate >> {ran}
+      while [ ! -e {gate} ]; do sleep 0.05; done
+  - name: After
+    pool: Pool A
+    script: echo after >> {ran}
+  - name: On the server
+    location: server
+    script: echo server >> {ran}
+""")
+    logs = [open(tmp_path / name, "wb") for name in ("worker.log", "server.log")]  # noqa: SIM115
+    procs = [subprocess.Popen([sys.executable, "-m", "workerpool", *argv], env=env,
+                              stdout=log, stderr=subprocess.STDOUT)
+             for argv, log in zip((["worker", "start", "--pool", "Pool A"], ["server"]), logs,
+                                  strict=True)]
+    try:
+        wait_for(lambda: client.redis.exists(keys.SERVER_HEARTBEAT) and sum(
+            w.state == "Healthy" for w in client.workers.list()) == 2, 60,
+                 "the server, its built-in worker and the pool's worker")
+        deployed = _cli(env, "deploy", str(process), "--environment", "Test", "--detach")
+        assert deployed.returncode == 0, deployed.stderr
+        deployment_id = deployed.stdout.strip()
+        wait_for(lambda: "migrate" in ran.read_text(), 60, "the first step to start")
+        old_port = cluster.master.port
+        cluster.master.kill()
+        wait_for(lambda: cluster.master_port() == cluster.replica.port, 30,
+                 "Sentinel to promote the replica", interval=0.1)
+        assert cluster.master_port() != old_port
+        gate.touch()  # the step ends on the new master
+
+        def shown() -> dict[str, object] | None:
+            done = _cli(env, "deployments", "show", deployment_id, "--json")
+            if done.returncode != 0:  # exit 3 while the clients find the new master
+                return None
+            found: dict[str, object] = json.loads(done.stdout)
+            return found if found["state"] in ("Success", "Failed") else None
+
+        result = wait_for(shown, 90, "the deployment to end", interval=0.2)
+        assert result["state"] == "Success", result
+        assert ran.read_text().splitlines() == ["migrate", "after", "server"]
+        # The built-in worker's consumer followed the failover on workerpool's transport (on
+        # kombu's stock one, its credentials refused the first call and Celery stopped).
+        assert "Unrecoverable error" not in (tmp_path / "server.log").read_text()
+    finally:
+        for proc in reversed(procs):
             _stopped(proc)
         for log in logs:
             log.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -202,6 +203,7 @@ class Leases:
         self._hand_back = scripts.load(client, "hand_back")
         self._age = scripts.load(client, "age")
         self._loaded_for = ""  # the Redis run (run_id) the survey's scripts were loaded in
+        self._other_redis_at = -math.inf  # monotonic time a reap found another run_id than the last
 
     def claim(self, step_id: str, attempt: int, worker: str, instance: str, pool: str,
               token: str) -> Claim:
@@ -262,15 +264,22 @@ class Leases:
         seconds (a lock with that expiry), so workers and waiting clients do not all scan every
         lease. For *restart_grace* seconds after Redis starts, no worker is judged lost:
         heartbeat keys lapse while Redis is down, and live workers need a moment to beat
-        again."""
+        again. The same holds for *restart_grace* seconds after this reaper first finds another
+        Redis run than at its last reap: a replica Sentinel promoted (long up, so its uptime
+        says nothing) or a restart."""
         locked = self._locked(list(pools), every)
         if not locked:
             return 0  # the usual answer, in one round trip: others reaped them just now
         server: dict[str, Any] = self.redis.info("server")
+        now = time.monotonic()
+        if self._loaded_for and str(server["run_id"]) != self._loaded_for:
+            self._other_redis_at = now  # failed over, or restarted
         self._load_scripts(str(server["run_id"]))
         ended = 0
+        judge = (float(server["uptime_in_seconds"]) >= restart_grace
+                 and now - self._other_redis_at >= restart_grace)
         surveys = self._survey(locked, str(server["run_id"]) if restart_grace > 0 else "",
-                               aging, judge=float(server["uptime_in_seconds"]) >= restart_grace)
+                               aging, judge=judge)
         for pool, survey in zip(locked, surveys, strict=True):
             if survey.aged:
                 log.info("%d step(s) of pool %s waited %gs and moved up to high priority",

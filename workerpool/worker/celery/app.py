@@ -80,6 +80,30 @@ def _use_sentinel(app: Celery, transport: str | None, settings: Settings) -> Non
         transport or "sentinel")
     app.conf.broker_transport_options.update(
         master_name=settings.redis_sentinel_master, sentinel_kwargs=sentinel_kwargs(settings))
+    app.conf.broker_failover_strategy = _StayOnSentinels
+
+
+class _StayOnSentinels:
+    """kombu's failover strategy for a ``sentinel://h1;sentinel://h2`` URL: never switch URLs.
+
+    kombu reads the ``;`` parts as alternative brokers, and on a connection error switches to
+    the next one, re-reading its scheme as the transport: kombu's stock Sentinel transport,
+    not workerpool's, whose keys a pool's credentials do not reach (a consumer then died on
+    its first call after a failover). The Sentinel transport already asks every sentinel for
+    the master at each connection, so there is nothing to switch to. kombu switches only while
+    its cycle is truthy; this one, never."""
+
+    def __init__(self, alternatives: list[str]) -> None:
+        self.first = alternatives[0]
+
+    def __iter__(self) -> _StayOnSentinels:
+        return self
+
+    def __next__(self) -> str:  # kombu skips the first entry once, at the start
+        return self.first
+
+    def __bool__(self) -> bool:
+        return False
 
 
 def _pool_options(pool: str) -> dict[str, object]:

@@ -1,0 +1,15 @@
+-- KEYS: the server's lease, the fence. ARGV: this node, the token it holds ('' for none), the
+-- lease's length in ms. Renews the lease this node holds under that token, or takes a lapsed
+-- lease under a new token (the fence's INCR); returns the token held, or 0 while another node
+-- holds the lease.
+local held = redis.call('GET', KEYS[1])
+if held then
+  if ARGV[2] ~= '' and held == ARGV[1] .. ' ' .. ARGV[2] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[3])
+    return tonumber(ARGV[2])
+  end
+  return 0
+end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. token, 'PX', ARGV[3])
+return token
