@@ -219,7 +219,7 @@ def test_each_node_runs_a_built_in_worker_and_server_steps_go_to_any_live_node(
     # at once run one on each node.
     held = [client.run(ScriptStep(script=f"while [ ! -e {gate} ]; do sleep 0.05; done",
                                   location="server")) for _ in range(2)]
-    running = wait_for(lambda: all((r := h.result()).state == "Running" for h in held)
+    running = wait_for(lambda: all(h.result().state == "Running" for h in held)
                        and [h.result().worker for h in held], 30, "both steps to run")
     assert sorted(running) == sorted(nodes.values())
     gate.touch()

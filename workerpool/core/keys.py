@@ -26,6 +26,8 @@ Global (``P`` is ``workerpool:``)::
     P deployments:all         zset   deployment id -> submit time
     P deployment:<id>         hash   deployment record: process JSON, environment, state, steps
     P server:hb               string the orchestrator's heartbeat, expiring
+    P server:lease            string the leading server's node and fencing token, expiring
+    P server:fence            string the newest fencing token (INCR at each takeover)
     P dead:<POOL>             list   the pool's dead letters, newest first: JSON {tag, queue,
                                      reason, worker, at, message}, messages that crashed
                                      Celery's consumer twice (``core/deadletters.py``); the
@@ -86,6 +88,8 @@ DEPLOYMENTS_QUEUE = PREFIX + "deployments:queue"
 DEPLOYMENTS_ACTIVE = PREFIX + "deployments:active"
 DEPLOYMENTS_ALL = PREFIX + "deployments:all"
 SERVER_HEARTBEAT = PREFIX + "server:hb"
+SERVER_LEASE = PREFIX + "server:lease"
+SERVER_FENCE = PREFIX + "server:fence"
 POOL_KEYS = PREFIX + "pool-keys"
 TARGET_POOL_PREFIX = "target:"
 TARGET_QUEUE_PREFIX = "workerpool.target."

@@ -90,6 +90,9 @@ class Settings:
     heartbeat_interval: float = 2.0
     health_interval: float = 30.0  # seconds between a pool worker's health checks
     lease_timeout: float = 3600.0
+    # Seconds the leading server's lease lasts unless renewed; a standby takes over within
+    # twice this after the leader stops (workerpool/core/leadership.py).
+    server_lease: float = 6.0
     step_timeout: float = 3600.0
     log_max_lines: int = 10_000
     log_max_line_bytes: int = 16_384
@@ -146,6 +149,7 @@ class Settings:
             heartbeat_interval=_float(env, "HEARTBEAT_INTERVAL", cls.heartbeat_interval),
             health_interval=_float(env, "HEALTH_INTERVAL", cls.health_interval),
             lease_timeout=_float(env, "LEASE_TIMEOUT", cls.lease_timeout),
+            server_lease=_float(env, "SERVER_LEASE", cls.server_lease),
             step_timeout=_float(env, "STEP_TIMEOUT", cls.step_timeout),
             log_max_lines=_int(env, "LOG_MAX_LINES", cls.log_max_lines),
             log_max_line_bytes=_int(env, "LOG_MAX_LINE_BYTES", cls.log_max_line_bytes),

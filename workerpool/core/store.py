@@ -11,6 +11,7 @@ import redis
 
 from workerpool.core import keys, messages, scripts, tallies
 from workerpool.core.errors import RedisUnavailable
+from workerpool.core.leadership import FENCED, Fenced
 from workerpool.core.routing import Route
 from workerpool.core.sealing import Keyring, PublicKey
 from workerpool.core.steps import QUEUED, LogEntry, ScriptStep, StepResult
@@ -50,22 +51,26 @@ class StepStore:
 
     def enqueue(self, step: ScriptStep, route: Route, lease_timeout: float,
                 step_timeout: float, *, step_id: str | None = None, notify: str = "",
-                target: str = "", sealing: PublicKey | None = None) -> str:
+                target: str = "", sealing: PublicKey | None = None, fence: int = 0) -> str:
         """Store the step and push its message onto the route's queue, atomically and in one
         round trip, its sensitive variables sealed to *sealing* (the route's pool's public
         key). With an explicit *step_id* (of the route's pool) that already exists, nothing is
-        written."""
+        written. With a server's *fence* token, nothing is written unless it is the newest
+        (``Fenced``; core/leadership.py)."""
         step_id = step_id or new_step_id(route.pool)
         if keys.pool_of(step_id) != route.pool:
             raise ValueError(f"step id {step_id} is not of pool {route.pool}")
         names, args = self._enqueue_call(step, route, lease_timeout, step_timeout, step_id,
-                                         notify=notify, target=target, sealing=sealing)
+                                         notify=notify, target=target, sealing=sealing,
+                                         fence=fence)
         if not self.wait_replicas:
-            self._enqueue(keys=names, args=args)
-            return step_id
-        pipe = self.redis.pipeline(transaction=False)  # WAIT counts its own connection's writes
-        self._enqueue(keys=names, args=args, client=pipe)
-        self._replicated(pipe, step_id)
+            written = self._enqueue(keys=names, args=args)
+        else:
+            pipe = self.redis.pipeline(transaction=False)  # WAIT counts its connection's writes
+            self._enqueue(keys=names, args=args, client=pipe)
+            written = self._replicated(pipe, step_id)[0]
+        if written == FENCED:
+            raise Fenced(f"step {step_id} not enqueued: fencing token {fence} is stale")
         return step_id
 
     def enqueue_many(self, step: ScriptStep, route: Route, count: int, lease_timeout: float,
@@ -89,23 +94,27 @@ class StepStore:
                 pipe.execute()
         return ids
 
-    def _replicated(self, pipe: Any, step_id: str) -> None:
+    def _replicated(self, pipe: Any, step_id: str) -> list[Any]:
         """Send *pipe*'s enqueues and a WAIT for ``wait_replicas``; RedisUnavailable (exit 3)
         if fewer replicas had them in time: they are on the master, a failover may lose them."""
         pipe.wait(self.wait_replicas, int(self.wait_timeout * 1000))
-        acked = int(pipe.execute()[-1])
+        replies: list[Any] = pipe.execute()
+        acked = int(replies[-1])
         if acked < self.wait_replicas:
             raise RedisUnavailable(
                 f"step {step_id} is stored on the Redis master, but only {acked} of the "
                 f"{self.wait_replicas} replicas WORKERPOOL_REDIS_WAIT_REPLICAS asks for had it "
                 f"within {self.wait_timeout:g}s; a failover now may lose it: check the "
                 "replicas, then look the step up before running it again")
+        return replies
 
     def _enqueue_call(self, step: ScriptStep, route: Route, lease_timeout: float,
                       step_timeout: float, step_id: str, *, notify: str = "", target: str = "",
-                      sealing: PublicKey | None = None) -> tuple[list[str], list[Any]]:
+                      sealing: PublicKey | None = None, fence: int = 0
+                      ) -> tuple[list[str], list[Any]]:
         """The keys and arguments of ``lua/enqueue.lua`` for *step* as *step_id*: its record
-        without the fields that would hold what their readers take for absent (DEFAULTED)."""
+        without the fields that would hold what their readers take for absent (DEFAULTED),
+        and the server's *fence* token (0: a client's enqueue, not fenced)."""
         now = time.time()
         deadline = now + lease_timeout
         record: dict[str, str | int | float] = {
@@ -122,9 +131,9 @@ class StepStore:
                   for item in (name, value)]
         label = messages.label(step.name, route.pool_name, step_id, target=target)
         return ([keys.step(step_id), keys.pending(route.pool),
-                 keys.priority_list(route.queue, step.priority)],
+                 keys.priority_list(route.queue, step.priority), keys.SERVER_FENCE],
                 [deadline, step_id, messages.build(step_id, 0, route.queue, label, step.priority),
-                 *fields])
+                 fence or "", *fields])
 
     def record(self, step_id: str) -> dict[str, str]:
         return cast(dict[str, str], self.redis.hgetall(keys.step(step_id)))

@@ -15,6 +15,7 @@ orchestrator takes deployments.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -28,6 +29,7 @@ import redis
 
 from workerpool.core import keys
 from workerpool.core.connection import AWAY
+from workerpool.core.leadership import Fenced, FencedWrites, Lease, holder, node_id
 from workerpool.core.leases import Leases
 from workerpool.core.routeview import RouteView, read_route
 from workerpool.core.routing import Route, route
@@ -63,6 +65,7 @@ SERVER_TTL_FLOOR = 5.0
 SAVE_PERIOD = 0.2  # seconds a deployment's stored list of runs may lag behind its dispatches
 RUN_FIELDS = ("state", "outputs")  # what the orchestrator reads of a run that ended
 ENDED = (SUCCESS, FAILED)  # a deployment's states once it ended
+MISSING = ""  # a run in flight whose record is gone (``_finished``)
 
 
 def beat(client: redis.Redis, settings: Settings) -> None:
@@ -117,6 +120,7 @@ class _Deployment:
     environment: str
     extra: dict[str, str]  # variables given at submission (`--var`), over the process's
     steps: dict[str, Any]  # per step: state, runs, targets, outputs (saved in the record)
+    token: int  # the fencing token its server led under when it started running it
     outputs: dict[str, str] = field(default_factory=dict)  # earlier steps' output variables
 
     def done_key(self, pool: str) -> str:
@@ -175,63 +179,132 @@ class Orchestrator:
         self.keyring = store.keyring
         self.stopping = threading.Event()  # serve's *stop*: deployment threads see it too
         self.ready = threading.Event()  # set at serve's first beat
+        self.lease = Lease(store.redis, node_id(), settings.server_lease)
+        self.writes = FencedWrites(store.redis)
+        self.token = 0  # the fencing token this node leads under; 0 while it stands by
+        self.standing = False  # said that it stands by (once per time it does)
+        self.running: dict[str, int] = {}  # deployment -> token a thread of this node runs it
+        # under
 
     def serve(self, stop: threading.Event) -> None:
-        """Take deployments until *stop* is set: first the ones a previous server left active,
-        then the queued ones, at most ``cap`` at once. Beat after each turn of the loop that
-        went through, and only then: while Redis is away or refuses the loop's calls, nothing
-        beats (the key lapses and ``deploy`` refuses); the loop says so in one line, waits
-        with a backoff and tries again. Any other error ends the loop, and the heartbeat."""
+        """Take deployments until *stop* is set, while this node leads: first the ones left
+        active (by a previous server, or the leader this node took over from), then the queued
+        ones, at most ``cap`` at once. A node that does not hold the lease stands by, trying
+        for it every quarter lease, and takes it once it lapsed (core/leadership.py).
+
+        Beat after each turn of the loop that went through, leading or standing by (a standby
+        takes a deployment within twice the lease interval of the leader stopping), and only
+        then: while Redis is away or refuses the loop's calls, nothing beats (the key lapses and
+        ``deploy`` refuses); the loop says so in one line, waits with a backoff and tries
+        again. Any other error ends the loop, and the heartbeat. Stopped, the node gives the
+        lease up, so a standby need not wait for it to lapse."""
         self.stopping = stop
         outage = _Outage("orchestrator", self.settings)
-        left: list[str] | None = None  # active deployments of a previous server, to resume
-        while not stop.is_set():
-            try:
-                if left is None:
-                    left = sorted(cast(set[str], self.redis.smembers(keys.DEPLOYMENTS_ACTIVE)))
-                    beat(self.redis, self.settings)  # at once: `deploy` is accepted
-                    self.ready.set()
-                if self.slots.acquire(timeout=0.5):  # else every slot runs a deployment
-                    self._take(left)
-                beat(self.redis, self.settings)
-                outage.over()
-            except redis.RedisError as exc:
-                stop.wait(outage.failed(exc))
+        left: list[str] | None = None  # active deployments to resume once leading
+        turn = min(0.5, self.settings.server_lease / 6)  # two waits per turn, 3 turns a lease
+        try:
+            while not stop.is_set():
+                try:
+                    if not self._lead():
+                        left = None
+                        beat(self.redis, self.settings)
+                        self.ready.set()
+                        outage.over()
+                        stop.wait(self.settings.server_lease / 4)
+                        continue
+                    if left is None:
+                        left = sorted(cast(set[str],
+                                           self.redis.smembers(keys.DEPLOYMENTS_ACTIVE)))
+                        beat(self.redis, self.settings)  # at once: `deploy` is accepted
+                        self.ready.set()
+                    if self.slots.acquire(timeout=turn):  # else every slot runs a deployment
+                        self._take(left, turn)
+                    beat(self.redis, self.settings)
+                    outage.over()
+                except Fenced:
+                    left = None  # the lease went to another node: stand by
+                except redis.RedisError as exc:
+                    # Read the active set again once Redis answers: a deployment taken by a
+                    # call whose reply was lost is there, and no thread runs it.
+                    left = None
+                    stop.wait(outage.failed(exc))
+        finally:
+            if self.token:
+                with contextlib.suppress(redis.RedisError):
+                    self.lease.resign(self.token)
+                self.token = 0
 
-    def _take(self, left: list[str]) -> None:
+    def _lead(self) -> bool:
+        """Renew this node's lease, or take it if it lapsed; whether this node leads. A new
+        token (a takeover, or this node's own lease lapsed meanwhile) ends every deployment
+        thread started under the old one, at its next write or wait."""
+        token = self.lease.hold(self.token)
+        if token != self.token or not (token or self.standing):
+            if self.token:
+                log.warning("this server lost the lease (fencing token %d); its deployments "
+                            "are left to the server that leads now", self.token)
+            if token:
+                log.warning("this server leads (node %s, fencing token %d)", self.lease.node,
+                            token)
+            else:
+                led = holder(self.redis)
+                log.warning("this server stands by (node %s): %s leads", self.lease.node,
+                            f"{led[0]} (fencing token {led[1]})" if led else "another node")
+            self.token = token
+            self.standing = not token
+        return bool(token)
+
+    def _take(self, left: list[str], turn: float) -> None:
         """With a slot held: start the next deployment left active, or the next queued one
-        (waiting up to a second for one); the slot is given back if none is started."""
+        (waiting up to *turn* seconds for one); the slot is given back if none is started.
+        A queued deployment is moved into the active set under the fence, atomically, so a
+        server that stops in between loses none and a stale one takes none."""
+        token = self.token
+        while left and self.running.get(left[0]) == token:  # its thread carries on
+            left.pop(0)
         try:
             if left:
                 deployment_id: str | None = left.pop(0)
             else:
-                popped = cast(tuple[str, str] | None,
-                              self.redis.brpop([keys.DEPLOYMENTS_QUEUE], timeout=1))
-                deployment_id = popped[1] if popped else None
+                # Block until one is queued without taking it (a rotation of the list onto
+                # itself, left to left, changes nothing); then take it, fenced.
+                waited = self.redis.blmove(  # Redis takes a fraction of a second here
+                    keys.DEPLOYMENTS_QUEUE, keys.DEPLOYMENTS_QUEUE, turn,  # type: ignore[arg-type]
+                    "LEFT", "LEFT")
+                deployment_id = self.writes.take(token) if waited is not None else None
         except BaseException:
             self.slots.release()
             raise
         if deployment_id is None:
             self.slots.release()
         else:
-            self._start(deployment_id)  # its thread adds it to the active set first
+            self._start(deployment_id, token)
 
-    def _start(self, deployment_id: str) -> None:
-        """Run a deployment in a thread of its own, holding a slot (taken by the caller)."""
+    def _start(self, deployment_id: str, token: int) -> None:
+        """Run a deployment in a thread of its own, holding a slot (taken by the caller), under
+        fencing *token*."""
 
         def body() -> None:
             try:
-                self._run_through_outages(deployment_id)
+                self._run_through_outages(deployment_id, token)
+            except Fenced:
+                log.warning("deployment %s: left to the server that leads now (this server's "
+                            "fencing token %d is stale)", deployment_id, token)
             except Exception as exc:  # a bug must end the deployment, not leave it Running
                 log.exception("deployment %s failed in the orchestrator", deployment_id)
-                self._until_answered(f"deployment {deployment_id}", functools.partial(
-                    self._end, deployment_id, FAILED, f"orchestrator error: {exc}"))
+                with contextlib.suppress(Fenced):
+                    self._until_answered(f"deployment {deployment_id}", functools.partial(
+                        self._end, deployment_id, token, FAILED,
+                        f"orchestrator error: {exc}"))
             finally:
+                if self.running.get(deployment_id) == token:
+                    del self.running[deployment_id]
                 self.slots.release()
 
+        self.running[deployment_id] = token
         threading.Thread(target=body, name=f"deploy-{deployment_id}", daemon=True).start()
 
-    def _run_through_outages(self, deployment_id: str) -> None:
+    def _run_through_outages(self, deployment_id: str, token: int) -> None:
         """``run``, and again each time Redis goes away under it, once Redis answers: a run
         resumes from the stored record as a restarted server's does (step ids are
         deterministic and enqueued only if absent, so no step is enqueued twice, and a step
@@ -240,7 +313,7 @@ class Orchestrator:
         who = f"deployment {deployment_id}"
         while True:
             try:
-                self.run(deployment_id)
+                self.run(deployment_id, token)
                 return
             except AWAY as exc:
                 log.warning("%s: Redis is unreachable; resuming it once Redis answers: %s",
@@ -266,12 +339,12 @@ class Orchestrator:
             outage.over()
             return result
 
-    def run(self, deployment_id: str) -> None:
+    def run(self, deployment_id: str, token: int) -> None:
+        """Run (or resume) a deployment to its end, every write fenced by *token*."""
         record = cast(dict[str, str], self.redis.hgetall(keys.deployment(deployment_id)))
         if record.get("state") in ENDED:  # ended, and the reply was lost with Redis
-            self.redis.srem(keys.DEPLOYMENTS_ACTIVE, deployment_id)
+            self.writes.write(token, deployment_id, active="-")
             return
-        self.redis.sadd(keys.DEPLOYMENTS_ACTIVE, deployment_id)  # resumed by the next server
         environment = record["environment"]
         try:
             process, extra = reseal(process_from_json(record["process"]),
@@ -280,11 +353,12 @@ class Orchestrator:
                                                                     "the server"))
         except SealError as exc:
             log.error("deployment %s: %s", deployment_id, exc)
-            self._end(deployment_id, FAILED, str(exc))
+            self._end(deployment_id, token, FAILED, str(exc))
             return
         deployment = _Deployment(deployment_id, process, environment, extra,
-                                 json.loads(record.get("steps") or "{}"))
-        self.redis.hset(keys.deployment(deployment_id), "state", RUNNING)
+                                 json.loads(record.get("steps") or "{}"), token)
+        # In the active set (resumed by the next server) and Running, in one fenced write.
+        self.writes.write(token, deployment_id, {"state": RUNNING}, active="+")
         failed = False
         for index, step in enumerate(process.steps):
             info = deployment.steps.setdefault(step.name, {"state": PENDING, "runs": [],
@@ -306,20 +380,18 @@ class Orchestrator:
             deployment.outputs.update(step_outputs)
             failed |= not ok
             self._save(deployment)
-        self._end(deployment_id, FAILED if failed else SUCCESS, "", deployment.pools())
+        self._end(deployment_id, token, FAILED if failed else SUCCESS, "", deployment.pools())
 
     def _save(self, deployment: _Deployment) -> None:
-        self.redis.hset(keys.deployment(deployment.id), "steps", json.dumps(deployment.steps))
+        self.writes.write(deployment.token, deployment.id,
+                          {"steps": json.dumps(deployment.steps)})
 
-    def _end(self, deployment_id: str, state: str, message: str,
+    def _end(self, deployment_id: str, token: int, state: str, message: str,
              pools: Iterable[str] = ()) -> None:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(keys.deployment(deployment_id),
-                  mapping={"state": state, "finished_at": time.time(), "message": message})
-        pipe.srem(keys.DEPLOYMENTS_ACTIVE, deployment_id)
-        for pool in pools:  # a run that ends later still pushes here; the list expires then
-            pipe.delete(keys.done(pool, deployment_id))
-        pipe.execute()
+        # A run that ends later still pushes onto a done list deleted here; it expires then.
+        self.writes.write(token, deployment_id,
+                          {"state": state, "finished_at": time.time(), "message": message},
+                          active="-", delete=[keys.done(pool, deployment_id) for pool in pools])
 
     def _run_step(self, deployment: _Deployment, index: int,
                   step: ProcessStep) -> tuple[bool, dict[str, str]]:
@@ -355,9 +427,13 @@ class Orchestrator:
                     unsaved, next_save = False, now + SAVE_PERIOD
                 else:  # not below 10 ms: Redis would read a timeout under 1 ms as none
                     wait = min(wait, max(next_save - now, 0.01))
+            if self.token != deployment.token:  # this node lost the lease: stop here
+                raise Fenced(f"fencing token {deployment.token} is stale")
             for rid, state, record in self._finished(in_flight, deployment, wait):
                 planned = in_flight.pop(rid)
-                if state == SUCCESS:
+                if state == MISSING:  # lost with a Redis master that failed over: again
+                    queue.insert(0, planned)
+                elif state == SUCCESS:
                     step_outputs.update(self._outputs(step, planned, record))
                 elif planned.attempt < step.retries:
                     queue.insert(0, _Planned(index, planned.target, planned.attempt + 1))
@@ -369,7 +445,9 @@ class Orchestrator:
                   timeout: float) -> list[tuple[str, str, dict[str, str]]]:
         """Block until a run ends (finish pushes its id onto its pool's list) and check the ids
         pushed; after *timeout* seconds, reap and check every run in flight (a run may have
-        ended while no one listened). Each check reads only a run's state and outputs."""
+        ended while no one listened, or its record may be gone: enqueued on a Redis master
+        that failed over before a replica had it, it is returned as MISSING, to enqueue
+        again). Each check reads only a run's state and outputs."""
         done_keys = sorted({deployment.done_key(keys.pool_of(rid)) for rid in in_flight})
         popped = cast(tuple[str, str] | None, self.redis.blpop(done_keys, timeout=timeout))
         pipe = self.redis.pipeline(transaction=False)
@@ -394,9 +472,10 @@ class Orchestrator:
                 candidates += more
                 replies += pipe.execute()
         records = [dict(zip(RUN_FIELDS, reply, strict=True)) for reply in replies]
-        return [(rid, cast(str, rec["state"]), cast(dict[str, str], rec))
+        return [(rid, cast(str, rec["state"] or MISSING), cast(dict[str, str], rec))
                 for rid, rec in zip(candidates, records, strict=True)
-                if rid in in_flight and rec["state"] in TERMINAL]
+                if rid in in_flight and (rec["state"] in TERMINAL or
+                                         (popped is None and rec["state"] is None))]
 
     @staticmethod
     def _outputs(step: ProcessStep, planned: _Planned,
@@ -443,7 +522,7 @@ class Orchestrator:
         self.store.enqueue(
             script_step.validate(), chosen, self.settings.lease_timeout,
             self.settings.step_timeout, step_id=rid, notify=deployment.done_key(chosen.pool),
-            target=target.name if target else "", sealing=sealing)
+            target=target.name if target else "", sealing=sealing, fence=deployment.token)
         return rid
 
     @staticmethod

@@ -245,10 +245,13 @@ class Stack:
 
     def stop_orchestrator(self) -> None:
         """Stop the orchestrator's loop: it takes no new deployment and stops beating, so the
-        server's heartbeat lapses within ``SERVER_TTL_FLOOR`` seconds. Deployments running
-        carry on in their threads (in a process that exits, they stay active for the next
-        server to resume)."""
+        server's heartbeat lapses within ``SERVER_TTL_FLOOR`` seconds, and gives the lease up
+        (a standby takes over at its next try); waits for the loop, a second at most past its
+        turn. Deployments running carry on in their threads (in a process that exits, they
+        stay active for the next server to resume)."""
         self._orchestrator_stop.set()
+        if self.orchestrator is not None:
+            self.orchestrator.join(self.settings.server_lease / 3 + 1)
 
     def stop(self) -> None:
         """Warm-stop workers (each gives running steps the shutdown grace, then stops them),
