@@ -166,12 +166,13 @@ class Harness:
         """Whether workers log in as their pool's own user (a Redis with ACL key patterns)."""
         return credentials.supported(self.raw)
 
-    def worker_env(self, pool: str) -> dict[str, str]:
-        """A worker of *pool*'s login and key, as `workerpool pool credentials` gives them."""
-        slug = slugify(pool)
-        url = credentials.issue(self.raw, self.url, slug).url if self.pool_logins else self.url
+    def worker_env(self, pool: str, url: str | None = None) -> dict[str, str]:
+        """A worker of *pool*'s login and key, as `workerpool pool credentials` gives them, on
+        *url* (another way to the bench's Redis, e.g. through Sentinel; default the bench's)."""
+        slug, url = slugify(pool), url or self.url
+        login = credentials.issue(self.raw, url, slug).url if self.pool_logins else url
         key = Keyring([self.master]).publish(self.raw, slug)
-        return {"WORKERPOOL_REDIS_URL": url, "WORKERPOOL_POOL_KEY": key.to_text()}
+        return {"WORKERPOOL_REDIS_URL": login, "WORKERPOOL_POOL_KEY": key.to_text()}
 
     def _spawn(self, argv: list[str], label: str,
                env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -197,12 +198,14 @@ class Harness:
                                   f"{proc.returncode}:\n{tail}")
 
     def start_workers(self, pool: str, count: int, concurrency: int,
-                      script_user: str | None = SAME) -> list[int]:
+                      script_user: str | None = SAME, url: str | None = None,
+                      env: dict[str, str] | None = None) -> list[int]:
         """Start *count* real workerpool workers on *pool*, with its own login and key; return
         once all are Healthy. Their scripts run as the worker's own user, as the baseline's
         tasks run bash, unless *script_user* says otherwise (None: the default, users of their
-        own for a root worker; figure 7 prices the difference)."""
-        env = self.worker_env(pool)
+        own for a root worker; figure 7 prices the difference). They reach Redis by *url*
+        (default the bench's), with *env* added to their environment."""
+        env = {**(env or {}), **self.worker_env(pool, url)}
         user = () if script_user is None else ("--script-user", script_user)
         procs = [self._spawn([sys.executable, "-m", "workerpool", "worker", "start",
                               "--pool", pool, "--concurrency", str(concurrency), *user],

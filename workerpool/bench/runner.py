@@ -13,7 +13,7 @@ from types import FrameType
 
 from celery import Celery
 
-from workerpool.bench import baseline, figures, peers, scale
+from workerpool.bench import baseline, figures, peers, scale, sentinel
 from workerpool.bench.figures import Latency, median, percentile
 from workerpool.bench.harness import Harness
 from workerpool.bench.report import Goal, Report, Row, load_average, machine
@@ -76,7 +76,7 @@ def run(plan: Plan, settings: Settings, progress: Callable[[str], None]) -> Repo
         report = Report(plan.name, plan.runs, machine(harness.redis_version()))
         report.notes = notes(plan, harness.embedded)
         phases = (_references, _phase_workers, _phase_fanout, _phase_scale, _phase_trust,
-                  _phase_operations, peers.phase)
+                  _phase_operations, peers.phase, sentinel.phase)
         for phase in phases:
             phase(harness, plan, report, progress)
             harness.stop_workers()
@@ -117,7 +117,7 @@ def compared(figure: int, metric: str, unit: str, ours: list[float], theirs: lis
 
 def _references(harness: Harness, plan: Plan, report: Report,
                 progress: Callable[[str], None]) -> None:
-    progress("6/9 reference points: process spawn, Redis round trip, redis-benchmark")
+    progress("6/10 reference points: process spawn, Redis round trip, redis-benchmark")
     spawn = scale.spawn_seconds(plan.samples)
     trips = scale.round_trip_seconds(harness.raw, plan.samples * 5)
     bench = scale.redis_benchmark(harness.url, plan.redis_benchmark_requests)
@@ -159,7 +159,7 @@ def _latency(client: Client, app: Celery, plan: Plan, report: Report,
              progress: Callable[[str], None]) -> None:
     runs: list[tuple[Latency, Latency]] = []
     for n in range(plan.runs):
-        progress(f"1/9 idle latency, run {n + 1}/{plan.runs}: {plan.latency_steps} steps and "
+        progress(f"1/10 idle latency, run {n + 1}/{plan.runs}: {plan.latency_steps} steps and "
                  f"{plan.latency_steps} baseline tasks, one at a time")
         pair: list[Callable[[], Latency]] = [
             lambda: figures.workerpool_latency(client, POOL_A, plan.latency_steps),
@@ -187,7 +187,7 @@ def _throughput(harness: Harness, client: Client, app: Celery,
     tuned: list[tuple[float, ...]] = []
     count = plan.throughput_steps
     for n in range(plan.runs):
-        progress(f"2/9 throughput, run {n + 1}/{plan.runs}: {count} `true` steps on 2 workers "
+        progress(f"2/10 throughput, run {n + 1}/{plan.runs}: {count} `true` steps on 2 workers "
                  f"x {plan.concurrency}, {count} baseline tasks, {count} tuned baseline tasks")
         sides: list[tuple[list[int], Callable[[], float], list[tuple[float, ...]]]] = [
             (pids[0], lambda: figures.workerpool_throughput(client, POOL_A, count), ours),
@@ -224,7 +224,7 @@ def _isolation(harness: Harness, client: Client, app: Celery,
     celery: list[tuple[float, float]] = []
     lowest: list[float] = []
     for n in range(plan.runs):
-        progress(f"3/9 pool isolation, run {n + 1}/{plan.runs}: {POOL_B} alone and with "
+        progress(f"3/10 pool isolation, run {n + 1}/{plan.runs}: {POOL_B} alone and with "
                  f"{plan.backlog} steps queued on {POOL_A} (draining, then on CPUs of its own) "
                  f"or on {POOL_PARKED} (no consumer)")
         shared.append(_with_backlog(harness, client, route_a, plan, lowest))
@@ -316,7 +316,7 @@ def _phase_fanout(harness: Harness, plan: Plan, report: Report,
         lambda: theirs.append(figures.baseline_fanout(app, count, seconds))]
     try:
         for n in range(plan.runs):
-            progress(f"4/9 fan-out, run {n + 1}/{plan.runs}: {count} x {seconds * MS:g} ms on "
+            progress(f"4/10 fan-out, run {n + 1}/{plan.runs}: {count} x {seconds * MS:g} ms on "
                      f"{workers} workers as a deployment over {count} targets (max_parallelism "
                      f"{plan.fanout_parallelism}, then {workers}), as steps, as Celery tasks")
             first = n % len(measures)  # rotate who goes first
@@ -371,7 +371,7 @@ def _fanout_rows(plan: Plan, report: Report, ours: list[figures.DeploymentFanout
 def _phase_scale(harness: Harness, plan: Plan, report: Report,
                  progress: Callable[[str], None]) -> None:
     client = harness.client()
-    progress(f"5/9 scale: {plan.scale_pools} pools, {plan.scale_workers} simulated workers, "
+    progress(f"5/10 scale: {plan.scale_pools} pools, {plan.scale_workers} simulated workers, "
              f"{plan.scale_steps} queued steps")
     pools = scale.add_pools(client, plan.scale_pools)
     target = pools[-1]  # its one worker is simulated: its steps stay queued
@@ -448,7 +448,7 @@ def _phase_trust(harness: Harness, plan: Plan, report: Report,
     runs: list[tuple[Latency, ...]] = []
     try:
         for n in range(plan.runs):
-            progress(f"7/9 trust boundaries, run {n + 1}/{plan.runs}: {plan.latency_steps} "
+            progress(f"7/10 trust boundaries, run {n + 1}/{plan.runs}: {plan.latency_steps} "
                      "steps each with scripts as users of their own, as the worker's user, "
                      "and with one sealed variable, and as many baseline tasks")
             measures: list[Callable[[], Latency]] = [
@@ -614,6 +614,15 @@ def notes(plan: Plan, embedded: bool) -> list[str]:
         "default writes two lines a job; Dramatiq's, none). The systems go first "
         "in turn from run to run; the goals compare workerpool with the best peer of each run "
         "(the lowest p50, the highest throughput) and with tuned Celery.",
+        f"Figure 10 prices Redis Sentinel: one sentinel (`redis-server --sentinel`, the binary "
+        "the embedded Redis runs) monitors the bench's own redis-server, and figure 1's "
+        f"stamping step runs one at a time ({plan.latency_steps} per run) on two pools of one "
+        f"worker x {plan.concurrency}: on {sentinel.POOL_SENTINEL} both the caller and the "
+        "worker hold a `sentinel://127.0.0.1:PORT` URL with WORKERPOOL_REDIS_SENTINEL_MASTER "
+        "set (each new connection asks the sentinel for the master first), on "
+        f"{sentinel.POOL_DIRECT} the direct `redis://` URL of the same master; each goes "
+        "first in turn. The master has no replica: the figure prices reaching it through "
+        "Sentinel, not a failover (tests/faults/test_sentinel_failover.py runs one).",
     ]
 
 
@@ -649,7 +658,7 @@ def _phase_operations(harness: Harness, plan: Plan, report: Report,
     count = max(3, plan.latency_steps // 5)
     try:
         for n in range(plan.runs):
-            progress(f"8/9 pool operations, run {n + 1}/{plan.runs}: {plan.latency_steps} steps "
+            progress(f"8/10 pool operations, run {n + 1}/{plan.runs}: {plan.latency_steps} steps "
                      f"one at a time on {POOL_OPS}, without and with a cap and priorities")
             sides = [without, with_them] if n % 2 == 0 else [with_them, without]
             for measure in sides:
