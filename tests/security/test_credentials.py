@@ -116,6 +116,9 @@ def test_a_runners_login_runs_steps_and_changes_no_pool(client, cli, start_worke
     refused(lambda: runner.redis.hset(keys.POOLS, "evil", "{}"))
     refused(lambda: runner.redis.set(keys.BUILTIN_DISABLED, "1"))
     refused(lambda: runner.redis.hset(keys.FEEDS, "evil", "{}"))
+    # Nor may it lead the server or stale its leader's token (core/leadership.py).
+    refused(lambda: runner.redis.set(keys.SERVER_LEASE, "evil 1"))
+    refused(lambda: runner.redis.incr(keys.SERVER_FENCE))
     env = {"WORKERPOOL_REDIS_URL": url}
     for args in (["pool", "add", "Evil Pool"], ["builtin-worker", "disable"],
                  ["pool", "remove", DB]):

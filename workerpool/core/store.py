@@ -130,8 +130,9 @@ class StepStore:
         fields = [item for name, value in record.items() if DEFAULTED.get(name) != value
                   for item in (name, value)]
         label = messages.label(step.name, route.pool_name, step_id, target=target)
+        fenced = [keys.SERVER_FENCE] if fence else []  # a runner's login may not name it
         return ([keys.step(step_id), keys.pending(route.pool),
-                 keys.priority_list(route.queue, step.priority), keys.SERVER_FENCE],
+                 keys.priority_list(route.queue, step.priority), *fenced],
                 [deadline, step_id, messages.build(step_id, 0, route.queue, label, step.priority),
                  fence or "", *fields])
 
