@@ -377,3 +377,50 @@ def test_an_enqueue_no_replica_acknowledges_exits_3_naming_the_step(tmp_path):
         stored.close()
     finally:
         server.stop()
+
+
+def test_a_worker_waits_out_a_master_that_takes_no_writes(cluster, tmp_path):
+    # The master refuses writes (NOREPLICAS) while its replica is away: min-replicas-to-write
+    # 1. A step that ends meanwhile is reported once the replica is back; the worker lives.
+    env = _env(cluster, tmp_path)
+    master = cluster.master.client()
+    master.config_set("min-replicas-max-lag", "1")
+    client = Client(settings=Settings.from_env(env))
+    client.pools.add("Pool B")
+    gate = tmp_path / "gate"
+    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115
+    worker = subprocess.Popen([sys.executable, "-m", "workerpool", "worker", "start", "--pool",
+                               "Pool B"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: any(w.state == "Healthy" for w in client.workers.list()), 60,
+                 "the worker")
+        handle = client.run(ScriptStep(script=f"while [ ! -e {gate} ]; do sleep 0.05; done; "
+                                              "echo done", pool="Pool B"))
+        wait_for(lambda: handle.result().state == "Running", 30, "the step to run")
+        cluster.replica.kill()
+
+        def refused() -> bool:
+            try:
+                master.set("probe", "1")
+            except redis.ResponseError as exc:
+                return str(exc).startswith("NOREPLICAS")
+            return False
+
+        wait_for(refused, 30, "the master to refuse writes")
+        gate.touch()
+        # Its end is retried each second; three tries are about 16 refused heartbeat retries.
+        wait_for(lambda: (tmp_path / "worker.log").read_text().count(
+            "could not record the end of step ") >= 3, 30, "the step's end to be retried")
+        assert handle.result().state == "Running"  # its end waits for the master
+        cluster.replica.start()
+        result = handle.wait(timeout=60)
+        assert result.state == "Success" and [e.text for e in result.log] == ["done"]
+        assert worker.poll() is None
+        text = (tmp_path / "worker.log").read_text()
+        assert "Unrecoverable error" not in text  # (kombu logs its own retries' tracebacks)
+        assert text.count("heartbeat failed") == 1  # one line for the outage, not one a retry
+    finally:
+        _stopped(worker)
+        log.close()
+        client.close()
+        master.close()

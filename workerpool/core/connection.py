@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, urlparse, urlunparse
 
 import redis
 import redis.sentinel
+from redis._parsers.base import BaseParser  # the error classes it maps replies to
 
 from workerpool.core import sentinel
 from workerpool.core.errors import BadInput, Forbidden, RedisUnavailable, one_line
@@ -30,13 +31,29 @@ from workerpool.core.settings import Settings
 # step's last log lines, its end).
 REDIS_RETRY_SECONDS = 300.0
 
+
+
+class NoReplicasError(redis.ResponseError):
+    """``NOREPLICAS``: a master with ``min-replicas-to-write`` refusing writes while too few
+    replicas are in sync (one is restarting, or a failover left the new master without one).
+    Its text keeps the error code, as a plain ResponseError's does."""
+
+    def __init__(self, message: str = "", *args: Any, **kwargs: Any) -> None:
+        super().__init__(f"NOREPLICAS {message}", *args, **kwargs)
+
+
+# redis-py raises a plain ResponseError for NOREPLICAS; the class above, from here on, so that
+# it can be waited out like the others.
+BaseParser.EXCEPTION_CLASSES.setdefault("NOREPLICAS", NoReplicasError)
+
 # The Redis errors that mean "Redis is away for now": a lost or refused connection, a timeout,
-# a server still loading its data or a replica that cannot write yet (a failover). Worth
-# waiting out. Any other (DataError: an argument no command takes; ResponseError: a command
-# Redis refused, NOPERM among them) is permanent: the same call fails the same way again.
+# a server still loading its data, a replica that cannot write yet (a failover) or a master
+# refusing writes until its replicas are back. Worth waiting out. Any other (DataError: an
+# argument no command takes; ResponseError: a command Redis refused, NOPERM among them) is
+# permanent: the same call fails the same way again.
 AWAY: tuple[type[redis.RedisError], ...] = (
     redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError,
-    redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
+    redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError, NoReplicasError)
 
 T = TypeVar("T")
 SCHEMES = ("redis", "rediss", "unix", "sentinel")

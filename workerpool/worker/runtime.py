@@ -218,6 +218,7 @@ class Runtime:
 
     def _heartbeat_loop(self) -> None:
         pause = self.settings.heartbeat_interval
+        failing = False  # said once per outage, not at each of its four retries an interval
         while not self.stopping.wait(pause):
             pause = self.settings.heartbeat_interval
             self.capped = False  # a "freed" missed while a claim was on its way
@@ -227,9 +228,16 @@ class Runtime:
                 # The key outlives the last beat by only one more interval: a beat lost to a
                 # brief network cut is retried soon, not a whole interval later.
                 pause = self.settings.heartbeat_interval / 4
-                log.warning("heartbeat failed (will retry): %s", exc)
+                if not failing:
+                    log.warning("heartbeat failed (will retry; said again once it beats): %s",
+                                exc)
+                failing = True
             except Exception:  # a bug here must not stop the heartbeat
                 log.exception("heartbeat loop error")
+            else:
+                if failing:
+                    log.warning("heartbeat: Redis answers again; beating")
+                failing = False
 
     def _turn(self) -> None:
         """One heartbeat turn in one round trip (``workers.beat``): the beat, the try for the
