@@ -46,8 +46,11 @@ def root_of(client, worker) -> Path:
     return workdir_root(info.name, info.instance)
 
 
-def staged_files(root: Path) -> list[Path]:
-    return [p for p in (root / ".staged").rglob("*") if p.is_file()]
+def staged_files(root: Path, ready: bool = False) -> list[Path]:
+    """The files of spares, or (*ready*) of ready ones only: not those of a copy still being
+    written (``.<name>``, renamed ready under the stager's lock, with its entry)."""
+    return [p for p in (root / ".staged").rglob("*") if p.is_file() and not (
+        ready and any(part.startswith(".") for part in p.relative_to(root / ".staged").parts))]
 
 
 @pytest.fixture
@@ -121,7 +124,7 @@ def test_a_worker_short_of_its_disk_budget_stages_no_spare_and_steps_still_extra
         assert [x for x in system(result) if x.startswith("package Acme.Database")] == [
             f"package Acme.Database 1.2.0 ({how}) extracted to ./db/{staged}"]
         if reason is None:
-            wait_for(lambda: staged_files(root), 20, "a spare staged")
+            wait_for(lambda: staged_files(root, ready=True), 20, "a spare staged")
             continue
         wait_for(lambda n=attempt: log.read_text().count(SKIPPED) == n, 20,
                  "the budget's decision")

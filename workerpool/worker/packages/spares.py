@@ -263,15 +263,24 @@ class Spares:
         if archive is None:
             self._forget(kind)  # its archive left the cache, so do its spares
             return
-        path = self._copy(kind, archive, size)
-        if path is None:
+        partial = self._copy(kind, archive, size)
+        if partial is None:
             return
-        with self._cond:
+        path = partial.with_name(partial.name[1:])
+        failure: OSError | None = None
+        with self._cond:  # the ready name appears with its entry: a step finds both or neither
             version = self._versions.get(kind)
             if version is not None and not self._stopping:
-                version.ready.append(Spare(path, archive))
-                return
-        _remove(path)  # the version was dropped meanwhile
+                try:
+                    os.rename(partial, path)
+                except OSError as exc:
+                    failure = exc
+                else:
+                    version.ready.append(Spare(path, archive))
+                    return
+        _remove(partial)  # the version was dropped meanwhile, or the rename failed
+        if failure is not None:
+            self._failed(kind, failure)
 
     def _size(self, kind: Kind) -> int | None:
         with self._cond:
@@ -280,23 +289,23 @@ class Spares:
 
     def _copy(self, kind: Kind, archive: CachedPackage, size: int) -> Path | None:
         """A spare of *kind* written from *archive* by the helper, if the budget has room for
-        *size* more bytes; None (logged) if it could not be."""
+        *size* more bytes, under its partial name (``.<name>``: ``_stage`` renames it ready);
+        None (logged) if it could not be."""
         name = uuid.uuid4().hex
         folder = self.root / f"{archive.sha256}.{'tree' if kind.extract else 'file'}"
-        partial, path = folder / f".{name}", folder / name
+        partial = folder / f".{name}"
         try:
             with archive:  # held: the cache does not evict it while it is read
                 folder.mkdir(parents=True, exist_ok=True)
                 job = {**kind.job(archive.path, partial), "room": self._room(size)}
                 self._helper_now().write(job, self._resume_at)
-            os.rename(partial, path)
         except OSError as exc:
             _remove(partial)
             with contextlib.suppress(OSError):  # left only if empty: no spare of it is ready
                 folder.rmdir()
             self._failed(kind, exc)
             return None
-        return path
+        return partial
 
     def _room(self, size: int) -> dict[str, object]:
         """What the helper checks before writing: the budget over the working-directory root."""
