@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import ipaddress
-import signal
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +28,7 @@ from workerpool.bench.figures import Latency, median, percentile
 from workerpool.bench.harness import BenchFailed, Harness, wait_until
 from workerpool.bench.report import Goal, Report, Row
 from workerpool.client import Client
+from workerpool.core import children
 from workerpool.core.children import die_with_parent
 from workerpool.core.connection import connect
 from workerpool.core.sentinel import SentinelURL, sentinel_url
@@ -123,14 +123,7 @@ class Sentinel:
             client.close()
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        children.stop(self.process, timeout)
 
 
 def _is_address(host: str) -> bool:

@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -17,6 +16,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from workerpool.core import children
 from workerpool.core.connection import embedded_state_file
 from workerpool.core.errors import Infrastructure
 from workerpool.core.settings import Settings
@@ -97,14 +97,7 @@ class EmbeddedRedis:
                 client.close()
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        children.stop(self.process, timeout)
 
 
 def publish_state(settings: Settings, server: EmbeddedRedis) -> None:
