@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import time
 from collections.abc import Iterable, Mapping
 from typing import cast
 
@@ -48,20 +49,24 @@ def holder(client: redis.Redis) -> tuple[str, int] | None:
 
 
 class Lease:
-    """One node's hold on the lease: ``hold`` renews it, or takes it once it lapsed."""
+    """One node's hold on the lease: ``hold`` renews it, or takes it once it lapsed, and writes
+    the server's heartbeat (``deploy`` refuses without one), lasting *beat_seconds*."""
 
-    def __init__(self, client: redis.Redis, node: str, seconds: float) -> None:
+    def __init__(self, client: redis.Redis, node: str, seconds: float,
+                 beat_seconds: float) -> None:
         self.redis = client
         self.node = node
         self.ms = max(int(seconds * 1000), 1)
+        self.beat_ms = max(int(beat_seconds * 1000), 1)
         self._lead = scripts.load(client, "lead")
         self._resign = scripts.load(client, "resign")
 
     def hold(self, token: int) -> int:
-        """Renew the lease held under *token* (0: none held), or take a lapsed one under a new
-        token; the token held now, or 0 while another node holds it."""
-        return int(cast(int, self._lead(keys=[keys.SERVER_LEASE, keys.SERVER_FENCE],
-                                        args=[self.node, token or "", self.ms])))
+        """Beat, and renew the lease held under *token* (0: none held), or take a lapsed one
+        under a new token: one call. The token held now, or 0 while another node holds it."""
+        return int(cast(int, self._lead(
+            keys=[keys.SERVER_LEASE, keys.SERVER_FENCE, keys.SERVER_HEARTBEAT],
+            args=[self.node, token or "", self.ms, time.time(), self.beat_ms])))
 
     def resign(self, token: int) -> bool:
         """Give the lease up if held under *token*, so a standby need not wait for it to lapse."""

@@ -68,14 +68,6 @@ ENDED = (SUCCESS, FAILED)  # a deployment's states once it ended
 MISSING = ""  # a run in flight whose record is gone (``_finished``)
 
 
-def beat(client: redis.Redis, settings: Settings) -> None:
-    """Tell clients a server orchestrates deployments (``deploy`` refuses otherwise). Written
-    only by ``Orchestrator.serve``, once per turn of its loop: the key lapses within
-    ``SERVER_TTL_FLOOR`` seconds of the loop stopping or losing Redis."""
-    client.set(keys.SERVER_HEARTBEAT, time.time(),
-               px=int(max(settings.heartbeat_ttl, SERVER_TTL_FLOOR) * 1000))
-
-
 class _Outage:
     """One outage of Redis as one component sees it: a WARNING line when it starts and one when
     Redis answers again (not one per retry, and no traceback), and the pause before the next
@@ -179,7 +171,10 @@ class Orchestrator:
         self.keyring = store.keyring
         self.stopping = threading.Event()  # serve's *stop*: deployment threads see it too
         self.ready = threading.Event()  # set at serve's first beat
-        self.lease = Lease(store.redis, node_id(), settings.server_lease)
+        # The lease's call also beats: written only by ``serve``, once per turn of its loop,
+        # the key lapses within ``SERVER_TTL_FLOOR`` seconds of the loop stopping or losing Redis.
+        self.lease = Lease(store.redis, node_id(), settings.server_lease,
+                           max(settings.heartbeat_ttl, SERVER_TTL_FLOOR))
         self.writes = FencedWrites(store.redis)
         self.token = 0  # the fencing token this node leads under; 0 while it stands by
         self.standing = False  # said that it stands by (once per time it does)
@@ -192,10 +187,10 @@ class Orchestrator:
         ones, at most ``cap`` at once. A node that does not hold the lease stands by, trying
         for it every quarter lease, and takes it once it lapsed (core/leadership.py).
 
-        Beat after each turn of the loop that went through, leading or standing by (a standby
-        takes a deployment within twice the lease interval of the leader stopping), and only
-        then: while Redis is away or refuses the loop's calls, nothing beats (the key lapses and
-        ``deploy`` refuses); the loop says so in one line, waits with a backoff and tries
+        Beat at each turn of the loop, in the lease's own call, leading or standing by (a
+        standby takes a deployment within twice the lease interval of the leader stopping), and
+        only then: while Redis is away or refuses the loop's calls, nothing beats (the key
+        lapses and ``deploy`` refuses); the loop says so in one line, waits with a backoff and tries
         again. Any other error ends the loop, and the heartbeat. Stopped, the node gives the
         lease up, so a standby need not wait for it to lapse."""
         self.stopping = stop
@@ -205,21 +200,18 @@ class Orchestrator:
         try:
             while not stop.is_set():
                 try:
-                    if not self._lead():
+                    leading = self._lead()  # and beat: `deploy` is accepted
+                    self.ready.set()
+                    if not leading:
                         left = None
-                        beat(self.redis, self.settings)
-                        self.ready.set()
                         outage.over()
                         stop.wait(self.settings.server_lease / 4)
                         continue
                     if left is None:
                         left = sorted(cast(set[str],
                                            self.redis.smembers(keys.DEPLOYMENTS_ACTIVE)))
-                        beat(self.redis, self.settings)  # at once: `deploy` is accepted
-                        self.ready.set()
                     if self.slots.acquire(timeout=turn):  # else every slot runs a deployment
                         self._take(left, turn)
-                    beat(self.redis, self.settings)
                     outage.over()
                 except Fenced:
                     left = None  # the lease went to another node: stand by
