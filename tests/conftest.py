@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 import pytest
 import redis
@@ -109,6 +109,41 @@ def queue_appending(client: Client, pools: Sequence[str], runs: Path, count: int
                           pool=pools[n % len(pools)])
         ids.append(client.store.enqueue(step, route(step, snapshot), lease_timeout, 60))
     return ids
+
+
+def deployment_shown(cli: Callable[..., subprocess.CompletedProcess[str]],
+                     deployment_id: str) -> dict[str, Any]:
+    """`deployments show ID --json`, which must succeed."""
+    done = cli("deployments", "show", deployment_id, "--json")
+    assert done.returncode == 0, done.stderr
+    shown: dict[str, Any] = json.loads(done.stdout)
+    return shown
+
+
+def deployment_ended(cli: Callable[..., subprocess.CompletedProcess[str]], deployment_id: str,
+                     timeout: float = 120) -> dict[str, Any]:
+    """The deployment as `deployments show` gives it once it ended (Success or Failed)."""
+    return cast(dict[str, Any], wait_for(
+        lambda: (r := deployment_shown(cli, deployment_id))["state"] in ("Success", "Failed")
+        and r, timeout, f"deployment {deployment_id} to end"))
+
+
+def gated_process(path: Path, pool: str, ran: Path, gate: Path) -> Path:
+    """A process file at *path*: "Migrate" on *pool* appends ``migrate`` to *ran* and waits for
+    *gate* to exist, then "After" appends ``after``."""
+    path.write_text(f"""
+name: Migrate
+steps:
+  - name: Migrate
+    pool: {pool}
+    script: |
+      echo migrate >> {ran}
+      while [ ! -e {gate} ]; do sleep 0.05; done
+  - name: After
+    pool: {pool}
+    script: echo after >> {ran}
+""")
+    return path
 
 
 def shared_file(path: Path) -> Path:

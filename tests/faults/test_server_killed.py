@@ -7,9 +7,7 @@ no step runs twice (checked from the scripts' own append-only file).
 
 from __future__ import annotations
 
-import json
-
-from conftest import wait_for
+from conftest import deployment_ended, gated_process, wait_for
 
 from workerpool.core import keys
 from workerpool.spec.deployment import run_id
@@ -22,19 +20,7 @@ def test_killed_server_resumes_without_running_a_step_twice(client, start_worker
     first = server()
     ran = tmp_path / "ran"
     gate = tmp_path / "gate"
-    process = tmp_path / "process.yaml"
-    process.write_text(f"""
-name: Long
-steps:
-  - name: Migrate
-    pool: Database Worker Pool
-    script: |
-      echo migrate >> {ran}
-      while [ ! -e {gate} ]; do sleep 0.05; done
-  - name: After
-    pool: Database Worker Pool
-    script: echo after >> {ran}
-""")
+    process = gated_process(tmp_path / "process.yaml", "Database Worker Pool", ran, gate)
     deployment_id = cli("deploy", str(process), "--environment", "Test", "--detach"
                         ).stdout.strip()
     wait_for(lambda: ran.exists(), 30, "first step to start")
@@ -42,9 +28,7 @@ steps:
     first.wait()
     gate.touch()  # the step finishes while no server runs
     server()
-    result = wait_for(lambda: (r := json.loads(cli("deployments", "show", deployment_id,
-                                                   "--json").stdout))["state"] in
-                      ("Success", "Failed") and r, 60, "deployment to end")
+    result = deployment_ended(cli, deployment_id, 60)
     assert result["state"] == "Success"
     assert ran.read_text().splitlines() == ["migrate", "after"]
     assert [len(s["runs"]) for s in result["steps"]] == [1, 1]
@@ -74,9 +58,7 @@ steps:
     assert raw.delete(keys.step(step_id), queue) == 2
     assert raw.zrem(keys.pending("database-worker-pool"), step_id) == 1
     start_worker("Database Worker Pool")
-    result = wait_for(lambda: (r := json.loads(cli("deployments", "show", deployment_id,
-                                                   "--json").stdout))["state"] in
-                      ("Success", "Failed") and r, 60, "deployment to end")
+    result = deployment_ended(cli, deployment_id, 60)
     assert result["state"] == "Success"
     assert ran.read_text().splitlines() == ["migrate"]
     assert [run["id"] for run in result["steps"][0]["runs"]] == [step_id]

@@ -12,14 +12,13 @@ token, the other stands by (core/leadership.py).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
 from pathlib import Path
 
 import pytest
-from conftest import shared_file, wait_for
+from conftest import deployment_ended, deployment_shown, gated_process, shared_file, wait_for
 
 from workerpool import ScriptStep
 from workerpool.core import keys
@@ -48,17 +47,6 @@ def two_nodes(server, raw, tmp_path: Path):
     log = tmp_path / "server-1.log"
     wait_for(lambda: "this server stands by" in log.read_text(), 60, "the second to stand by")
     return first, second
-
-
-def show(cli, deployment_id: str) -> dict:
-    done = cli("deployments", "show", deployment_id, "--json")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
-
-
-def ended(cli, deployment_id: str, timeout: float = 120) -> dict:
-    return wait_for(lambda: (r := show(cli, deployment_id))["state"] in ("Success", "Failed")
-                    and r, timeout, f"deployment {deployment_id} to end")
 
 
 def test_the_standby_takes_over_a_killed_leader_and_resumes_every_deployment(
@@ -119,14 +107,14 @@ steps:
     assert takeover <= 2 * LEASE
 
     for deployment_id in (wide, narrow):
-        result = ended(cli, deployment_id)
+        result = deployment_ended(cli, deployment_id)
         assert result["state"] == "Success", result
     lines = ran.read_text().splitlines()
     names = [line for line in lines if line.startswith("web-")]
     assert sorted(names) == [f"web-{n:03d}" for n in range(1, 251)]  # each once, none lost
     assert sorted(set(lines) - set(names)) == ["after", "small-one", "small-two"]
     assert len(lines) == 253
-    steps = show(cli, wide)["steps"]
+    steps = deployment_shown(cli, wide)["steps"]
     assert [len(step["runs"]) for step in steps] == [250, 1]
     assert raw.scard(keys.DEPLOYMENTS_ACTIVE) == 0
 
@@ -137,19 +125,7 @@ def test_a_paused_leader_that_wakes_cannot_write(client, start_worker, server, c
     start_worker("Database Pool")
     first, second = two_nodes(server, raw, tmp_path)
     ran, gate = shared_file(tmp_path / "ran"), tmp_path / "gate"
-    process = tmp_path / "process.yaml"
-    process.write_text(f"""
-name: Migrate
-steps:
-  - name: Migrate
-    pool: Database Pool
-    script: |
-      echo migrate >> {ran}
-      while [ ! -e {gate} ]; do sleep 0.05; done
-  - name: After
-    pool: Database Pool
-    script: echo after >> {ran}
-""")
+    process = gated_process(tmp_path / "process.yaml", "Database Pool", ran, gate)
     deployment_id = cli("deploy", str(process), "--environment", "Test", "--detach"
                         ).stdout.strip()
     wait_for(lambda: "migrate" in ran.read_text(), 60, "the first step to start")
@@ -158,7 +134,7 @@ steps:
     try:
         wait_for(lambda: leader_pid(raw) == second.pid, 2 * LEASE + 5, "the standby to lead")
         gate.touch()  # the old leader's blocked read may be handed this run's end
-        assert ended(cli, deployment_id)["state"] == "Success"
+        assert deployment_ended(cli, deployment_id)["state"] == "Success"
         settled = raw.hgetall(keys.deployment(deployment_id))
     finally:
         first.send_signal(signal.SIGCONT)
