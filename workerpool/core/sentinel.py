@@ -151,9 +151,9 @@ def master(url: str, settings: Settings, **options: Any) -> redis.Redis:
     """A client of the master *settings* name, found by the sentinels of *url* at each new
     connection; *options* are its connections' (redis-py's keywords)."""
     parts = parse_sentinel(url)
-    manager = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+    manager = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
         list(parts.sentinels), sentinel_kwargs=sentinel_kwargs(settings))
-    client: SentinelMaster = manager.master_for(  # type: ignore[no-untyped-call]
+    client: SentinelMaster = manager.master_for(  # type: ignore[no-untyped-call, unused-ignore]
         settings.redis_sentinel_master, redis_class=SentinelMaster, db=parts.db,
         username=parts.username, password=parts.password, **options)
     client.manager = manager

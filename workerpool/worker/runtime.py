@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis
 
@@ -278,7 +278,8 @@ class Runtime:
         pool_channel = keys.pool_control(self.identity.pool)
         while not self.stopping.is_set():
             try:
-                pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+                pubsub: Any = self.redis.pubsub(  # type: ignore[no-untyped-call, unused-ignore]
+                    ignore_subscribe_messages=True)
                 pubsub.subscribe(channel, pool_channel)
                 self.read_paused()  # a word sent while no one listened is not lost
                 for message in pubsub.listen():

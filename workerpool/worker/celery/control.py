@@ -48,7 +48,7 @@ def listens(client: redis.Redis) -> bool:
     workers took remote control may not, and its worker would fail at every start of Celery's
     mailbox."""
     db = client.connection_pool.connection_kwargs.get("db", 0)
-    pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+    pubsub = client.pubsub()  # type: ignore[no-untyped-call, unused-ignore]
     try:
         pubsub.psubscribe(f"/{db}.celery.pidbox")
         pubsub.get_message(timeout=5.0)  # the answer: subscribed, or refused
