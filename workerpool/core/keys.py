@@ -56,6 +56,10 @@ A pool's own (``S`` is ``workerpool:pool:{POOL}:``)::
     S step:<id>:artifact:<n>  string the artifact's bytes
     S pending                 zset   step id -> lease deadline (steps in state Queued)
     S running                 zset   step id -> start time (steps in state Running; their leases)
+    S recent                  zset   step id -> queued time: the pool's newest RECENT_STEPS
+                                     steps whatever their state, kept by ``lua/enqueue.lua``
+                                     (``core/recent.py``; an id whose record expired is dropped
+                                     when read)
     S reaper                  string held by the process reaping the pool now (one per period)
     S requeue-check:<run id>  string the check for messages lost in a restart ran in this Redis run
     S control:<instance>      pubsub cancel requests for the steps a worker instance runs
@@ -220,6 +224,16 @@ def pending(pool: str) -> str:
 
 def running(pool: str) -> str:
     return space(pool) + "running"
+
+
+RECENT_STEPS = 500  # the steps of a pool its recent index keeps, newest first
+
+
+def recent(pool: str) -> str:
+    """The pool's index of recent steps: a sorted set of step id -> queued time (seconds),
+    capped at the newest RECENT_STEPS by the enqueue that adds to it, so a console lists a
+    pool's recent steps without scanning its keys and the index never grows per step."""
+    return space(pool) + "recent"
 
 
 def reaper(pool: str) -> str:

@@ -38,10 +38,12 @@ class StepStore:
 
     def __init__(self, client: redis.Redis, result_ttl: int = 7 * 24 * 3600,
                  keyring: Keyring | None = None, wait_replicas: int = 0,
-                 wait_timeout: float = 5.0) -> None:
+                 wait_timeout: float = 5.0, recent_cap: int = keys.RECENT_STEPS) -> None:
         """With *wait_replicas*, an enqueue returns only once that many replicas hold the
-        step (WAIT, at most *wait_timeout* seconds), so a failover cannot lose it."""
+        step (WAIT, at most *wait_timeout* seconds), so a failover cannot lose it. Each pool's
+        recent index (``keys.recent``) keeps its newest *recent_cap* steps."""
         self.redis = client
+        self.recent_cap = recent_cap
         self.result_ttl = result_ttl
         self.wait_replicas = wait_replicas
         self.wait_timeout = wait_timeout
@@ -114,7 +116,8 @@ class StepStore:
                       ) -> tuple[list[str], list[Any]]:
         """The keys and arguments of ``lua/enqueue.lua`` for *step* as *step_id*: its record
         without the fields that would hold what their readers take for absent (DEFAULTED),
-        and the server's *fence* token (0: a client's enqueue, not fenced)."""
+        its place in the pool's recent index, and the server's *fence* token (0: a client's
+        enqueue, not fenced)."""
         now = time.time()
         deadline = now + lease_timeout
         record: dict[str, str | int | float] = {
@@ -132,9 +135,10 @@ class StepStore:
         label = messages.label(step.name, route.pool_name, step_id, target=target)
         fenced = [keys.SERVER_FENCE] if fence else []  # a runner's login may not name it
         return ([keys.step(step_id), keys.pending(route.pool),
-                 keys.priority_list(route.queue, step.priority), *fenced],
+                 keys.priority_list(route.queue, step.priority), keys.recent(route.pool),
+                 *fenced],
                 [deadline, step_id, messages.build(step_id, 0, route.queue, label, step.priority),
-                 fence or "", *fields])
+                 fence or "", now, self.recent_cap, *fields])
 
     def record(self, step_id: str) -> dict[str, str]:
         return cast(dict[str, str], self.redis.hgetall(keys.step(step_id)))
