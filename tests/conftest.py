@@ -207,13 +207,16 @@ class TaskEvents:
 def start_up(argv: list[str], env: dict[str, str], cwd: Path | None = None
              ) -> tuple[subprocess.Popen[str], str]:
     """``workerpool up`` (*argv*: the command and its arguments) started and ready: it printed
-    its ready line, which is returned with the process. Ctrl-C (SIGINT) stops it."""
+    its ready line, which is returned with the process and the lines before it (the console's
+    one-time login among them). Ctrl-C (SIGINT) stops it."""
     up = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
     assert up.stderr is not None
+    lines = []
     for line in up.stderr:
+        lines.append(line)
         if "Ctrl-C stops everything" in line:
-            return up, line
+            return up, "".join(lines)
     raise AssertionError(f"workerpool up exited with {up.wait()} before it was ready")
 
 

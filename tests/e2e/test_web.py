@@ -1,13 +1,17 @@
-"""The pools page (``workerpool.server.web``), ``server --http-port``, ``workerpool flower``'s
-options, and queue depth in ``status`` for a pool with no online worker."""
+"""The read-only pools page (``workerpool.server.web``, served beside Flower), the console on
+``server --http-port`` and its accounts, ``workerpool flower``'s options, and queue depth in
+``status`` for a pool with no online worker."""
 
 from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
 
 from conftest import wait_for
+from consolehttp import Session
 from httpd import fetch, free_port, running
 
 from workerpool import ScriptStep
@@ -97,20 +101,51 @@ def test_status_shows_queue_depth_of_a_pool_without_online_workers(client, start
                for line in table.splitlines()), table
 
 
-def test_server_serves_the_pools_page(env, tmp_path):
-    port = free_port()
-    with running(["server", "--http-port", str(port)], env, tmp_path / "server.log"):
+def test_server_serves_the_console_behind_a_one_time_admin_password(env, tmp_path):
+    port, log = free_port(), tmp_path / "server.log"
+    with running(["server", "--http-port", str(port)], env, log):
+        wait_for(lambda: "console login: admin / " in log.read_text(), 60,
+                 "the server to print the console's one-time password")
+        password = log.read_text().split("console login: admin / ")[1].split()[0]
+        anonymous = Session(f"http://127.0.0.1:{port}")
+        assert anonymous.get("/").location.startswith("/login")
+        assert anonymous.get("/api/pools").status == 401
+        assert anonymous.get("/metrics").status == 200  # Prometheus scrapes without a login
+        assert anonymous.login("admin", "not-it").status == 401
+        admin = Session(f"http://127.0.0.1:{port}")
+        assert admin.login("admin", password).status == 302
+
         def builtin_state() -> object:
-            if not answers(f"http://127.0.0.1:{port}/api/pools"):
-                return None
-            body = json.loads(fetch(f"http://127.0.0.1:{port}/api/pools")[1])
+            body = json.loads(admin.get("/api/pools").body)
             workers = body["builtin_worker"]["workers"]
             return workers and workers[0]["state"] == "Healthy"
 
-        wait_for(builtin_state, 60, "the server's pools page to show the built-in worker")
-        status, html = fetch(f"http://127.0.0.1:{port}/")
-        assert status == 200 and "Built-in worker" in html and "Healthy" in html
-    assert not answers(f"http://127.0.0.1:{port}/")
+        wait_for(builtin_state, 60, "the server's console to show the built-in worker")
+        page = admin.get("/")
+        assert page.status == 200 and "Built-in worker" in page.body and "Enabled" in page.body
+    assert not answers(f"http://127.0.0.1:{port}/metrics")
+
+
+def test_server_console_takes_its_accounts_from_web_users(env, tmp_path, cli):
+    users = tmp_path / "users"
+    made = subprocess.run([sys.executable, "-m", "workerpool", "console-user", "ops", "--role",
+                           "operator", "--file", str(users), "--password-stdin"], env=env,
+                          input="long-enough-pw\n", capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    port, log = free_port(), tmp_path / "server.log"
+    with running(["server", "--http-port", str(port)], {**env, "WORKERPOOL_WEB_USERS": str(users)},
+                 log):
+        wait_for(lambda: answers(f"http://127.0.0.1:{port}/metrics"), 60, "the console")
+        ops = Session(f"http://127.0.0.1:{port}")
+        assert ops.login("ops", "long-enough-pw").status == 302
+        assert "ops (operator)" in ops.get("/").body
+        assert Session(ops.base).login("admin", "anything").status == 401
+    assert "console login" not in log.read_text()  # no one-time admin beside the file
+    users.write_text("ops:superuser:scrypt$x\n")
+    broken = cli("server", "--http-port", str(free_port()),
+                 extra_env={"WORKERPOOL_WEB_USERS": str(users)})
+    assert broken.returncode == 2 and len(broken.stderr.strip().splitlines()) == 1, broken.stderr
+    assert "superuser" in broken.stderr and "Traceback" not in broken.stderr
 
 
 def test_flower_and_pools_page_share_basic_auth(env, tmp_path, cli):

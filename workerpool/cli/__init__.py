@@ -27,6 +27,7 @@ COMMAND_MODULES = {
     "target": "deployments", "agent": "deployments", "deploy": "deployments",
     "deployments": "deployments", "template": "templates", "examples": "templates",
     "flower": "flower", "bench": "bench", "dead": "dead", "metrics": "metrics",
+    "audit": "audit", "console-user": "console",
 }
 
 

@@ -33,6 +33,13 @@ Global (``P`` is ``workerpool:``)::
                                      Celery's consumer twice (``core/deadletters.py``); the
                                      one key of a pool outside its space, written by its
                                      workers, read and dropped by admins
+    P audit                   stream who did what to what, from where and how it ended
+                                     (``core/audit.py``): the console's actions and logins
+    P console:cookie-secret   string the key that signs the console's session cookies
+                                     (``console/service.py``); admins' logins alone reach it
+    P console:login-failures:<sha256 of an address>
+                              string failed console logins from that address, expiring at
+                                     the window's end (``console/accounts.py``)
     workerpool.pool.<slug>    list   the pool's Celery queue (kombu's Redis layout): its
                                      normal-priority steps, with <queue>:high and <queue>:low
                                      beside it (``priority_list``) for the other priorities;

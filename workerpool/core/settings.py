@@ -121,6 +121,8 @@ class Settings:
     # Who scripts run as (worker/isolation/users.py): None, per-slot users when the worker is
     # root; "same", the worker's own user; or a user name.
     script_user: str | None = None
+    # The console's accounts (``workerpool console-user``): name:role:scrypt hash per line.
+    web_users: str | None = None
     script_uids: range = range(61000, 62000)  # the per-slot users' uids
     # kombu redelivers a message unacked for this long; a worker acks a step's message once the
     # step's script starts, so only a message whose worker died before that is redelivered.
@@ -173,6 +175,7 @@ class Settings:
             secret_key=env.get(ENV_PREFIX + "SECRET_KEY") or None,
             pool_key=env.get(ENV_PREFIX + "POOL_KEY") or None,
             script_user=env.get(ENV_PREFIX + "SCRIPT_USER") or None,
+            web_users=env.get(ENV_PREFIX + "WEB_USERS") or None,
             script_uids=_uid_range(env, "SCRIPT_UIDS", cls.script_uids),
             keep_workdirs=env.get(ENV_PREFIX + "KEEP_WORKDIRS", "").lower() in ("1", "true", "yes"),
         )

@@ -39,6 +39,9 @@ from workerpool.server.embedded import EmbeddedRedis, clear_state, publish_state
 from workerpool.server.orchestrator import Orchestrator
 
 T = TypeVar("T")
+# What the server holds and its workers are never given: the admin's master key, and where the
+# console's accounts are.
+SERVER_ONLY = ("WORKERPOOL_SECRET_KEY", "WORKERPOOL_WEB_USERS")
 
 
 def parse_pool_counts(spec: str) -> dict[str, int]:
@@ -150,7 +153,7 @@ class Stack:
         return {"WORKERPOOL_POOL_KEY": key.to_text()}
 
     def spawn(self, args: list[str], pool: str) -> subprocess.Popen[bytes]:
-        base = {k: v for k, v in os.environ.items() if k != "WORKERPOOL_SECRET_KEY"}
+        base = {k: v for k, v in os.environ.items() if k not in SERVER_ONLY}
         env = {**base, "WORKERPOOL_REDIS_URL": self.worker_url(pool), **self.pool_key(pool),
                "WORKERPOOL_HOME": str(self.settings.home),
                "WORKERPOOL_HEARTBEAT_INTERVAL": str(self.settings.heartbeat_interval),
