@@ -110,7 +110,7 @@ def phase(harness: Harness, plan: Plan, report: Report,
                    lambda n: figures.baseline_throughput(app, raw, n, baseline.QUEUE_TUNED),
                    tuned)]
         for n in range(plan.runs):
-            progress(f"9/10 peers, run {n + 1}/{plan.runs}: {plan.latency_steps} `bash -c true` "
+            progress(f"9/11 peers, run {n + 1}/{plan.runs}: {plan.latency_steps} `bash -c true` "
                      f"jobs one at a time, then {plan.throughput_steps} at once, on each of "
                      "workerpool, RQ, Dramatiq, plain and tuned Celery")
             runs.append(measure_run(systems, raw, plan, n))

@@ -13,7 +13,7 @@ from workerpool.bench.png import bar_chart
 
 FIGURES = {1: "Idle latency", 2: "Throughput", 3: "Pool isolation", 4: "Fan-out", 5: "Scale",
            6: "Reference points", 7: "Trust boundaries", 8: "Pool operations",
-           9: "Peers", 10: "Sentinel"}
+           9: "Peers", 10: "Sentinel", 11: "Console"}
 HEADERS = ["FIGURE", "METRIC", "MEASURED", "REFERENCE", "RATIO", "GOAL", "MET"]
 
 

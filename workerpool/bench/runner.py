@@ -13,7 +13,7 @@ from types import FrameType
 
 from celery import Celery
 
-from workerpool.bench import baseline, figures, peers, scale, sentinel
+from workerpool.bench import baseline, console, figures, peers, scale, sentinel
 from workerpool.bench.figures import Latency, median, percentile
 from workerpool.bench.harness import Harness
 from workerpool.bench.report import Goal, Report, Row, load_average, machine
@@ -52,6 +52,8 @@ class Plan:
     redis_benchmark_requests: int
     concurrency: int = 2
     fanout_seconds: float = 0.1
+    console_pools: int = 200  # figure 11: the console's pools page
+    console_workers: int = 1000
 
 
 FULL = Plan("full", runs=5, latency_steps=500, throughput_steps=2000, backlog=10_000,
@@ -64,7 +66,8 @@ QUICK = Plan("quick", runs=3, latency_steps=100, throughput_steps=400, backlog=2
              redis_benchmark_requests=20_000)
 TINY = Plan("tiny", runs=1, latency_steps=3, throughput_steps=10, backlog=50, isolation_steps=3,
             fanout_targets=4, fanout_workers=2, fanout_parallelism=4, scale_pools=5,
-            scale_workers=10, scale_steps=200, samples=3, redis_benchmark_requests=1000)
+            scale_workers=10, scale_steps=200, samples=3, redis_benchmark_requests=1000,
+            console_pools=5, console_workers=10)
 PLANS = {p.name: p for p in (FULL, QUICK, TINY)}
 
 
@@ -76,7 +79,7 @@ def run(plan: Plan, settings: Settings, progress: Callable[[str], None]) -> Repo
         report = Report(plan.name, plan.runs, machine(harness.redis_version()))
         report.notes = notes(plan, harness.embedded)
         phases = (_references, _phase_workers, _phase_fanout, _phase_scale, _phase_trust,
-                  _phase_operations, peers.phase, sentinel.phase)
+                  _phase_operations, peers.phase, sentinel.phase, console.phase)
         for phase in phases:
             phase(harness, plan, report, progress)
             harness.stop_workers()
@@ -117,7 +120,7 @@ def compared(figure: int, metric: str, unit: str, ours: list[float], theirs: lis
 
 def _references(harness: Harness, plan: Plan, report: Report,
                 progress: Callable[[str], None]) -> None:
-    progress("6/10 reference points: process spawn, Redis round trip, redis-benchmark")
+    progress("6/11 reference points: process spawn, Redis round trip, redis-benchmark")
     spawn = scale.spawn_seconds(plan.samples)
     trips = scale.round_trip_seconds(harness.raw, plan.samples * 5)
     bench = scale.redis_benchmark(harness.url, plan.redis_benchmark_requests)
@@ -159,7 +162,7 @@ def _latency(client: Client, app: Celery, plan: Plan, report: Report,
              progress: Callable[[str], None]) -> None:
     runs: list[tuple[Latency, Latency]] = []
     for n in range(plan.runs):
-        progress(f"1/10 idle latency, run {n + 1}/{plan.runs}: {plan.latency_steps} steps and "
+        progress(f"1/11 idle latency, run {n + 1}/{plan.runs}: {plan.latency_steps} steps and "
                  f"{plan.latency_steps} baseline tasks, one at a time")
         pair: list[Callable[[], Latency]] = [
             lambda: figures.workerpool_latency(client, POOL_A, plan.latency_steps),
@@ -187,7 +190,7 @@ def _throughput(harness: Harness, client: Client, app: Celery,
     tuned: list[tuple[float, ...]] = []
     count = plan.throughput_steps
     for n in range(plan.runs):
-        progress(f"2/10 throughput, run {n + 1}/{plan.runs}: {count} `true` steps on 2 workers "
+        progress(f"2/11 throughput, run {n + 1}/{plan.runs}: {count} `true` steps on 2 workers "
                  f"x {plan.concurrency}, {count} baseline tasks, {count} tuned baseline tasks")
         sides: list[tuple[list[int], Callable[[], float], list[tuple[float, ...]]]] = [
             (pids[0], lambda: figures.workerpool_throughput(client, POOL_A, count), ours),
@@ -224,7 +227,7 @@ def _isolation(harness: Harness, client: Client, app: Celery,
     celery: list[tuple[float, float]] = []
     lowest: list[float] = []
     for n in range(plan.runs):
-        progress(f"3/10 pool isolation, run {n + 1}/{plan.runs}: {POOL_B} alone and with "
+        progress(f"3/11 pool isolation, run {n + 1}/{plan.runs}: {POOL_B} alone and with "
                  f"{plan.backlog} steps queued on {POOL_A} (draining, then on CPUs of its own) "
                  f"or on {POOL_PARKED} (no consumer)")
         shared.append(_with_backlog(harness, client, route_a, plan, lowest))
@@ -316,7 +319,7 @@ def _phase_fanout(harness: Harness, plan: Plan, report: Report,
         lambda: theirs.append(figures.baseline_fanout(app, count, seconds))]
     try:
         for n in range(plan.runs):
-            progress(f"4/10 fan-out, run {n + 1}/{plan.runs}: {count} x {seconds * MS:g} ms on "
+            progress(f"4/11 fan-out, run {n + 1}/{plan.runs}: {count} x {seconds * MS:g} ms on "
                      f"{workers} workers as a deployment over {count} targets (max_parallelism "
                      f"{plan.fanout_parallelism}, then {workers}), as steps, as Celery tasks")
             first = n % len(measures)  # rotate who goes first
@@ -371,7 +374,7 @@ def _fanout_rows(plan: Plan, report: Report, ours: list[figures.DeploymentFanout
 def _phase_scale(harness: Harness, plan: Plan, report: Report,
                  progress: Callable[[str], None]) -> None:
     client = harness.client()
-    progress(f"5/10 scale: {plan.scale_pools} pools, {plan.scale_workers} simulated workers, "
+    progress(f"5/11 scale: {plan.scale_pools} pools, {plan.scale_workers} simulated workers, "
              f"{plan.scale_steps} queued steps")
     pools = scale.add_pools(client, plan.scale_pools)
     target = pools[-1]  # its one worker is simulated: its steps stay queued
@@ -448,7 +451,7 @@ def _phase_trust(harness: Harness, plan: Plan, report: Report,
     runs: list[tuple[Latency, ...]] = []
     try:
         for n in range(plan.runs):
-            progress(f"7/10 trust boundaries, run {n + 1}/{plan.runs}: {plan.latency_steps} "
+            progress(f"7/11 trust boundaries, run {n + 1}/{plan.runs}: {plan.latency_steps} "
                      "steps each with scripts as users of their own, as the worker's user, "
                      "and with one sealed variable, and as many baseline tasks")
             measures: list[Callable[[], Latency]] = [
@@ -658,7 +661,7 @@ def _phase_operations(harness: Harness, plan: Plan, report: Report,
     count = max(3, plan.latency_steps // 5)
     try:
         for n in range(plan.runs):
-            progress(f"8/10 pool operations, run {n + 1}/{plan.runs}: {plan.latency_steps} steps "
+            progress(f"8/11 pool operations, run {n + 1}/{plan.runs}: {plan.latency_steps} steps "
                      f"one at a time on {POOL_OPS}, without and with a cap and priorities")
             sides = [without, with_them] if n % 2 == 0 else [with_them, without]
             for measure in sides:

@@ -164,7 +164,7 @@ def phase(harness: Harness, plan: Plan, report: Report,
                               env=sentinel.env)
         harness.start_workers(POOL_DIRECT, 1, plan.concurrency)
         for n in range(plan.runs):
-            progress(f"10/10 Sentinel, run {n + 1}/{plan.runs}: {plan.latency_steps} steps one "
+            progress(f"10/11 Sentinel, run {n + 1}/{plan.runs}: {plan.latency_steps} steps one "
                      f"at a time on {POOL_SENTINEL} (client and worker through Sentinel), "
                      f"as many on {POOL_DIRECT} (direct redis://)")
             runs.append(measure_run(found, direct, plan, n))
