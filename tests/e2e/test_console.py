@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from archives import make_zip
 from conftest import pid_alive, wait_for
 from consolehttp import Session
 
@@ -21,6 +22,8 @@ from workerpool.console import service
 from workerpool.console.accounts import Accounts, save_user
 from workerpool.core import audit, keys
 from workerpool.core.settings import Settings
+from workerpool.core.targets import TargetRegistry
+from workerpool.worker.packages.builtin import push
 
 PASSWORDS = {"ada": "admin-pass-1", "otto": "operator-pass-1", "vera": "viewer-pass-1"}
 ROLES = {"ada": "admin", "otto": "operator", "vera": "viewer"}
@@ -306,3 +309,90 @@ def test_every_action_is_in_the_audit_stream_the_page_and_the_cli(console, clien
     assert "pool.pause" in page and "Audited Pool" in page
     shown = json.loads(cli("audit", "--json", "--limit", "5").stdout)
     assert [e["action"] for e in shown][2:] == ["pool.remove", "pool.pause", "pool.add"]
+
+
+def test_run_a_script_with_a_package_and_its_page_shows_outputs_and_artifacts(
+        console, client, start_worker, tmp_path):
+    client.pools.add("Db Pool")
+    start_worker("Db Pool")
+    push(client.redis, make_zip(tmp_path / "Acme.Database.1.2.0.zip", {"VERSION": "1.2.0\n"}))
+    otto = console("otto")
+    reply = otto.post("/run", {
+        "pool": "db-pool", "syntax": "bash", "name": "migrate",
+        "packages": "name=db,id=Acme.Database,version=1.2.0,feed=builtin,extract=true",
+        "script": 'set_workerpool_variable Version "$(cat db/VERSION)"\n'
+                  "echo report-body > report.txt\n"
+                  "echo \"##workerpool[createArtifact path='report.txt' name='report']\""})
+    assert reply.status == 302, reply.body
+    step_id = reply.location.removeprefix("/steps/")
+    result = client.step(step_id).wait(30)
+    assert result.state == "Success" and result.output_variables == {"Version": "1.2.0"}
+    page = console("vera").get(f"/steps/{step_id}").body
+    outputs = re.search(r'<table id="outputs">(.*?)</table>', page, re.S)
+    assert outputs and "<td>Version</td><td>1.2.0</td>" in outputs.group(1)
+    assert f'href="/steps/{step_id}/artifacts/report"' in page
+    artifact = console("vera").get(f"/steps/{step_id}/artifacts/report")
+    assert artifact.status == 200 and artifact.body == "report-body\n"
+    assert console("vera").get(f"/steps/{step_id}/artifacts/nope").status == 404
+    bad = otto.post("/run", {"pool": "db-pool", "script": "echo", "packages": "db"})
+    assert bad.status == 400 and "package" in bad.body and "Traceback" not in bad.body
+
+
+def test_the_steps_page_lists_recent_steps_filtered_by_pool_and_state(
+        console, client, start_worker):
+    for name in ("Alpha Pool", "Beta Pool"):
+        client.pools.add(name)
+        start_worker(name)
+    ran = {(pool, code): client.run(ScriptStep(script=f"exit {code}", pool=pool,
+                                               name=f"{pool} exit {code}"))
+           for pool in ("Alpha Pool", "Beta Pool") for code in (0, 1)}
+    assert [h.wait(30).state for h in ran.values()] == ["Success", "Failed"] * 2
+    vera = console("vera")
+
+    def listed(query: str) -> set[str]:
+        page = vera.get("/steps" + query)
+        assert page.status == 200
+        return set(re.findall(r'<a href="/steps/([^"]+)">', page.body))
+
+    every = {h.id for h in ran.values()}
+    assert every <= listed("")
+    assert listed("?pool=alpha-pool") == {ran["Alpha Pool", 0].id, ran["Alpha Pool", 1].id}
+    assert listed("?pool=beta-pool&state=Failed") == {ran["Beta Pool", 1].id}
+    assert listed("?state=Success") & every == {ran["Alpha Pool", 0].id, ran["Beta Pool", 0].id}
+
+
+def test_a_deployments_page_shows_each_steps_runs_per_target_with_their_logs(
+        console, client, start_worker, server, cli, tmp_path):
+    client.pools.add("Web Pool")
+    start_worker("Web Pool", concurrency=2)
+    registry = TargetRegistry(client.redis)
+    for name in ("web-01", "web-02"):
+        registry.add(name, "Test", ("web",))
+    server()
+    process = tmp_path / "process.yaml"
+    process.write_text("""
+name: Warm up
+steps:
+  - name: Warm up
+    location: worker-per-target
+    pool: Web Pool
+    roles: [web]
+    script: |
+      echo "warming #{Machine.Name}"
+""")
+    done = cli("deploy", str(process), "--environment", "Test", "--json", timeout=120)
+    assert done.returncode == 0, done.stderr
+    deployment = json.loads(done.stdout)
+    vera = console("vera")
+    assert deployment["id"] in vera.get("/deployments").body
+    page = vera.get(f"/deployments/{deployment['id']}").body
+    assert "Warm up" in page
+    runs = {r["target"]: r["id"] for r in deployment["steps"][0]["runs"]}
+    assert sorted(runs) == ["web-01", "web-02"]
+    for target, run_id in runs.items():
+        assert f'<a href="/steps/{run_id}">{target}</a>' in page
+        assert f'data-source="/steps/{run_id}/log"' in page  # the same live log
+        log = vera.get(f"/steps/{run_id}/log").body
+        assert [json.loads(d)["x"] for d in re.findall(r"^data: (\{.*\})$", log, re.M)] == \
+            [f"warming {target}"]
+    assert vera.get("/deployments/no-such-deployment").status == 404

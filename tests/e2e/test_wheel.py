@@ -5,6 +5,7 @@ clean environment (no WORKERPOOL_*, no source tree on any path)."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, start_up
+from consolehttp import Session
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -101,3 +103,27 @@ def test_the_shipped_example_process_deploys(stack: Run, tmp_path: Path) -> None
     assert [(s["name"], s["state"]) for s in result["steps"]] == [
         ("Migrate", "Success"), ("Warm up", "Success"), ("Notify failure", "Skipped")]
     assert sorted(r["target"] for r in result["steps"][1]["runs"]) == ["web-01", "web-02"]
+
+
+def test_the_console_serves_its_templates_script_and_styles_from_the_wheel(
+        run: Run, tmp_path: Path) -> None:
+    env = run.env  # type: ignore[attr-defined]
+    up, printed = start_up([str(Path(env["PATH"].split(":")[0]) / "workerpool"), "up",
+                            "--no-builtin"], env, tmp_path)
+    try:
+        password = re.search(r"console login: admin / (\S+)", printed)
+        url = re.search(r"console on (http://\S+)", printed)
+        assert password and url, printed
+        browser = Session(url.group(1).rstrip("/"))
+        assert browser.get("/login").status == 200
+        assert browser.login("admin", password.group(1)).status == 302
+        page = browser.get("/")
+        assert page.status == 200 and "Add Worker Pool" in page.body, page.body[:2000]
+        for asset, marker in (("console.js", "EventSource"), ("console.css", "dialog")):
+            path = re.search(rf'"(/static/{asset}\?v=[^"]+)"', page.body)
+            assert path, page.body[:2000]
+            served = browser.get(path.group(1))
+            assert served.status == 200 and marker in served.body
+    finally:
+        up.send_signal(signal.SIGINT)
+        assert up.wait(60) == 0
