@@ -69,6 +69,12 @@ def _fingerprint(account: Account) -> str:
     return hashlib.sha256(account.password_hash.encode()).hexdigest()[:16]
 
 
+def local_path(target: str) -> str:
+    """*target* if it is a path on this console, else ``/``: no redirect leads off the site
+    (``//host`` and ``/\\host`` are other hosts to a browser)."""
+    return target if target.startswith("/") and not target.startswith(("//", "/\\")) else "/"
+
+
 class Base(tornado.web.RequestHandler):
     """Login, roles, audit and the headers every page carries."""
 
@@ -171,9 +177,7 @@ class Login(Base):
 
     def post(self) -> None:
         name = self.get_argument("name", "")
-        target = self.get_argument("next", "/")
-        if not target.startswith("/") or target.startswith("//"):
-            target = "/"  # no open redirect
+        target = local_path(self.get_argument("next", "/"))
         who = self.request.remote_ip or "-"
         wait = self.api(lambda: self.console.limiter.blocked_for(who))
         if wait:
@@ -286,7 +290,7 @@ class Drain(Base):
             self.audit("worker.drain", name, "refused", str(exc))
             raise tornado.web.HTTPError(400, reason=str(exc)) from None
         self.audit("worker.drain", worker.name, detail=f"pool {worker.pool}")
-        self.redirect(back if back.startswith("/") and not back.startswith(("//", "/\\")) else "/")
+        self.redirect(local_path(back))
 
 
 class BuiltinPage(Base):
