@@ -220,6 +220,18 @@ def start_up(argv: list[str], env: dict[str, str], cwd: Path | None = None
     raise AssertionError(f"workerpool up exited with {up.wait()} before it was ready")
 
 
+# What a script can read of every process on its machine that may hold a worker's or a
+# server's settings: each one's environment, command line and open files, appended to "$dump"
+# (errors too, as evidence of each attempt). The attacker tests (tests/security/) run it.
+PROC_DUMP = r"""
+for p in /proc/[0-9]*; do
+  tr '\0' '\n' < "$p/environ" >> "$dump" 2>&1
+  tr '\0' ' ' < "$p/cmdline" >> "$dump" 2>&1
+  for fd in "$p"/fd/*; do head -c 65536 "$fd" >> "$dump" 2>&1; done
+done
+"""
+
+
 def pid_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as fh:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import wait_for
+from conftest import PROC_DUMP, wait_for
 from consolehttp import Session
 from httpd import free_port
 
@@ -93,17 +93,11 @@ def test_a_script_on_the_servers_builtin_worker_finds_no_console_secret(
     assert secret
 
     dump = tmp_path / "dump"
-    attack = client.run(ScriptStep(location=LOCATION_SERVER, name="attacker", script=rf"""
-dump="{dump}"
-for p in /proc/[0-9]*; do
-  tr '\0' '\n' < "$p/environ" >> "$dump" 2>&1
-  tr '\0' ' ' < "$p/cmdline" >> "$dump" 2>&1
-  for fd in "$p"/fd/*; do head -c 65536 "$fd" >> "$dump" 2>&1; done
-done
-cat "{users}" >> "$dump" 2>&1
+    script = f'dump="{dump}"' + PROC_DUMP + f"""cat "{users}" >> "$dump" 2>&1
 echo "WEB_USERS=$WORKERPOOL_WEB_USERS" >> "$dump"
 echo "searched as $(id -u)" >> "$dump"
-"""))
+"""
+    attack = client.run(ScriptStep(location=LOCATION_SERVER, name="attacker", script=script))
     assert attack.wait(timeout=120).state == SUCCESS
     found = dump.read_bytes()
     assert b"searched as 0\n" not in found and b"searched as " in found  # it ran, not as root

@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from conftest import ADMIN_PASSWORD, SECRET_KEY, wait_for
+from conftest import ADMIN_PASSWORD, PROC_DUMP, SECRET_KEY, wait_for
 
 from workerpool import ScriptStep
 from workerpool.core.steps import CANCELLED, SUCCESS, TIMED_OUT
@@ -24,17 +24,11 @@ from workerpool.core.steps import CANCELLED, SUCCESS, TIMED_OUT
 POOL = "Database Worker Pool"
 
 # Everything a script could read of its machine that may hold the worker's settings: every
-# process's environment and command line (the worker, its watchdog and stager, the other step),
-# its memory, its open files, the worker's home, the other step's working directory, and the
-# folder of all working directories. Errors go to the dump too, as evidence of each attempt.
-SEARCH = r"""
-dump="$OUT"
-for p in /proc/[0-9]*; do
-  tr '\0' '\n' < "$p/environ" >> "$dump" 2>&1
-  tr '\0' ' ' < "$p/cmdline" >> "$dump" 2>&1
-  for fd in "$p"/fd/*; do head -c 65536 "$fd" >> "$dump" 2>&1; done
-done
-head -c 1048576 /proc/$WORKER_PID/mem >> "$dump" 2>&1
+# process's environment, command line and open files (the worker, its watchdog and stager, the
+# other step: PROC_DUMP), the worker's memory, the worker's home, the other step's working
+# directory, and the folder of all working directories. Errors go to the dump too, as evidence
+# of each attempt.
+SEARCH = 'dump="$OUT"' + PROC_DUMP + r"""head -c 1048576 /proc/$WORKER_PID/mem >> "$dump" 2>&1
 grep -ra . "$WORKER_HOME" >> "$dump" 2>&1
 ls -la "$WORKER_HOME" >> "$dump" 2>&1
 ls -la "$(dirname "$PWD")" >> "$dump" 2>&1
