@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import shared_file, start_up
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import TimeoutException, WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
@@ -62,10 +62,13 @@ class Console:
     def open(self, path: str) -> None:
         self.browser.get(self.url + path)
 
-    def wait(self, condition: Callable[[WebDriver], object], timeout: float = 30) -> object:
-        """*condition*'s first true value; on a timeout, the page it was waiting on."""
+    def wait(self, condition: Callable[[WebDriver], object], timeout: float = 30,
+             ignoring: tuple[type[Exception], ...] = ()) -> object:
+        """*condition*'s first true value (*ignoring* those errors while it is asked); on a
+        timeout, the page it was waiting on."""
         try:
-            return WebDriverWait(self.browser, timeout).until(condition)
+            return WebDriverWait(self.browser, timeout,
+                                 ignored_exceptions=ignoring).until(condition)
         except TimeoutException:
             body = self.browser.find_element(By.TAG_NAME, "body").text
             raise AssertionError(f"timed out on {self.browser.current_url}:\n{body[:3000]}"
@@ -86,13 +89,21 @@ class Console:
     def submit(self, css: str) -> None:
         """Click the button at *css* and wait until the page it leads to replaced this one and
         ran its script (a click does not wait for the navigation it starts)."""
-        page = self.find("html")
+        self.leaving()
         self.find(css).click()
-        self.wait(ec.staleness_of(page))
         self.loaded()
 
+    def leaving(self) -> None:
+        """Mark this page's window: the next page's is a new one, without the mark."""
+        self.browser.execute_script("window.workerpoolLeft = true")
+
     def loaded(self) -> None:
-        self.wait(lambda b: b.execute_script("return document.readyState") == "complete")
+        """Wait for a page after the one marked by ``leaving`` to be complete. Asked while the
+        browser navigates, the driver may answer with an error (a node or document gone)
+        rather than a value: asked again then."""
+        self.wait(lambda b: b.execute_script(
+            "return !window.workerpoolLeft && document.readyState === 'complete'"),
+            ignoring=(WebDriverException,))
 
     def type(self, css: str, text: str) -> None:
         field = self.find(css)
@@ -209,10 +220,9 @@ def test_log_in_add_the_seeds_pools_describe_them_and_the_default_pool_cannot_go
     console.shot("04-worker-pools")
 
     console.open("/pools/default-worker-pool")
-    page = console.find("html")
+    console.leaving()
     console.visible("#remove").click()
     console.wait(ec.alert_is_present()).accept()  # type: ignore[attr-defined]
-    console.wait(ec.staleness_of(page))
     console.loaded()
     console.text_of("#error", "is the default pool and cannot be removed")
     assert "Default Worker Pool" in console.find("h1").text
